@@ -1,0 +1,760 @@
+//! The feature flag: its JSON shape, and the parsing that turns a document into a valid flag.
+//!
+//! A [`FeatureFlag`] can only be obtained through validation, so every function that receives one
+//! may rely on its invariants: every variant it names exists, rollouts have a positive total
+//! weight, each rule has exactly one outcome and each condition's `value` fits its operator.
+//!
+//! Decisions the design contract leaves open, made here:
+//! - `null` for an optional field means "use the default", like leaving the field out.
+//! - Variant names are 1 to 128 characters; a variant value may be any JSON except `null`
+//!   (OpenFeature SDKs cannot tell a `null` value from a failed evaluation).
+//! - Weights are whole numbers from 0 to 2^32 - 1 and a rollout's total is at most 2^32 - 1, so
+//!   bucketing is exact integer arithmetic (flagd's `(hash * total) >> 32`).
+//! - A flag-level `rollout` of `[]` means "no rollout"; a rule's `rollout` must have weight.
+//! - A rule's `conditions` may be left out and then is empty (the rule always matches).
+//! - `metadata` is a map of strings; the OFREP `flagVersion` entry is added by the server and
+//!   wins over a user entry of the same name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::names::{FlagKey, NameError};
+
+/// A validated feature flag, as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "FlagDocument")]
+pub struct FeatureFlag {
+    key: FlagKey,
+    description: String,
+    enabled: bool,
+    variants: BTreeMap<Arc<str>, Value>,
+    default_variant: Arc<str>,
+    off_variant: Arc<str>,
+    rules: Vec<Rule>,
+    rollout: Rollout,
+    metadata: BTreeMap<String, String>,
+    version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl FeatureFlag {
+    /// Parses a PUT body for the flag at `path_key`; server-set fields in it are ignored.
+    ///
+    /// The result has version 0 ("never stored"); the repository gives it its real version.
+    pub fn from_definition(
+        path_key: &FlagKey,
+        document: FlagDocument,
+    ) -> Result<Self, ValidationError> {
+        if let Some(key) = &document.key
+            && key != path_key.as_str()
+        {
+            return Err(ValidationError::new(
+                "key",
+                ValidationReason::KeyMismatch {
+                    path: path_key.to_string(),
+                    body: key.chars().take(140).collect(),
+                },
+            ));
+        }
+        document.validate(path_key.clone(), 0, OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Parses a PUT body given as JSON text; see [`FeatureFlag::from_definition`].
+    pub fn from_definition_json(path_key: &FlagKey, json: &str) -> Result<Self, ValidationError> {
+        let document: FlagDocument = serde_json::from_str(json).map_err(|error| {
+            ValidationError::new("$", ValidationReason::Malformed(error.to_string()))
+        })?;
+        Self::from_definition(path_key, document)
+    }
+
+    /// The same flag with the version and timestamp a repository assigned when storing it.
+    #[must_use]
+    pub fn stored_as(mut self, version: u64, updated_at: OffsetDateTime) -> Self {
+        self.version = version;
+        self.updated_at = updated_at;
+        self
+    }
+
+    /// The flag's key.
+    pub fn key(&self) -> &FlagKey {
+        &self.key
+    }
+
+    /// Free text for people.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether the flag is on; a disabled flag always serves its off variant.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The same flag, switched on or off.
+    #[must_use]
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Variant name to value.
+    pub fn variants(&self) -> &BTreeMap<Arc<str>, Value> {
+        &self.variants
+    }
+
+    /// The variant named `name` with its value, if the flag has it.
+    pub fn variant(&self, name: &str) -> Option<(&Arc<str>, &Value)> {
+        self.variants.get_key_value(name)
+    }
+
+    /// The variant served when the flag is enabled and nothing else decides.
+    pub fn default_variant(&self) -> &str {
+        &self.default_variant
+    }
+
+    /// The variant served when the flag is disabled.
+    pub fn off_variant(&self) -> &str {
+        &self.off_variant
+    }
+
+    /// Targeting rules, first match wins.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The flag-level percentage rollout; empty when there is none.
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
+    }
+
+    /// Free string metadata, returned with every evaluation.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Server-set: starts at 1 and grows by 1 on every write of this flag; 0 means never stored.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Server-set: when the flag was last written.
+    pub fn updated_at(&self) -> OffsetDateTime {
+        self.updated_at
+    }
+}
+
+/// A targeting rule: when all conditions match, serve a variant or a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rule {
+    conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<Rollout>,
+}
+
+/// What a matching rule serves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RuleOutcome<'a> {
+    /// One fixed variant.
+    Variant(&'a str),
+    /// A percentage rollout over variants.
+    Rollout(&'a Rollout),
+}
+
+impl Rule {
+    /// The conditions, all of which must match.
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// What the rule serves when it matches.
+    pub fn outcome(&self) -> RuleOutcome<'_> {
+        match (&self.variant, &self.rollout) {
+            (_, Some(rollout)) => RuleOutcome::Rollout(rollout),
+            (Some(variant), None) => RuleOutcome::Variant(variant),
+            // Unreachable by construction (validation demands exactly one); an empty variant
+            // name never exists, so evaluation of such a rule would fail safely, not panic.
+            (None, None) => RuleOutcome::Variant(""),
+        }
+    }
+}
+
+/// One test of one context attribute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Condition {
+    attribute: String,
+    operator: Operator,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+}
+
+impl Condition {
+    /// The context attribute tested (`targetingKey` included).
+    pub fn attribute(&self) -> &str {
+        &self.attribute
+    }
+
+    /// The comparison.
+    pub fn operator(&self) -> Operator {
+        self.operator
+    }
+
+    /// The operand; `None` only for `exists`.
+    pub fn value(&self) -> Option<&Value> {
+        self.value.as_ref()
+    }
+}
+
+/// A condition's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    /// The attribute equals one element of the `value` array.
+    In,
+    /// The attribute equals no element of the `value` array.
+    NotIn,
+    /// The attribute equals `value` exactly (`"5"` is not `5`).
+    Equals,
+    /// The attribute differs from `value` (both of one JSON type).
+    NotEquals,
+    /// The string attribute starts with `value`.
+    StartsWith,
+    /// The string attribute ends with `value`.
+    EndsWith,
+    /// The string attribute contains `value`, or the array attribute has `value` as an element.
+    Contains,
+    /// The number attribute is greater than `value`.
+    Gt,
+    /// The number attribute is greater than or equal to `value`.
+    Gte,
+    /// The number attribute is less than `value`.
+    Lt,
+    /// The number attribute is less than or equal to `value`.
+    Lte,
+    /// The attribute is present (and not `null`).
+    Exists,
+}
+
+impl Operator {
+    /// Every operator, in declaration order.
+    pub const ALL: [Operator; 12] = [
+        Operator::In,
+        Operator::NotIn,
+        Operator::Equals,
+        Operator::NotEquals,
+        Operator::StartsWith,
+        Operator::EndsWith,
+        Operator::Contains,
+        Operator::Gt,
+        Operator::Gte,
+        Operator::Lt,
+        Operator::Lte,
+        Operator::Exists,
+    ];
+
+    /// The operator's name in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operator::In => "in",
+            Operator::NotIn => "not_in",
+            Operator::Equals => "equals",
+            Operator::NotEquals => "not_equals",
+            Operator::StartsWith => "starts_with",
+            Operator::EndsWith => "ends_with",
+            Operator::Contains => "contains",
+            Operator::Gt => "gt",
+            Operator::Gte => "gte",
+            Operator::Lt => "lt",
+            Operator::Lte => "lte",
+            Operator::Exists => "exists",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+}
+
+/// A variant and its share of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedVariant {
+    variant: Arc<str>,
+    weight: u32,
+}
+
+impl WeightedVariant {
+    /// The variant served to this share.
+    pub fn variant(&self) -> &str {
+        &self.variant
+    }
+
+    /// The share's weight, relative to the rollout's total.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+/// A percentage rollout: an ordered list of weighted variants whose total weight is positive.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rollout {
+    entries: Vec<WeightedVariant>,
+    total_weight: u64,
+}
+
+impl Rollout {
+    /// The weighted variants, in order (order matters for bucketing).
+    pub fn entries(&self) -> &[WeightedVariant] {
+        &self.entries
+    }
+
+    /// The sum of all weights; 0 only for the empty (absent) rollout.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Whether there is no rollout.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl Serialize for Rollout {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.entries.serialize(serializer)
+    }
+}
+
+/// The loose JSON shape of a flag, before validation: what a PUT body or a stored row holds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlagDocument {
+    /// Must equal the path key when present.
+    pub key: Option<String>,
+    /// Defaults to `""`.
+    pub description: Option<String>,
+    /// Defaults to `false`.
+    pub enabled: Option<bool>,
+    /// Defaults to `{"on": true, "off": false}`.
+    pub variants: Option<BTreeMap<String, Value>>,
+    /// Defaults to `on`.
+    pub default_variant: Option<String>,
+    /// Defaults to `off`.
+    pub off_variant: Option<String>,
+    /// Defaults to no rules.
+    pub rules: Option<Vec<RuleDocument>>,
+    /// Defaults to no rollout.
+    pub rollout: Option<Vec<WeightedVariantDocument>>,
+    /// Defaults to an empty map.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Server-set; ignored in a definition.
+    pub version: Option<Value>,
+    /// Server-set; ignored in a definition.
+    pub updated_at: Option<Value>,
+}
+
+/// The loose JSON shape of a rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDocument {
+    /// Defaults to no conditions (always matches).
+    pub conditions: Option<Vec<ConditionDocument>>,
+    /// The variant served on a match (exclusive with `rollout`).
+    pub variant: Option<String>,
+    /// The rollout served on a match (exclusive with `variant`).
+    pub rollout: Option<Vec<WeightedVariantDocument>>,
+}
+
+/// The loose JSON shape of a condition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionDocument {
+    /// The context attribute tested.
+    pub attribute: String,
+    /// The operator's name, such as `in` or `starts_with`.
+    pub operator: String,
+    /// The operand, absent for `exists`. `Some(Value::Null)` is an explicit `null`.
+    #[serde(default, deserialize_with = "present")]
+    pub value: Option<Value>,
+}
+
+/// Tells an explicit `null` (`Some(Null)`) from a missing field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The loose JSON shape of a rollout entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedVariantDocument {
+    /// The variant served to this share.
+    pub variant: String,
+    /// Any JSON number here; validation demands a whole number from 0 to 2^32 - 1.
+    pub weight: Value,
+}
+
+/// A flag definition that breaks a rule, naming the field (`rules[0].rollout[1].weight`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    field: String,
+    reason: ValidationReason,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, reason: ValidationReason) -> Self {
+        Self {
+            field: field.into(),
+            reason,
+        }
+    }
+
+    /// The JSON path of the offending field, `$` for the whole document.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// Why the field is refused.
+    pub fn reason(&self) -> &ValidationReason {
+        &self.reason
+    }
+}
+
+/// The ways a flag definition can be invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationReason {
+    /// Not JSON, or JSON of the wrong shape or type (including unknown fields).
+    #[error("{0}")]
+    Malformed(String),
+    /// A key or other name outside its grammar.
+    #[error("{0}")]
+    InvalidName(NameError),
+    /// The body's `key` differs from the key in the path.
+    #[error("body key {body:?} does not match path key {path:?}")]
+    KeyMismatch {
+        /// The key in the URL.
+        path: String,
+        /// The key in the body.
+        body: String,
+    },
+    /// A variant name that is not in `variants`.
+    #[error("unknown variant {0:?} (not in `variants`)")]
+    UnknownVariant(String),
+    /// A variant name that is empty or too long.
+    #[error("variant names must be 1 to 128 characters long")]
+    BadVariantName,
+    /// A variant value of `null`.
+    #[error("variant values must not be null")]
+    NullVariantValue,
+    /// `variants` is empty.
+    #[error("at least one variant is required")]
+    NoVariants,
+    /// A negative weight.
+    #[error("weight must not be negative, got {0}")]
+    NegativeWeight(String),
+    /// A weight that is not a whole number in range.
+    #[error("weight must be a whole number from 0 to 4294967295, got {0}")]
+    BadWeight(String),
+    /// A rollout whose weights add up to 0.
+    #[error("weights must sum to more than 0")]
+    ZeroTotalWeight,
+    /// A rollout whose weights add up to more than 2^32 - 1.
+    #[error("weights must sum to at most 4294967295")]
+    TotalWeightTooLarge,
+    /// A rule with both `variant` and `rollout`, or neither.
+    #[error("a rule needs exactly one of `variant` and `rollout`")]
+    RuleOutcome,
+    /// An operator that does not exist.
+    #[error(
+        "unknown operator {0:?}; expected one of in, not_in, equals, not_equals, starts_with, ends_with, contains, gt, gte, lt, lte, exists"
+    )]
+    UnknownOperator(String),
+    /// An empty attribute name.
+    #[error("attribute must not be empty")]
+    EmptyAttribute,
+    /// A condition `value` of the wrong shape for its operator.
+    #[error("operator {operator} needs {expected}")]
+    BadOperand {
+        /// The operator's name.
+        operator: &'static str,
+        /// What it needs, in words.
+        expected: &'static str,
+    },
+    /// A server-set field of a stored flag that is missing or malformed.
+    #[error("{0}")]
+    BadServerField(&'static str),
+}
+
+impl FlagDocument {
+    /// Validates this document into a flag with the given key, version and timestamp.
+    fn validate(
+        self,
+        key: FlagKey,
+        version: u64,
+        updated_at: OffsetDateTime,
+    ) -> Result<FeatureFlag, ValidationError> {
+        let variants = match self.variants {
+            None => BTreeMap::from([
+                (Arc::from("off"), Value::Bool(false)),
+                (Arc::from("on"), Value::Bool(true)),
+            ]),
+            Some(map) => {
+                if map.is_empty() {
+                    return Err(ValidationError::new(
+                        "variants",
+                        ValidationReason::NoVariants,
+                    ));
+                }
+                let mut variants = BTreeMap::new();
+                for (name, value) in map {
+                    if name.is_empty() || name.chars().count() > 128 {
+                        return Err(ValidationError::new(
+                            format!("variants.{}", shorten(&name)),
+                            ValidationReason::BadVariantName,
+                        ));
+                    }
+                    if value.is_null() {
+                        return Err(ValidationError::new(
+                            format!("variants.{name}"),
+                            ValidationReason::NullVariantValue,
+                        ));
+                    }
+                    variants.insert(Arc::<str>::from(name), value);
+                }
+                variants
+            }
+        };
+        let names = VariantNames(&variants);
+        let default_variant = names.resolve(
+            "defaultVariant",
+            self.default_variant.as_deref().unwrap_or("on"),
+        )?;
+        let off_variant =
+            names.resolve("offVariant", self.off_variant.as_deref().unwrap_or("off"))?;
+
+        let rules = self
+            .rules
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| rule.validate(&format!("rules[{index}]"), &names))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let rollout = match self.rollout {
+            Some(entries) if !entries.is_empty() => validate_rollout("rollout", entries, &names)?,
+            _ => Rollout::default(),
+        };
+
+        Ok(FeatureFlag {
+            key,
+            description: self.description.unwrap_or_default(),
+            enabled: self.enabled.unwrap_or(false),
+            variants,
+            default_variant,
+            off_variant,
+            rules,
+            rollout,
+            metadata: self.metadata.unwrap_or_default(),
+            version,
+            updated_at,
+        })
+    }
+}
+
+/// Stored flags carry their key, version and timestamp, and are parsed strictly.
+impl TryFrom<FlagDocument> for FeatureFlag {
+    type Error = ValidationError;
+
+    fn try_from(mut document: FlagDocument) -> Result<Self, ValidationError> {
+        let raw_key = document.key.take().ok_or_else(|| {
+            ValidationError::new("key", ValidationReason::BadServerField("key is required"))
+        })?;
+        let key = FlagKey::parse(&raw_key)
+            .map_err(|error| ValidationError::new("key", ValidationReason::InvalidName(error)))?;
+        let version = document
+            .version
+            .take()
+            .and_then(|value| value.as_u64())
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "version",
+                    ValidationReason::BadServerField("version must be a non-negative integer"),
+                )
+            })?;
+        let updated_at = document
+            .updated_at
+            .take()
+            .and_then(|value| value.as_str().and_then(parse_rfc3339))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "updatedAt",
+                    ValidationReason::BadServerField("updatedAt must be an RFC 3339 timestamp"),
+                )
+            })?;
+        document.validate(key, version, updated_at)
+    }
+}
+
+fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Looks variant names up in the flag's variants, sharing the stored `Arc<str>`.
+struct VariantNames<'a>(&'a BTreeMap<Arc<str>, Value>);
+
+impl VariantNames<'_> {
+    fn resolve(&self, field: &str, name: &str) -> Result<Arc<str>, ValidationError> {
+        self.0
+            .get_key_value(name)
+            .map(|(stored, _)| Arc::clone(stored))
+            .ok_or_else(|| {
+                ValidationError::new(field, ValidationReason::UnknownVariant(shorten(name)))
+            })
+    }
+}
+
+impl RuleDocument {
+    fn validate(self, path: &str, names: &VariantNames<'_>) -> Result<Rule, ValidationError> {
+        let conditions = self
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(index, condition)| condition.validate(&format!("{path}.conditions[{index}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (variant, rollout) = match (self.variant, self.rollout) {
+            (Some(variant), None) => (
+                Some(names.resolve(&format!("{path}.variant"), &variant)?),
+                None,
+            ),
+            (None, Some(entries)) => (
+                None,
+                Some(validate_rollout(
+                    &format!("{path}.rollout"),
+                    entries,
+                    names,
+                )?),
+            ),
+            _ => return Err(ValidationError::new(path, ValidationReason::RuleOutcome)),
+        };
+        Ok(Rule {
+            conditions,
+            variant,
+            rollout,
+        })
+    }
+}
+
+impl ConditionDocument {
+    fn validate(self, path: &str) -> Result<Condition, ValidationError> {
+        if self.attribute.is_empty() {
+            return Err(ValidationError::new(
+                format!("{path}.attribute"),
+                ValidationReason::EmptyAttribute,
+            ));
+        }
+        let operator = Operator::parse(&self.operator).ok_or_else(|| {
+            ValidationError::new(
+                format!("{path}.operator"),
+                ValidationReason::UnknownOperator(shorten(&self.operator)),
+            )
+        })?;
+        let bad = |expected: &'static str| {
+            ValidationError::new(
+                format!("{path}.value"),
+                ValidationReason::BadOperand {
+                    operator: operator.as_str(),
+                    expected,
+                },
+            )
+        };
+        let value = match (operator, self.value) {
+            (Operator::Exists, None) => None,
+            (Operator::Exists, Some(_)) => return Err(bad("no `value`")),
+            (_, None) => return Err(bad("a `value`")),
+            (Operator::In | Operator::NotIn, Some(value)) if !value.is_array() => {
+                return Err(bad("an array `value`"));
+            }
+            (Operator::StartsWith | Operator::EndsWith, Some(value)) if !value.is_string() => {
+                return Err(bad("a string `value`"));
+            }
+            (Operator::Contains, Some(Value::Null)) => return Err(bad("a non-null `value`")),
+            (Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte, Some(value))
+                if !value.is_number() =>
+            {
+                return Err(bad("a number `value`"));
+            }
+            (_, value) => value,
+        };
+        Ok(Condition {
+            attribute: self.attribute,
+            operator,
+            value,
+        })
+    }
+}
+
+fn validate_rollout(
+    path: &str,
+    entries: Vec<WeightedVariantDocument>,
+    names: &VariantNames<'_>,
+) -> Result<Rollout, ValidationError> {
+    let mut total: u64 = 0;
+    let mut validated = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let variant = names.resolve(&format!("{path}[{index}].variant"), &entry.variant)?;
+        let weight = parse_weight(&entry.weight)
+            .map_err(|reason| ValidationError::new(format!("{path}[{index}].weight"), reason))?;
+        total += u64::from(weight);
+        if total > u64::from(u32::MAX) {
+            return Err(ValidationError::new(
+                path,
+                ValidationReason::TotalWeightTooLarge,
+            ));
+        }
+        validated.push(WeightedVariant { variant, weight });
+    }
+    if total == 0 {
+        return Err(ValidationError::new(
+            path,
+            ValidationReason::ZeroTotalWeight,
+        ));
+    }
+    Ok(Rollout {
+        entries: validated,
+        total_weight: total,
+    })
+}
+
+fn parse_weight(value: &Value) -> Result<u32, ValidationReason> {
+    let shown = || shorten(&value.to_string());
+    let Value::Number(number) = value else {
+        return Err(ValidationReason::BadWeight(shown()));
+    };
+    if let Some(whole) = number.as_u64() {
+        return u32::try_from(whole).map_err(|_| ValidationReason::BadWeight(shown()));
+    }
+    if number.as_i64().is_some() || number.as_f64().is_some_and(|f| f < 0.0) {
+        return Err(ValidationReason::NegativeWeight(shown()));
+    }
+    // A float such as 25.0 is a whole number written with a fraction part; accept it exactly.
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f <= f64::from(u32::MAX) => Ok(f as u32),
+        _ => Err(ValidationReason::BadWeight(shown())),
+    }
+}
+
+/// Cuts user-supplied text that is echoed in an error to a readable length.
+fn shorten(text: &str) -> String {
+    let mut short: String = text.chars().take(140).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
+}

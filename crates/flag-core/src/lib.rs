@@ -1,0 +1,65 @@
+//! The core of the feature-flag service: what a flag is, how it is evaluated, the two ports that
+//! adapters implement, and the service that joins them.
+//!
+//! - Domain ([`Environment`], [`FlagKey`], [`FeatureFlag`], [`EnvironmentSnapshot`]): parsed, not
+//!   validated later; a value of these types is valid by construction.
+//! - Evaluation ([`evaluate`], [`Evaluation`], [`EvaluationContext`]): every operator, reason and
+//!   error of the design contract; percentage rollouts bucketed exactly like flagd.
+//! - Ports: [`FeatureFlagCache`] (memory, Redis, ...) and [`FeatureFlagRepository`] (SQL), both
+//!   object-safe and documented with a `# Contract` that `flag-conformance` proves per adapter.
+//! - [`FeatureFlagService`]: read-through caching with single-flight fills, fallback to the
+//!   repository when the cache fails, and read-your-writes after every write.
+//!
+//! ```
+//! use flag_core::{EvaluationContext, FeatureFlag, FlagKey, Reason, evaluate};
+//!
+//! let key = FlagKey::parse("new-checkout")?;
+//! let flag = FeatureFlag::from_definition_json(&key, r#"{
+//!     "enabled": true,
+//!     "rules": [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}],
+//!                "variant": "on"}],
+//!     "defaultVariant": "off"
+//! }"#)?;
+//! let pro = EvaluationContext::new().with_targeting_key("user-1").with_attribute("plan", "pro");
+//! let resolution = evaluate(&flag, &pro)?;
+//! assert_eq!(resolution.value, &serde_json::json!(true));
+//! assert_eq!(resolution.reason, Reason::TargetingMatch);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod bucketing;
+mod cache;
+mod context;
+mod evaluation;
+mod flag;
+mod metrics;
+mod names;
+mod repository;
+mod service;
+mod snapshot;
+
+pub use bucketing::{bucket, murmur3_x86_32};
+pub use cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, FlagLookup, SetOutcome};
+pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
+pub use evaluation::{
+    ErrorCode, Evaluation, EvaluationError, Reason, Resolution, evaluate, matches,
+};
+pub use flag::{
+    Condition, ConditionDocument, FeatureFlag, FlagDocument, Operator, Rollout, Rule, RuleDocument,
+    RuleOutcome, ValidationError, ValidationReason, WeightedVariant, WeightedVariantDocument,
+};
+pub use metrics::ServiceMetrics;
+pub use names::{Environment, FlagKey, NameError};
+pub use repository::{
+    Deleted, DynFeatureFlagRepository, FeatureFlagRepository, Precondition, RepositoryError,
+    Upserted,
+};
+pub use service::{
+    BulkEvaluation, DEFAULT_TTL, FeatureFlagService, RetryPolicy, ServiceBuilder,
+    ServiceConfigError, ServiceError,
+};
+pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, Revision};
+
+/// Re-exported so adapters implement the ports with the same macro version.
+pub use async_trait::async_trait;

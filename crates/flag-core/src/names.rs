@@ -1,0 +1,293 @@
+//! `Environment` and `FlagKey`: the two names every other type is addressed by.
+//!
+//! Both are parsed once, at the edge, and are cheap to clone afterwards (`Arc<str>`), because they
+//! are copied into cache keys, single-flight maps and evaluation results on the hot path.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a string is not a valid environment name or flag key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {shown}: {reason}")]
+pub struct NameError {
+    kind: &'static str,
+    shown: String,
+    reason: String,
+}
+
+impl NameError {
+    fn new(kind: &'static str, input: &str, reason: impl Into<String>) -> Self {
+        // Echo at most 80 characters of the input: a hostile 1 MiB key must not become a 1 MiB
+        // error message (or log line).
+        let mut shown: String = input.chars().take(80).collect();
+        if shown.len() < input.len() {
+            shown.push('…');
+        }
+        Self {
+            kind,
+            shown: format!("{shown:?}"),
+            reason: reason.into(),
+        }
+    }
+
+    /// What was being parsed: `"environment"` or `"flag key"`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The reason the input was refused, in words.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// The grammar of one kind of name: first character, later characters, maximum length.
+struct Grammar {
+    kind: &'static str,
+    pattern: &'static str,
+    max_len: usize,
+    first: fn(u8) -> bool,
+    rest: fn(u8) -> bool,
+}
+
+impl Grammar {
+    fn check(&self, input: &str) -> Result<(), NameError> {
+        let bytes = input.as_bytes();
+        let Some(&first) = bytes.first() else {
+            return Err(NameError::new(self.kind, input, "must not be empty"));
+        };
+        // All allowed characters are ASCII, so byte length equals character length for any
+        // input that passes; checking bytes first also bounds the work on hostile input.
+        if bytes.len() > self.max_len {
+            return Err(NameError::new(
+                self.kind,
+                input,
+                format!(
+                    "is {} bytes long, at most {} are allowed",
+                    bytes.len(),
+                    self.max_len
+                ),
+            ));
+        }
+        if !(self.first)(first) {
+            let reason = if first == b'_' {
+                format!(
+                    "must start with a letter or digit (names starting with `_` are reserved); pattern {}",
+                    self.pattern
+                )
+            } else {
+                format!(
+                    "must start with a letter or digit; pattern {}",
+                    self.pattern
+                )
+            };
+            return Err(NameError::new(self.kind, input, reason));
+        }
+        if let Some(position) = bytes.iter().skip(1).position(|&b| !(self.rest)(b)) {
+            let bad = input[position + 1..].chars().next().unwrap_or('?');
+            return Err(NameError::new(
+                self.kind,
+                input,
+                format!(
+                    "character {bad:?} at position {} is not allowed; pattern {}",
+                    position + 1,
+                    self.pattern
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const ENVIRONMENT: Grammar = Grammar {
+    kind: "environment",
+    pattern: "^[a-z0-9][a-z0-9_-]{0,63}$",
+    max_len: 64,
+    first: |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
+    rest: |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-',
+};
+
+const FLAG_KEY: Grammar = Grammar {
+    kind: "flag key",
+    pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    max_len: 128,
+    first: |b| b.is_ascii_alphanumeric(),
+    rest: |b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-',
+};
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $grammar:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Parses a name, refusing anything outside the grammar.
+            pub fn parse(input: &str) -> Result<Self, NameError> {
+                $grammar.check(input)?;
+                Ok(Self(Arc::from(input)))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(input: &str) -> Result<Self, NameError> {
+                Self::parse(input)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = NameError;
+            fn try_from(input: &str) -> Result<Self, NameError> {
+                Self::parse(input)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(input: String) -> Result<Self, NameError> {
+                Self::parse(&input)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// An environment name such as `production`: `^[a-z0-9][a-z0-9_-]{0,63}$`.
+    Environment,
+    ENVIRONMENT
+);
+
+name_type!(
+    /// A flag key such as `new-checkout`: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
+    ///
+    /// No key can start with `_`, which keeps names like the Redis adapter's `__meta` field free.
+    FlagKey,
+    FLAG_KEY
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("production")]
+    #[case("prod-eu")]
+    #[case("a")]
+    #[case("0")]
+    #[case("staging_2")]
+    #[case(&"a".repeat(64))]
+    fn valid_environments(#[case] input: &str) {
+        assert_eq!(Environment::parse(input).unwrap().as_str(), input);
+    }
+
+    #[rstest]
+    #[case("", "must not be empty")]
+    #[case("Prod", "must start with a letter or digit")]
+    #[case("-prod", "must start")]
+    #[case("_prod", "reserved")]
+    #[case("prod.eu", "'.'")]
+    #[case("prod eu", "' '")]
+    #[case("*", "must start")]
+    #[case("a:b", "':'")]
+    #[case("a{b}", "'{'")]
+    #[case("pröd", "'ö'")]
+    #[case(&"a".repeat(65), "at most 64")]
+    fn invalid_environments(#[case] input: &str, #[case] reason: &str) {
+        let error = Environment::parse(input).unwrap_err();
+        assert_eq!(error.kind(), "environment");
+        assert!(
+            error.to_string().contains(reason),
+            "{error} should mention {reason}"
+        );
+    }
+
+    #[rstest]
+    #[case("new-checkout")]
+    #[case("NewCheckout")]
+    #[case("v1.2_beta-3")]
+    #[case("9lives")]
+    #[case(&"K".repeat(128))]
+    fn valid_flag_keys(#[case] input: &str) {
+        assert_eq!(FlagKey::parse(input).unwrap().as_str(), input);
+    }
+
+    #[rstest]
+    #[case("", "must not be empty")]
+    #[case("__meta", "reserved")]
+    #[case("_x", "reserved")]
+    #[case(".hidden", "must start")]
+    #[case("a/b", "'/'")]
+    #[case("a b", "' '")]
+    #[case("ключ", "must start")]
+    #[case(&"K".repeat(129), "at most 128")]
+    fn invalid_flag_keys(#[case] input: &str, #[case] reason: &str) {
+        let error = FlagKey::parse(input).unwrap_err();
+        assert!(
+            error.to_string().contains(reason),
+            "{error} should mention {reason}"
+        );
+    }
+
+    #[test]
+    fn a_huge_input_gives_a_short_message() {
+        let error = FlagKey::parse(&"x".repeat(1 << 20)).unwrap_err();
+        assert!(error.to_string().len() < 300);
+    }
+
+    #[test]
+    fn serde_parses_and_refuses() {
+        let env: Environment = serde_json::from_str("\"prod\"").unwrap();
+        assert_eq!(env.as_str(), "prod");
+        assert_eq!(serde_json::to_string(&env).unwrap(), "\"prod\"");
+        assert!(serde_json::from_str::<Environment>("\"PROD\"").is_err());
+        assert!(serde_json::from_str::<FlagKey>("\"__meta\"").is_err());
+    }
+}

@@ -1,0 +1,541 @@
+//! `FeatureFlagService`: reads through the cache, writes through the repository.
+//!
+//! Guarantees, each proven by a test in `tests/service.rs`:
+//! - **Single flight.** Concurrent cache misses on one environment cause one repository read.
+//! - **A cache never fails a read.** A cache error is logged and counted, and the read is
+//!   answered from the repository (without trying to fill the failing cache).
+//! - **Read-your-writes, whatever the cache does.** Once a write has returned, every later read
+//!   through this service sees it: the service remembers the newest revision it wrote per
+//!   environment and treats an older cached snapshot as a miss, and a write detaches any fill
+//!   that was in flight before it, so no later reader can join a pre-write fill. This holds even
+//!   when the cache's invalidation failed.
+//! - **Invalidations are retried.** A failed invalidation after a write is retried in the
+//!   background with exponential backoff until it succeeds or the cache TTL has passed (after
+//!   which the stale entry has expired anyway). One retry task per environment at most.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::cache::{CacheError, DynFeatureFlagCache, FlagLookup, SetOutcome};
+use crate::context::EvaluationContext;
+use crate::evaluation::{Evaluation, EvaluationError};
+use crate::flag::FeatureFlag;
+use crate::metrics::{Counters, ServiceMetrics};
+use crate::names::{Environment, FlagKey};
+use crate::repository::{
+    Deleted, DynFeatureFlagRepository, Precondition, RepositoryError, Upserted,
+};
+use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
+
+/// The cache TTL used when none is configured: five minutes.
+pub const DEFAULT_TTL: Duration = Duration::from_millis(300_000);
+
+/// How often a read retries when a fill it joined turned out older than a write it must see.
+const MAX_LOAD_ATTEMPTS: usize = 3;
+
+/// Reads, evaluates and writes flags, keeping the cache coherent with the repository.
+///
+/// Cheap to clone: clones share one state.
+#[derive(Debug, Clone)]
+pub struct FeatureFlagService {
+    inner: Arc<Inner>,
+}
+
+/// How failed invalidations are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait before the first retry; it doubles after each failure.
+    pub first_delay: Duration,
+    /// The longest wait between two retries.
+    pub max_delay: Duration,
+    /// When to give up; `None` gives up once the cache TTL has passed.
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(5),
+            give_up_after: None,
+        }
+    }
+}
+
+/// A service configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceConfigError {
+    /// The cache TTL is zero.
+    #[error("the cache TTL must be greater than zero")]
+    ZeroTtl,
+}
+
+/// A service call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The flag could not be evaluated (not found, no targeting key, ...).
+    #[error(transparent)]
+    Evaluation(#[from] EvaluationError),
+    /// The repository failed or refused the write.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// An explicit cache operation failed (reads never fail because of the cache).
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// Every flag of an environment evaluated for one context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkEvaluation {
+    /// The revision of the snapshot evaluated.
+    pub revision: Revision,
+    /// One result per flag, in key order.
+    pub results: Vec<Result<Evaluation, EvaluationError>>,
+}
+
+/// Builds a [`FeatureFlagService`] with a non-default TTL or retry policy.
+#[derive(Debug)]
+pub struct ServiceBuilder {
+    repository: Arc<DynFeatureFlagRepository>,
+    cache: Arc<DynFeatureFlagCache>,
+    ttl: Duration,
+    retry: RetryPolicy,
+}
+
+impl ServiceBuilder {
+    /// How long a filled snapshot stays in the cache.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How failed invalidations are retried.
+    #[must_use]
+    pub fn invalidation_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The service, or why the configuration cannot work.
+    pub fn build(self) -> Result<FeatureFlagService, ServiceConfigError> {
+        if self.ttl.is_zero() {
+            return Err(ServiceConfigError::ZeroTtl);
+        }
+        Ok(self.assemble())
+    }
+
+    fn assemble(self) -> FeatureFlagService {
+        FeatureFlagService {
+            inner: Arc::new(Inner {
+                repository: self.repository,
+                cache: self.cache,
+                ttl: self.ttl,
+                retry: self.retry,
+                flights: Mutex::new(HashMap::new()),
+                floors: RwLock::new(HashMap::new()),
+                pending_invalidations: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+}
+
+type Flight = OnceCell<Result<Arc<EnvironmentSnapshot>, RepositoryError>>;
+
+#[derive(Debug)]
+struct Inner {
+    repository: Arc<DynFeatureFlagRepository>,
+    cache: Arc<DynFeatureFlagCache>,
+    ttl: Duration,
+    retry: RetryPolicy,
+    /// Repository reads in progress, one per environment, joined by concurrent misses.
+    flights: Mutex<HashMap<Environment, Arc<Flight>>>,
+    /// The newest revision this service wrote per environment: nothing older may be served.
+    floors: RwLock<HashMap<Environment, Revision>>,
+    /// Environments whose invalidation failed, with the revision still to invalidate.
+    pending_invalidations: Mutex<HashMap<Environment, Revision>>,
+    counters: Counters,
+}
+
+/// Locks a mutex, carrying on after a panic elsewhere: every map here stays consistent
+/// between statements, so a poisoned lock holds usable data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FeatureFlagService {
+    /// A service with the default TTL (five minutes) and retry policy.
+    pub fn new(repository: Arc<DynFeatureFlagRepository>, cache: Arc<DynFeatureFlagCache>) -> Self {
+        Self::builder(repository, cache).assemble()
+    }
+
+    /// A builder for a service with another TTL or retry policy.
+    pub fn builder(
+        repository: Arc<DynFeatureFlagRepository>,
+        cache: Arc<DynFeatureFlagCache>,
+    ) -> ServiceBuilder {
+        ServiceBuilder {
+            repository,
+            cache,
+            ttl: DEFAULT_TTL,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The cache TTL in use.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The cache backend's name.
+    pub fn cache_backend(&self) -> &'static str {
+        self.inner.cache.backend()
+    }
+
+    /// The repository backend's name.
+    pub fn repository_backend(&self) -> &'static str {
+        self.inner.repository.backend()
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> ServiceMetrics {
+        self.inner.counters.snapshot()
+    }
+
+    // ----- reads through the cache -------------------------------------------------------------
+
+    /// The current snapshot of `env`, from the cache or (on a miss) the repository.
+    pub async fn snapshot(
+        &self,
+        env: &Environment,
+    ) -> Result<Arc<EnvironmentSnapshot>, ServiceError> {
+        let inner = &self.inner;
+        let floor = inner.floor(env);
+        let fill = match inner.cache.get(env).await {
+            Ok(Some(snapshot)) if snapshot.revision() >= floor => {
+                inner.counters.cache_hits.increment();
+                return Ok(snapshot);
+            }
+            Ok(_) => {
+                inner.counters.cache_misses.increment();
+                true
+            }
+            Err(error) => {
+                inner.cache_failed_read(env, &error);
+                false
+            }
+        };
+        self.load(env, floor, fill).await
+    }
+
+    /// One flag of `env`, from the cache or (on a miss) the repository; `None` if absent.
+    pub async fn find_flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Option<Arc<FeatureFlag>>, ServiceError> {
+        let inner = &self.inner;
+        let floor = inner.floor(env);
+        let fill = match inner.cache.get_flag(env, key).await {
+            Ok(FlagLookup::Hit { flag, revision }) if revision >= floor => {
+                inner.counters.cache_hits.increment();
+                return Ok(Some(flag));
+            }
+            Ok(FlagLookup::Absent { revision }) if revision >= floor => {
+                inner.counters.cache_absent.increment();
+                return Ok(None);
+            }
+            Ok(_) => {
+                inner.counters.cache_misses.increment();
+                true
+            }
+            Err(error) => {
+                inner.cache_failed_read(env, &error);
+                false
+            }
+        };
+        let snapshot = self.load(env, floor, fill).await?;
+        Ok(snapshot.flag(key.as_str()).cloned())
+    }
+
+    /// Evaluates one flag of `env` for `context`.
+    pub async fn evaluate(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        context: &EvaluationContext,
+    ) -> Result<Evaluation, ServiceError> {
+        let flag = self
+            .find_flag(env, key)
+            .await?
+            .ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
+        Ok(Evaluation::of(flag, context)?)
+    }
+
+    /// Evaluates every flag of `env` for `context`; per-flag failures sit in the results.
+    pub async fn evaluate_all(
+        &self,
+        env: &Environment,
+        context: &EvaluationContext,
+    ) -> Result<BulkEvaluation, ServiceError> {
+        let snapshot = self.snapshot(env).await?;
+        let results = snapshot
+            .flags()
+            .map(|flag| Evaluation::of(Arc::clone(flag), context))
+            .collect();
+        Ok(BulkEvaluation {
+            revision: snapshot.revision(),
+            results,
+        })
+    }
+
+    /// Loads `env` from the repository, sharing the read with concurrent callers.
+    async fn load(
+        &self,
+        env: &Environment,
+        floor: Revision,
+        fill: bool,
+    ) -> Result<Arc<EnvironmentSnapshot>, ServiceError> {
+        let inner = &self.inner;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let flight = inner.join_flight(env);
+            let result = flight.get_or_init(|| inner.fetch(env, fill)).await.clone();
+            inner.land_flight(env, &flight);
+            let snapshot = result?;
+            if snapshot.revision() >= floor || attempt >= MAX_LOAD_ATTEMPTS {
+                if snapshot.revision() < floor {
+                    warn!(%env, revision = %snapshot.revision(), %floor,
+                        "repository returned a revision older than one this server wrote");
+                }
+                return Ok(snapshot);
+            }
+            // The fill we joined began before a write that this read must see; read again.
+        }
+    }
+
+    // ----- reads of the source of truth --------------------------------------------------------
+
+    /// Every stored flag of `env`, read from the repository (management reads bypass the cache).
+    pub async fn stored_flags(
+        &self,
+        env: &Environment,
+    ) -> Result<EnvironmentSnapshot, ServiceError> {
+        self.inner.counters.repository_reads.increment();
+        Ok(self.inner.repository.snapshot(env).await?)
+    }
+
+    /// One stored flag of `env`, read from the repository.
+    pub async fn stored_flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Option<FeatureFlag>, ServiceError> {
+        self.inner.counters.repository_reads.increment();
+        Ok(self.inner.repository.flag(env, key).await?)
+    }
+
+    /// Every environment that has had a write.
+    pub async fn environments(&self) -> Result<Vec<EnvironmentSummary>, ServiceError> {
+        self.inner.counters.repository_reads.increment();
+        Ok(self.inner.repository.environments().await?)
+    }
+
+    /// Succeeds while the repository answers.
+    pub async fn ping_repository(&self) -> Result<(), ServiceError> {
+        Ok(self.inner.repository.ping().await?)
+    }
+
+    // ----- writes ------------------------------------------------------------------------------
+
+    /// Creates or replaces a flag, then invalidates the cache of `env`.
+    pub async fn upsert(
+        &self,
+        env: &Environment,
+        flag: FeatureFlag,
+        precondition: Precondition,
+    ) -> Result<Upserted, ServiceError> {
+        let upserted = self
+            .inner
+            .repository
+            .upsert(env, flag, precondition)
+            .await?;
+        self.inner.after_write(env, upserted.revision).await;
+        Ok(upserted)
+    }
+
+    /// Deletes a flag, then invalidates the cache of `env`.
+    pub async fn delete(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, ServiceError> {
+        let deleted = self.inner.repository.delete(env, key, precondition).await?;
+        self.inner.after_write(env, deleted.revision).await;
+        Ok(deleted)
+    }
+
+    /// Drops `env` from the cache at its current revision, so the next read refills it.
+    pub async fn invalidate_cache(&self, env: &Environment) -> Result<Revision, ServiceError> {
+        self.inner.counters.repository_reads.increment();
+        let revision = self.inner.repository.snapshot(env).await?.revision();
+        self.inner.evict_flight(env);
+        if let Err(error) = self.inner.cache.invalidate(env, revision).await {
+            self.inner.counters.cache_errors.increment();
+            return Err(error.into());
+        }
+        Ok(revision)
+    }
+}
+
+impl Inner {
+    fn floor(&self, env: &Environment) -> Revision {
+        self.floors
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(env)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn raise_floor(&self, env: &Environment, revision: Revision) {
+        let mut floors = self.floors.write().unwrap_or_else(PoisonError::into_inner);
+        let floor = floors.entry(env.clone()).or_default();
+        *floor = (*floor).max(revision);
+    }
+
+    fn cache_failed_read(&self, env: &Environment, error: &CacheError) {
+        self.counters.cache_errors.increment();
+        self.counters.cache_fallbacks.increment();
+        warn!(%env, backend = self.cache.backend(), %error, "cache read failed; answering from the repository");
+    }
+
+    fn join_flight(&self, env: &Environment) -> Arc<Flight> {
+        let mut flights = lock(&self.flights);
+        Arc::clone(flights.entry(env.clone()).or_default())
+    }
+
+    /// Forgets a finished flight, unless a newer one already took its place.
+    fn land_flight(&self, env: &Environment, flight: &Arc<Flight>) {
+        let mut flights = lock(&self.flights);
+        if flights
+            .get(env)
+            .is_some_and(|current| Arc::ptr_eq(current, flight))
+        {
+            flights.remove(env);
+        }
+    }
+
+    /// Detaches the flight in progress, so that readers arriving from now on start a new one.
+    fn evict_flight(&self, env: &Environment) {
+        lock(&self.flights).remove(env);
+    }
+
+    /// One repository read, and the cache fill that follows it.
+    async fn fetch(
+        &self,
+        env: &Environment,
+        fill: bool,
+    ) -> Result<Arc<EnvironmentSnapshot>, RepositoryError> {
+        self.counters.repository_reads.increment();
+        let snapshot = Arc::new(self.repository.snapshot(env).await?);
+        if fill {
+            match self.cache.set(env, Arc::clone(&snapshot), self.ttl).await {
+                Ok(SetOutcome::Stored) => {
+                    self.counters.fills_stored.increment();
+                    debug!(%env, revision = %snapshot.revision(), "cache filled");
+                }
+                Ok(SetOutcome::Stale) => {
+                    self.counters.fills_stale.increment();
+                    debug!(%env, revision = %snapshot.revision(), "cache fill refused as stale");
+                }
+                Err(error) => {
+                    self.counters.cache_errors.increment();
+                    warn!(%env, backend = self.cache.backend(), %error, "cache fill failed");
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+
+    async fn after_write(self: &Arc<Self>, env: &Environment, revision: Revision) {
+        self.raise_floor(env, revision);
+        self.evict_flight(env);
+        if let Err(error) = self.cache.invalidate(env, revision).await {
+            self.counters.cache_errors.increment();
+            warn!(%env, %revision, backend = self.cache.backend(), %error,
+                "cache invalidation failed; retrying in the background");
+            self.schedule_invalidation_retry(env, revision);
+        }
+    }
+
+    fn schedule_invalidation_retry(self: &Arc<Self>, env: &Environment, revision: Revision) {
+        {
+            let mut pending = lock(&self.pending_invalidations);
+            if let Some(target) = pending.get_mut(env) {
+                // A retry task for this environment is running; it will pick the newer revision up.
+                *target = (*target).max(revision);
+                return;
+            }
+            pending.insert(env.clone(), revision);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let inner = Arc::clone(self);
+                let env = env.clone();
+                runtime.spawn(async move { inner.retry_invalidation(env).await });
+            }
+            Err(_) => {
+                lock(&self.pending_invalidations).remove(env);
+                self.counters.invalidations_abandoned.increment();
+                error!(%env, %revision, "no Tokio runtime to retry a failed invalidation; the TTL bounds staleness");
+            }
+        }
+    }
+
+    async fn retry_invalidation(self: Arc<Self>, env: Environment) {
+        let deadline = Instant::now() + self.retry.give_up_after.unwrap_or(self.ttl);
+        let mut delay = self.retry.first_delay;
+        loop {
+            tokio::time::sleep(delay).await;
+            let Some(target) = lock(&self.pending_invalidations).get(&env).copied() else {
+                return;
+            };
+            self.counters.invalidation_retries.increment();
+            match self.cache.invalidate(&env, target).await {
+                Ok(()) => {
+                    let mut pending = lock(&self.pending_invalidations);
+                    if pending.get(&env) == Some(&target) {
+                        pending.remove(&env);
+                        info!(%env, revision = %target, "cache invalidation succeeded on retry");
+                        return;
+                    }
+                    // A newer write failed to invalidate meanwhile: go on with its revision.
+                    delay = self.retry.first_delay;
+                }
+                Err(error) => {
+                    self.counters.cache_errors.increment();
+                    if Instant::now() >= deadline {
+                        lock(&self.pending_invalidations).remove(&env);
+                        self.counters.invalidations_abandoned.increment();
+                        error!(%env, revision = %target, %error,
+                            "giving up on cache invalidation; entries expire with their TTL");
+                        return;
+                    }
+                    warn!(%env, revision = %target, %error, "cache invalidation retry failed");
+                    delay = (delay * 2).min(self.retry.max_delay);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! An environment's flags at one revision: the unit the cache stores and the service serves.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flag::FeatureFlag;
+use crate::names::{Environment, FlagKey};
+
+/// An environment's revision: bumped by the repository in the same transaction as every write in
+/// that environment, so a larger revision is always newer. An environment never written is at 0.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Revision(pub u64);
+
+impl Revision {
+    /// The revision of an environment that has never been written.
+    pub const ZERO: Revision = Revision(0);
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// All flags of one environment at one revision, keyed and ordered by flag key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EnvironmentSnapshot {
+    revision: Revision,
+    flags: BTreeMap<FlagKey, Arc<FeatureFlag>>,
+}
+
+/// Two flags with one key in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("flag {0} appears twice in one snapshot")]
+pub struct DuplicateFlag(pub FlagKey);
+
+impl EnvironmentSnapshot {
+    /// A snapshot of the given flags; two flags with one key are refused.
+    pub fn new(
+        revision: Revision,
+        flags: impl IntoIterator<Item = FeatureFlag>,
+    ) -> Result<Self, DuplicateFlag> {
+        Self::from_shared(revision, flags.into_iter().map(Arc::new))
+    }
+
+    /// A snapshot of already shared flags; two flags with one key are refused.
+    pub fn from_shared(
+        revision: Revision,
+        flags: impl IntoIterator<Item = Arc<FeatureFlag>>,
+    ) -> Result<Self, DuplicateFlag> {
+        let mut map = BTreeMap::new();
+        for flag in flags {
+            let key = flag.key().clone();
+            if map.insert(key.clone(), flag).is_some() {
+                return Err(DuplicateFlag(key));
+            }
+        }
+        Ok(Self {
+            revision,
+            flags: map,
+        })
+    }
+
+    /// An environment with no flags.
+    pub fn empty(revision: Revision) -> Self {
+        Self {
+            revision,
+            flags: BTreeMap::new(),
+        }
+    }
+
+    /// The revision these flags are at.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// One flag, if the environment has it.
+    pub fn flag(&self, key: &str) -> Option<&Arc<FeatureFlag>> {
+        self.flags.get(key)
+    }
+
+    /// Every flag, in key order.
+    pub fn flags(&self) -> impl ExactSizeIterator<Item = &Arc<FeatureFlag>> {
+        self.flags.values()
+    }
+
+    /// How many flags there are.
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// Whether there are no flags.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+}
+
+/// `{"revision": 7, "flags": [...]}`, flags in key order.
+impl Serialize for EnvironmentSnapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            revision: Revision,
+            flags: Vec<&'a FeatureFlag>,
+        }
+        Shape {
+            revision: self.revision,
+            flags: self.flags.values().map(|flag| &**flag).collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvironmentSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Shape {
+            revision: Revision,
+            flags: Vec<FeatureFlag>,
+        }
+        let shape = Shape::deserialize(deserializer)?;
+        Self::new(shape.revision, shape.flags).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One line of the environment listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentSummary {
+    /// The environment.
+    pub name: Environment,
+    /// Its current revision.
+    pub revision: Revision,
+    /// How many flags it holds now.
+    pub flag_count: u64,
+}

@@ -1,0 +1,231 @@
+//! Configuration from command-line flags and environment variables of the same names.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The feature-flag server.
+#[derive(Parser)]
+#[command(name = "flag-server", version, about)]
+pub(crate) struct Cli {
+    /// What to do; `serve` when left out.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub(crate) config: Config,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// Which cache sits in front of the database.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheBackend {
+    /// In-process cache (moka); each instance has its own.
+    Memory,
+    /// Redis shared by every instance.
+    Redis,
+    /// In-process layer over Redis, invalidated through Redis pub/sub.
+    Tiered,
+    /// No cache: every read goes to the database.
+    None,
+}
+
+/// Every setting; each flag can also be given as the environment variable of the same name.
+#[derive(clap::Args, Clone)]
+pub(crate) struct Config {
+    /// Address to listen on.
+    #[arg(
+        long = "flag-listen",
+        env = "FLAG_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub(crate) listen: SocketAddr,
+    /// Database URL: `sqlite://…` or `postgres://…`.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://flags.db?mode=rwc"
+    )]
+    pub(crate) database_url: String,
+    /// Cache backend; `redis` when REDIS_URL is set, else `memory`.
+    #[arg(long = "cache-backend", env = "CACHE_BACKEND", value_enum)]
+    pub(crate) cache_backend: Option<CacheBackend>,
+    /// Redis URL: `redis://`, `rediss://` or `redis+unix://`.
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    pub(crate) redis_url: Option<String>,
+    /// Time-to-live of the in-process layer of the tiered cache, in ms.
+    #[arg(
+        long = "cache-l1-ttl-ms",
+        env = "CACHE_L1_TTL_MS",
+        default_value_t = 5_000
+    )]
+    pub(crate) cache_l1_ttl_ms: u64,
+    /// How long the last known good flags may be served when cache and database both fail, in ms.
+    #[arg(
+        long = "flag-stale-if-error-ms",
+        env = "FLAG_STALE_IF_ERROR_MS",
+        default_value_t = 86_400_000
+    )]
+    pub(crate) stale_if_error_ms: u64,
+    /// Prefix of every Redis key.
+    #[arg(
+        long = "redis-key-prefix",
+        env = "REDIS_KEY_PREFIX",
+        default_value = "feature_flags"
+    )]
+    pub(crate) redis_key_prefix: String,
+    /// Timeout of every Redis call, in ms.
+    #[arg(
+        long = "redis-timeout-ms",
+        env = "REDIS_TIMEOUT_MS",
+        default_value_t = 100
+    )]
+    pub(crate) redis_timeout_ms: u64,
+    /// Time-to-live of cached environments, in ms.
+    #[arg(long = "cache-ttl-ms", env = "CACHE_TTL_MS", default_value_t = 300_000)]
+    pub(crate) cache_ttl_ms: u64,
+    /// Bearer token of the management API; a random one is generated when unset.
+    #[arg(
+        long = "flag-admin-token",
+        env = "FLAG_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) admin_token: Option<String>,
+    /// Comma-separated tokens that OFREP clients must present; OFREP is open when unset.
+    #[arg(
+        long = "flag-client-tokens",
+        env = "FLAG_CLIENT_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub(crate) client_tokens: Option<Vec<String>>,
+    /// Environment used when a request has no `X-Environment` header.
+    #[arg(
+        long = "flag-default-environment",
+        env = "FLAG_DEFAULT_ENVIRONMENT",
+        default_value = "production"
+    )]
+    pub(crate) default_environment: String,
+    /// How long SIGTERM waits for in-flight requests, in ms.
+    #[arg(
+        long = "flag-shutdown-grace-ms",
+        env = "FLAG_SHUTDOWN_GRACE_MS",
+        default_value_t = 10_000
+    )]
+    pub(crate) shutdown_grace_ms: u64,
+}
+
+impl Config {
+    /// The cache backend in effect, after applying the default rule.
+    pub(crate) fn effective_cache_backend(&self) -> CacheBackend {
+        self.cache_backend.unwrap_or(if self.redis_url.is_some() {
+            CacheBackend::Redis
+        } else {
+            CacheBackend::Memory
+        })
+    }
+}
+
+/// Secrets are never printed: tokens are shown as `[redacted]`, URL passwords as `***`.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "[redacted]" } else { "[unset]" };
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("cache_backend", &self.effective_cache_backend())
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("cache_l1_ttl_ms", &self.cache_l1_ttl_ms)
+            .field("stale_if_error_ms", &self.stale_if_error_ms)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("cache_ttl_ms", &self.cache_ttl_ms)
+            .field("admin_token", &redacted(self.admin_token.is_some()))
+            .field("client_tokens", &redacted(self.client_tokens.is_some()))
+            .field("default_environment", &self.default_environment)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/db` becomes `scheme://user:***@host/db`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials
+                .split_once(':')
+                .map_or(credentials, |(user, _)| user);
+            let shown = if credentials.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{shown}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("rediss://:secret@host:6380/0"),
+            "rediss://:***@host:6380/0"
+        );
+        assert_eq!(
+            redact_url("postgres://app:pw@db/flags"),
+            "postgres://app:***@db/flags"
+        );
+        assert_eq!(redact_url("redis://token@host"), "redis://***@host");
+        assert_eq!(
+            redact_url("sqlite://flags.db?mode=rwc"),
+            "sqlite://flags.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["flag-server"]).unwrap();
+        let config = cli.config;
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.cache_ttl_ms, 300_000);
+        assert_eq!(config.redis_timeout_ms, 100);
+        assert_eq!(config.default_environment, "production");
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn redis_url_makes_redis_the_default_backend() {
+        let cli =
+            Cli::try_parse_from(["flag-server", "--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        assert_eq!(cli.config.effective_cache_backend(), CacheBackend::Redis);
+        let cli = Cli::try_parse_from(["flag-server"]).unwrap();
+        assert_eq!(cli.config.effective_cache_backend(), CacheBackend::Memory);
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let cli = Cli::try_parse_from(["flag-server", "--flag-admin-token", "s3cret"]).unwrap();
+        let shown = format!("{:?}", cli.config);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+}
