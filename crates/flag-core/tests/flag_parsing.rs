@@ -1,0 +1,206 @@
+//! Parsing flag definitions: defaults, the JSON shape, and one typed error per broken rule.
+
+use flag_core::{FeatureFlag, FlagKey, ValidationReason};
+use rstest::rstest;
+use serde_json::{Value, json};
+
+fn key(name: &str) -> FlagKey {
+    FlagKey::parse(name).unwrap()
+}
+
+fn parse(body: Value) -> Result<FeatureFlag, flag_core::ValidationError> {
+    FeatureFlag::from_definition_json(&key("checkout"), &body.to_string())
+}
+
+#[test]
+fn an_empty_body_gets_every_default() {
+    let flag = parse(json!({})).unwrap();
+    assert_eq!(flag.key().as_str(), "checkout");
+    assert_eq!(flag.description(), "");
+    assert!(!flag.enabled(), "enabled defaults to false");
+    assert_eq!(flag.variants().len(), 2);
+    assert_eq!(flag.variant("on").unwrap().1, &json!(true));
+    assert_eq!(flag.variant("off").unwrap().1, &json!(false));
+    assert_eq!(flag.default_variant(), "on");
+    assert_eq!(flag.off_variant(), "off");
+    assert!(flag.rules().is_empty());
+    assert!(flag.rollout().is_empty());
+    assert!(flag.metadata().is_empty());
+    assert_eq!(flag.version(), 0, "a parsed definition was never stored");
+}
+
+#[test]
+fn the_serialized_shape_is_camel_case_and_complete() {
+    let flag = parse(json!({
+        "description": "New checkout",
+        "enabled": true,
+        "variants": {"a": "x", "b": {"nested": [1, 2.5]}},
+        "defaultVariant": "a",
+        "offVariant": "b",
+        "rules": [
+            {"conditions": [{"attribute": "plan", "operator": "exists"}], "variant": "b"},
+            {"conditions": [], "rollout": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 3}]}
+        ],
+        "rollout": [{"variant": "a", "weight": 50}, {"variant": "b", "weight": 50}],
+        "metadata": {"owner": "payments"}
+    }))
+    .unwrap()
+    .stored_as(3, time::macros::datetime!(2026-01-02 03:04:05 UTC));
+    let shown = serde_json::to_value(&flag).unwrap();
+    assert_eq!(
+        shown,
+        json!({
+            "key": "checkout",
+            "description": "New checkout",
+            "enabled": true,
+            "variants": {"a": "x", "b": {"nested": [1, 2.5]}},
+            "defaultVariant": "a",
+            "offVariant": "b",
+            "rules": [
+                {"conditions": [{"attribute": "plan", "operator": "exists"}], "variant": "b"},
+                {"conditions": [], "rollout": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 3}]}
+            ],
+            "rollout": [{"variant": "a", "weight": 50}, {"variant": "b", "weight": 50}],
+            "metadata": {"owner": "payments"},
+            "version": 3,
+            "updatedAt": "2026-01-02T03:04:05Z"
+        })
+    );
+    // A stored flag reads back to the same value (the cache and repository rely on this).
+    let back: FeatureFlag = serde_json::from_value(shown.clone()).unwrap();
+    assert_eq!(back, flag);
+    // And a GET-edit-PUT round trip works: server-set fields are accepted and ignored.
+    let again = FeatureFlag::from_definition_json(&key("checkout"), &shown.to_string()).unwrap();
+    assert_eq!(again.version(), 0);
+    assert_eq!(again.rules(), flag.rules());
+}
+
+#[test]
+fn integers_and_floats_keep_their_json_type() {
+    let flag = parse(json!({"variants": {"on": 3, "off": 3.0}})).unwrap();
+    let shown = serde_json::to_string(flag.variants()).unwrap();
+    assert_eq!(shown, r#"{"off":3.0,"on":3}"#);
+}
+
+#[test]
+fn null_means_default() {
+    let flag = parse(json!({"description": null, "enabled": null, "rules": null, "rollout": null}))
+        .unwrap();
+    assert!(!flag.enabled());
+    assert!(flag.rules().is_empty());
+}
+
+#[test]
+fn server_set_fields_of_any_shape_are_ignored_in_a_definition() {
+    let flag = parse(json!({"version": "garbage", "updatedAt": 12})).unwrap();
+    assert_eq!(flag.version(), 0);
+}
+
+#[test]
+fn a_stored_flag_needs_its_server_fields() {
+    let missing_version = json!({"key": "a", "updatedAt": "2026-01-01T00:00:00Z"});
+    assert!(serde_json::from_value::<FeatureFlag>(missing_version).is_err());
+    let bad_time = json!({"key": "a", "version": 1, "updatedAt": "yesterday"});
+    assert!(serde_json::from_value::<FeatureFlag>(bad_time).is_err());
+    let ok = json!({"key": "a", "version": 1, "updatedAt": "2026-01-01T00:00:00Z"});
+    assert_eq!(
+        serde_json::from_value::<FeatureFlag>(ok).unwrap().version(),
+        1
+    );
+}
+
+/// One row per rule of the contract: the body, the field named, and the reason.
+#[rstest]
+#[case::unknown_field(json!({"enabeld": true}), "$", "unknown field")]
+#[case::unknown_rule_field(json!({"rules": [{"variant": "on", "when": 1}]}), "$", "unknown field")]
+#[case::wrong_type(json!({"enabled": "yes"}), "$", "invalid type")]
+#[case::not_an_object(json!([1, 2]), "$", "invalid type")]
+#[case::key_mismatch(json!({"key": "other"}), "key", "does not match path key")]
+#[case::unknown_default(json!({"defaultVariant": "blue"}), "defaultVariant", "unknown variant \"blue\"")]
+#[case::unknown_off(json!({"variants": {"on": 1}, "offVariant": "on", "defaultVariant": "x"}), "defaultVariant", "unknown variant")]
+#[case::default_off_missing(json!({"variants": {"on": 1}}), "offVariant", "unknown variant \"off\"")]
+#[case::no_variants(json!({"variants": {}}), "variants", "at least one variant")]
+#[case::null_variant(json!({"variants": {"on": null, "off": 1}}), "variants.on", "must not be null")]
+#[case::empty_variant_name(json!({"variants": {"": 1, "on": 1, "off": 2}}), "variants.", "1 to 128")]
+#[case::rule_unknown_variant(json!({"rules": [{"variant": "nope"}]}), "rules[0].variant", "unknown variant")]
+#[case::rule_both(json!({"rules": [{"variant": "on", "rollout": [{"variant": "on", "weight": 1}]}]}), "rules[0]", "exactly one")]
+#[case::rule_neither(json!({"rules": [{"conditions": []}]}), "rules[0]", "exactly one")]
+#[case::negative_weight(json!({"rollout": [{"variant": "on", "weight": -1}]}), "rollout[0].weight", "must not be negative")]
+#[case::negative_float_weight(json!({"rollout": [{"variant": "on", "weight": -0.5}]}), "rollout[0].weight", "must not be negative")]
+#[case::fractional_weight(json!({"rollout": [{"variant": "on", "weight": 0.5}]}), "rollout[0].weight", "whole number")]
+#[case::string_weight(json!({"rollout": [{"variant": "on", "weight": "5"}]}), "rollout[0].weight", "whole number")]
+#[case::huge_weight(json!({"rollout": [{"variant": "on", "weight": 5_000_000_000u64}]}), "rollout[0].weight", "whole number")]
+#[case::zero_total(json!({"rollout": [{"variant": "on", "weight": 0}, {"variant": "off", "weight": 0}]}), "rollout", "sum to more than 0")]
+#[case::total_too_large(json!({"rollout": [{"variant": "on", "weight": 4_000_000_000u64}, {"variant": "off", "weight": 4_000_000_000u64}]}), "rollout", "at most 4294967295")]
+#[case::rule_empty_rollout(json!({"rules": [{"rollout": []}]}), "rules[0].rollout", "sum to more than 0")]
+#[case::rollout_unknown_variant(json!({"rollout": [{"variant": "blue", "weight": 1}]}), "rollout[0].variant", "unknown variant")]
+#[case::unknown_operator(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "matches", "value": 1}], "variant": "on"}]}), "rules[0].conditions[0].operator", "unknown operator \"matches\"")]
+#[case::empty_attribute(json!({"rules": [{"conditions": [{"attribute": "", "operator": "exists"}], "variant": "on"}]}), "rules[0].conditions[0].attribute", "must not be empty")]
+#[case::in_needs_array(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "in", "value": "x"}], "variant": "on"}]}), "rules[0].conditions[0].value", "array")]
+#[case::gt_needs_number(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "gt", "value": "5"}], "variant": "on"}]}), "rules[0].conditions[0].value", "number")]
+#[case::starts_needs_string(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "starts_with", "value": 5}], "variant": "on"}]}), "rules[0].conditions[0].value", "string")]
+#[case::exists_takes_no_value(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "exists", "value": true}], "variant": "on"}]}), "rules[0].conditions[0].value", "no `value`")]
+#[case::equals_needs_value(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "equals"}], "variant": "on"}]}), "rules[0].conditions[0].value", "a `value`")]
+#[case::metadata_strings(json!({"metadata": {"n": 1}}), "$", "invalid type")]
+fn invalid_definitions_name_field_and_reason(
+    #[case] body: Value,
+    #[case] field: &str,
+    #[case] reason: &str,
+) {
+    let error = parse(body).unwrap_err();
+    assert!(
+        error.field().starts_with(field),
+        "field {:?}, expected {field:?} ({error})",
+        error.field()
+    );
+    assert!(
+        error.to_string().contains(reason),
+        "{error} should say {reason:?}"
+    );
+}
+
+#[test]
+fn reasons_are_typed() {
+    let error = parse(json!({"rollout": [{"variant": "on", "weight": -3}]})).unwrap_err();
+    assert_eq!(
+        error.reason(),
+        &ValidationReason::NegativeWeight("-3".into())
+    );
+    let error = parse(json!({"defaultVariant": "x"})).unwrap_err();
+    assert_eq!(
+        error.reason(),
+        &ValidationReason::UnknownVariant("x".into())
+    );
+}
+
+#[test]
+fn whole_floats_are_whole_weights() {
+    let flag = parse(
+        json!({"rollout": [{"variant": "on", "weight": 25.0}, {"variant": "off", "weight": 75}]}),
+    )
+    .unwrap();
+    assert_eq!(flag.rollout().total_weight(), 100);
+}
+
+#[test]
+fn a_flag_level_empty_rollout_is_no_rollout() {
+    let flag = parse(json!({"rollout": []})).unwrap();
+    assert!(flag.rollout().is_empty());
+}
+
+#[test]
+fn a_rule_without_conditions_is_accepted() {
+    let flag = parse(json!({"rules": [{"variant": "off"}]})).unwrap();
+    assert!(flag.rules()[0].conditions().is_empty());
+}
+
+#[test]
+fn a_hostile_variant_name_is_echoed_short() {
+    let name = "v".repeat(100_000);
+    let error = parse(json!({"defaultVariant": name})).unwrap_err();
+    assert!(
+        error.to_string().len() < 400,
+        "{} bytes",
+        error.to_string().len()
+    );
+}
