@@ -1,0 +1,556 @@
+//! `FeatureFlagService` under concurrency and injected faults.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use flag_core::{
+    EvaluationContext, EvaluationError, FeatureFlagService, Precondition, Reason, RepositoryError,
+    RetryPolicy, Revision, ServiceConfigError, ServiceError,
+};
+use serde_json::json;
+use support::{FakeCache, FakeRepository, boolean, env, flag, key};
+use tokio::sync::Barrier;
+
+struct Harness {
+    cache: Arc<FakeCache>,
+    repository: Arc<FakeRepository>,
+    service: FeatureFlagService,
+}
+
+fn harness_with(retry: RetryPolicy) -> Harness {
+    let cache = Arc::new(FakeCache::default());
+    let repository = Arc::new(FakeRepository::default());
+    let service = FeatureFlagService::builder(repository.clone(), cache.clone())
+        .ttl(Duration::from_secs(60))
+        .invalidation_retry(retry)
+        .build()
+        .unwrap();
+    Harness {
+        cache,
+        repository,
+        service,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(RetryPolicy {
+        first_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        give_up_after: Some(Duration::from_secs(5)),
+    })
+}
+
+async fn value_of(
+    service: &FeatureFlagService,
+    environment: &str,
+    name: &str,
+) -> serde_json::Value {
+    service
+        .evaluate(&env(environment), &key(name), &EvaluationContext::new())
+        .await
+        .unwrap()
+        .value()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_misses_cause_one_repository_read() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("checkout", true), Precondition::None)
+        .await
+        .unwrap();
+    // Slow reads keep the first fill in flight while every other miss arrives.
+    h.repository.snapshot_delay_ms.store(200, Ordering::SeqCst);
+    let reads_before = h.repository.reads();
+
+    let barrier = Arc::new(Barrier::new(100));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let service = h.service.clone();
+            let barrier = barrier.clone();
+            let prod = prod.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                service.snapshot(&prod).await
+            })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for task in tasks {
+        let snapshot = task.await.unwrap().unwrap();
+        assert_eq!(snapshot.len(), 1);
+        revisions.push(snapshot.revision());
+    }
+    assert_eq!(
+        h.repository.reads() - reads_before,
+        1,
+        "one repository read for 100 misses"
+    );
+    assert!(revisions.iter().all(|r| *r == Revision(1)));
+    assert_eq!(h.service.metrics().fills_stored, 1);
+}
+
+#[tokio::test]
+async fn a_second_read_is_a_cache_hit() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("a", true), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(value_of(&h.service, "production", "a").await, json!(true));
+    assert_eq!(value_of(&h.service, "production", "a").await, json!(true));
+    h.service.snapshot(&prod).await.unwrap();
+    assert_eq!(h.repository.reads(), 1);
+    let metrics = h.service.metrics();
+    assert_eq!((metrics.cache_misses, metrics.cache_hits), (1, 2));
+    assert_eq!(
+        *h.cache.last_ttl.lock().unwrap(),
+        Some(Duration::from_secs(60))
+    );
+}
+
+#[tokio::test]
+async fn an_absent_flag_in_a_cached_environment_needs_no_repository_read() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("a", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service.snapshot(&prod).await.unwrap();
+    let error = h
+        .service
+        .evaluate(&prod, &key("missing"), &EvaluationContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        ServiceError::Evaluation(EvaluationError::FlagNotFound { .. })
+    ));
+    assert_eq!(h.repository.reads(), 1);
+    assert_eq!(h.service.metrics().cache_absent, 1);
+}
+
+#[tokio::test]
+async fn a_missing_flag_in_an_uncached_environment_is_not_found() {
+    let h = harness();
+    let error = h
+        .service
+        .evaluate(&env("empty"), &key("nothing"), &EvaluationContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        ServiceError::Evaluation(EvaluationError::FlagNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn with_the_cache_down_every_read_is_still_correct() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("on-flag", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service
+        .upsert(&prod, boolean("off-flag", false), Precondition::None)
+        .await
+        .unwrap();
+    h.cache.fail_reads.store(true, Ordering::SeqCst);
+    h.cache.fail_sets.store(true, Ordering::SeqCst);
+    h.cache
+        .failing_invalidations
+        .store(u32::MAX, Ordering::SeqCst);
+
+    for _ in 0..5 {
+        assert_eq!(
+            value_of(&h.service, "production", "on-flag").await,
+            json!(true)
+        );
+        assert_eq!(
+            value_of(&h.service, "production", "off-flag").await,
+            json!(false)
+        );
+    }
+    // Writes still work, and the next read sees them.
+    h.service
+        .upsert(&prod, boolean("on-flag", false), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&h.service, "production", "on-flag").await,
+        json!(false)
+    );
+    let bulk = h
+        .service
+        .evaluate_all(&prod, &EvaluationContext::new())
+        .await
+        .unwrap();
+    assert_eq!(bulk.results.len(), 2);
+    assert_eq!(bulk.revision, Revision(3));
+
+    let metrics = h.service.metrics();
+    assert_eq!(metrics.cache_fallbacks, 12, "{metrics:?}");
+    assert!(metrics.cache_errors >= 12);
+    // A failing cache is not asked to store what a fallback read loaded.
+    assert_eq!(h.cache.sets.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_cache_read_failure_and_a_repository_failure_is_an_error_not_a_panic() {
+    let h = harness();
+    h.cache.fail_reads.store(true, Ordering::SeqCst);
+    h.repository.fail.store(true, Ordering::SeqCst);
+    let error = h.service.snapshot(&env("production")).await.unwrap_err();
+    assert!(matches!(
+        error,
+        ServiceError::Repository(RepositoryError::Unavailable { .. })
+    ));
+}
+
+/// A fill that read the repository before a write, and returns after it, must never be served
+/// to a read that began after the write returned, nor be left in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fill_racing_a_write_never_serves_pre_write_flags() {
+    for invalidation_fails in [false, true] {
+        let h = harness();
+        let prod = env("production");
+        h.service
+            .upsert(&prod, boolean("kill-switch", false), Precondition::None)
+            .await
+            .unwrap();
+
+        // Reader A misses and reads the repository, which captures revision 1 and then stalls.
+        h.repository.hold_snapshots.store(true, Ordering::SeqCst);
+        let reader_a = {
+            let service = h.service.clone();
+            let prod = prod.clone();
+            tokio::spawn(async move {
+                service
+                    .evaluate(&prod, &key("kill-switch"), &EvaluationContext::new())
+                    .await
+            })
+        };
+        while h.repository.reads() < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        // The write lands while A's fill is in flight.
+        if invalidation_fails {
+            h.cache
+                .failing_invalidations
+                .store(u32::MAX, Ordering::SeqCst);
+        }
+        h.service
+            .upsert(&prod, boolean("kill-switch", true), Precondition::None)
+            .await
+            .unwrap();
+        h.repository.hold_snapshots.store(false, Ordering::SeqCst);
+
+        // Reader B begins after the write returned: it must see the write.
+        // (A reader that joined A's stalled fill would wait forever: bound it so that fails.)
+        let b = tokio::time::timeout(
+            Duration::from_secs(5),
+            h.service
+                .evaluate(&prod, &key("kill-switch"), &EvaluationContext::new()),
+        )
+        .await
+        .expect("a read after the write must not wait on a fill that began before it")
+        .unwrap();
+        assert_eq!(
+            b.value(),
+            &json!(true),
+            "invalidation_fails={invalidation_fails}"
+        );
+
+        // Let A finish. A overlapped the write, so either answer is correct for A itself; what
+        // matters is that its pre-write fill is refused by the cache.
+        h.repository.gate.add_permits(10);
+        reader_a.await.unwrap().unwrap();
+
+        for _ in 0..3 {
+            let c = h
+                .service
+                .evaluate(&prod, &key("kill-switch"), &EvaluationContext::new())
+                .await
+                .unwrap();
+            assert_eq!(
+                c.value(),
+                &json!(true),
+                "invalidation_fails={invalidation_fails}"
+            );
+        }
+        if let Some(cached) = h.cache.peek(&prod) {
+            assert_eq!(
+                cached.revision(),
+                Revision(2),
+                "the cache never keeps the pre-write snapshot"
+            );
+        }
+        assert_eq!(
+            h.service.metrics().fills_stale,
+            1,
+            "{:?}",
+            h.service.metrics()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_cached_snapshot_is_not_served_after_a_write_whose_invalidation_failed() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("f", false), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(value_of(&h.service, "production", "f").await, json!(false));
+    h.cache
+        .failing_invalidations
+        .store(u32::MAX, Ordering::SeqCst);
+    h.service
+        .upsert(&prod, boolean("f", true), Precondition::None)
+        .await
+        .unwrap();
+    // The cache still holds revision 1, which this server knows to be older than its write.
+    assert_eq!(h.cache.peek(&prod).unwrap().revision(), Revision(1));
+    assert_eq!(value_of(&h.service, "production", "f").await, json!(true));
+    assert_eq!(
+        h.service.snapshot(&prod).await.unwrap().revision(),
+        Revision(2)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_invalidation_is_retried_in_the_background_and_counted() {
+    let h = harness();
+    let prod = env("production");
+    h.cache.failing_invalidations.store(3, Ordering::SeqCst);
+    h.service
+        .upsert(&prod, boolean("f", true), Precondition::None)
+        .await
+        .unwrap();
+    // One failed invalidation inline, then retries until the fourth call succeeds.
+    for _ in 0..200 {
+        if h.cache.known_revision(&prod) == Revision(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        h.cache.known_revision(&prod),
+        Revision(1),
+        "the retry reached the cache"
+    );
+    let metrics = h.service.metrics();
+    assert_eq!(metrics.invalidation_retries, 3, "{metrics:?}");
+    assert_eq!(metrics.invalidations_abandoned, 0);
+}
+
+#[tokio::test]
+async fn retries_of_one_environment_collapse_into_one_task_with_the_newest_revision() {
+    let h = harness();
+    let prod = env("production");
+    h.cache
+        .failing_invalidations
+        .store(u32::MAX, Ordering::SeqCst);
+    for value in [true, false, true] {
+        h.service
+            .upsert(&prod, boolean("f", value), Precondition::None)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    h.cache.failing_invalidations.store(0, Ordering::SeqCst);
+    for _ in 0..200 {
+        if h.cache.known_revision(&prod) == Revision(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.cache.known_revision(&prod), Revision(3));
+}
+
+#[tokio::test]
+async fn an_invalidation_that_keeps_failing_is_abandoned_after_the_deadline() {
+    let h = harness_with(RetryPolicy {
+        first_delay: Duration::from_millis(2),
+        max_delay: Duration::from_millis(5),
+        give_up_after: Some(Duration::from_millis(40)),
+    });
+    let prod = env("production");
+    h.cache
+        .failing_invalidations
+        .store(u32::MAX, Ordering::SeqCst);
+    h.service
+        .upsert(&prod, boolean("f", true), Precondition::None)
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if h.service.metrics().invalidations_abandoned == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let metrics = h.service.metrics();
+    assert_eq!(metrics.invalidations_abandoned, 1, "{metrics:?}");
+    assert!(metrics.invalidation_retries >= 2);
+}
+
+#[tokio::test]
+async fn bulk_evaluation_is_in_key_order_with_errors_per_flag() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("b-flag", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service
+        .upsert(
+            &prod,
+            flag(
+                "a-split",
+                json!({"enabled": true, "rollout": [{"variant": "on", "weight": 1}]}),
+            ),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    h.service
+        .upsert(&prod, boolean("c-off", false), Precondition::None)
+        .await
+        .unwrap();
+
+    let anonymous = h
+        .service
+        .evaluate_all(&prod, &EvaluationContext::new())
+        .await
+        .unwrap();
+    assert_eq!(anonymous.revision, Revision(3));
+    let keys: Vec<String> = anonymous
+        .results
+        .iter()
+        .map(|result| match result {
+            Ok(evaluation) => evaluation.key().to_string(),
+            Err(error) => error.key().to_string(),
+        })
+        .collect();
+    assert_eq!(keys, ["a-split", "b-flag", "c-off"]);
+    assert!(matches!(
+        anonymous.results[0],
+        Err(EvaluationError::TargetingKeyMissing { .. })
+    ));
+
+    let known = h
+        .service
+        .evaluate_all(&prod, &EvaluationContext::new().with_targeting_key("u1"))
+        .await
+        .unwrap();
+    let first = known.results[0].as_ref().unwrap();
+    assert_eq!((first.variant(), first.reason()), ("on", Reason::Split));
+    assert_eq!(first.flag_version(), 1);
+}
+
+#[tokio::test]
+async fn writes_keep_versions_and_report_conflicts() {
+    let h = harness();
+    let prod = env("production");
+    let created = h
+        .service
+        .upsert(&prod, boolean("f", true), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(created.created);
+    assert_eq!(created.flag.version(), 1);
+    let conflict = h
+        .service
+        .upsert(&prod, boolean("f", false), Precondition::Version(7))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        conflict,
+        ServiceError::Repository(RepositoryError::VersionConflict {
+            current: Some(1),
+            ..
+        })
+    ));
+    // A refused write changes nothing that readers see.
+    assert_eq!(value_of(&h.service, "production", "f").await, json!(true));
+    let deleted = h
+        .service
+        .delete(&prod, &key("f"), Precondition::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(deleted.revision, Revision(2));
+    let gone = h
+        .service
+        .evaluate(&prod, &key("f"), &EvaluationContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        gone,
+        ServiceError::Evaluation(EvaluationError::FlagNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn explicit_invalidation_drops_the_cache_and_reports_cache_failures() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("f", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service.snapshot(&prod).await.unwrap();
+    assert!(h.cache.peek(&prod).is_some());
+    assert_eq!(
+        h.service.invalidate_cache(&prod).await.unwrap(),
+        Revision(1)
+    );
+    assert!(h.cache.peek(&prod).is_none());
+    // The same revision may be filled again.
+    h.service.snapshot(&prod).await.unwrap();
+    assert!(h.cache.peek(&prod).is_some());
+
+    h.cache.failing_invalidations.store(1, Ordering::SeqCst);
+    assert!(matches!(
+        h.service.invalidate_cache(&prod).await,
+        Err(ServiceError::Cache(_))
+    ));
+}
+
+#[tokio::test]
+async fn environments_are_isolated() {
+    let h = harness();
+    h.service
+        .upsert(&env("prod"), boolean("f", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service
+        .upsert(&env("prod-eu"), boolean("f", false), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(value_of(&h.service, "prod", "f").await, json!(true));
+    assert_eq!(value_of(&h.service, "prod-eu", "f").await, json!(false));
+    let listed = h.service.environments().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["prod", "prod-eu"]);
+}
+
+#[test]
+fn a_zero_ttl_is_refused() {
+    let result = FeatureFlagService::builder(
+        Arc::new(FakeRepository::default()),
+        Arc::new(FakeCache::default()),
+    )
+    .ttl(Duration::ZERO)
+    .build();
+    assert_eq!(result.unwrap_err(), ServiceConfigError::ZeroTtl);
+}

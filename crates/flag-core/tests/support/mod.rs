@@ -1,0 +1,349 @@
+//! In-crate fakes for the service tests: a contract-abiding cache that fails on command, and an
+//! in-memory repository that counts its reads and can be made slow or held at a gate.
+//!
+//! Real adapters are proven by `flag-conformance`; these exist to inject faults and timing.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flag_core::{
+    CacheError, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
+    FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup, Precondition, RepositoryError,
+    Revision, SetOutcome, Upserted, async_trait,
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub fn env(name: &str) -> Environment {
+    Environment::parse(name).unwrap()
+}
+
+pub fn key(name: &str) -> FlagKey {
+    FlagKey::parse(name).unwrap()
+}
+
+/// A flag definition from JSON, as a PUT body would give it.
+pub fn flag(name: &str, body: serde_json::Value) -> FeatureFlag {
+    FeatureFlag::from_definition_json(&key(name), &body.to_string()).unwrap()
+}
+
+/// An enabled boolean flag serving `value`.
+pub fn boolean(name: &str, value: bool) -> FeatureFlag {
+    flag(
+        name,
+        json!({"enabled": true, "defaultVariant": if value { "on" } else { "off" }}),
+    )
+}
+
+// ----- cache ------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct CacheEntry {
+    snapshot: Option<(Arc<EnvironmentSnapshot>, Instant)>,
+    /// The newest revision seen by set or invalidate.
+    revision: Revision,
+}
+
+/// A cache that follows the port's contract, with switches that make each operation fail.
+#[derive(Debug, Default)]
+pub struct FakeCache {
+    entries: Mutex<HashMap<Environment, CacheEntry>>,
+    pub fail_reads: AtomicBool,
+    pub fail_sets: AtomicBool,
+    /// How many upcoming invalidations fail; `u32::MAX` for all of them.
+    pub failing_invalidations: AtomicU32,
+    pub reads: AtomicU64,
+    pub sets: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub last_ttl: Mutex<Option<Duration>>,
+}
+
+impl FakeCache {
+    fn fault() -> CacheError {
+        CacheError::Unavailable {
+            message: "injected fault".into(),
+        }
+    }
+
+    /// The newest revision the cache has seen for `env` (set or invalidated).
+    pub fn known_revision(&self, env: &Environment) -> Revision {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(env)
+            .map(|entry| entry.revision)
+            .unwrap_or_default()
+    }
+
+    /// The cached snapshot, ignoring faults (for assertions).
+    pub fn peek(&self, env: &Environment) -> Option<Arc<EnvironmentSnapshot>> {
+        let entries = self.entries.lock().unwrap();
+        let (snapshot, expires) = entries.get(env)?.snapshot.as_ref()?;
+        (Instant::now() < *expires).then(|| Arc::clone(snapshot))
+    }
+
+    /// Puts a snapshot in directly, bypassing revision rules (to simulate a stale leftover).
+    pub fn plant(&self, env: &Environment, snapshot: EnvironmentSnapshot) {
+        let mut entries = self.entries.lock().unwrap();
+        let entry = entries.entry(env.clone()).or_default();
+        entry.revision = snapshot.revision();
+        entry.snapshot = Some((
+            Arc::new(snapshot),
+            Instant::now() + Duration::from_secs(3600),
+        ));
+    }
+
+    fn read(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(Self::fault());
+        }
+        Ok(self.peek(env))
+    }
+}
+
+#[async_trait]
+impl FeatureFlagCache for FakeCache {
+    fn backend(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn get(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        self.read(env)
+    }
+
+    async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
+        Ok(match self.read(env)? {
+            None => FlagLookup::Miss,
+            Some(snapshot) => match snapshot.flag(key.as_str()) {
+                Some(flag) => FlagLookup::Hit {
+                    flag: Arc::clone(flag),
+                    revision: snapshot.revision(),
+                },
+                None => FlagLookup::Absent {
+                    revision: snapshot.revision(),
+                },
+            },
+        })
+    }
+
+    async fn set(
+        &self,
+        env: &Environment,
+        snapshot: Arc<EnvironmentSnapshot>,
+        ttl: Duration,
+    ) -> Result<SetOutcome, CacheError> {
+        self.sets.fetch_add(1, Ordering::SeqCst);
+        *self.last_ttl.lock().unwrap() = Some(ttl);
+        if ttl.is_zero() {
+            return Err(CacheError::ZeroTtl);
+        }
+        if self.fail_sets.load(Ordering::SeqCst) {
+            return Err(Self::fault());
+        }
+        let mut entries = self.entries.lock().unwrap();
+        let entry = entries.entry(env.clone()).or_default();
+        if snapshot.revision() < entry.revision {
+            return Ok(SetOutcome::Stale);
+        }
+        entry.revision = snapshot.revision();
+        entry.snapshot = Some((snapshot, Instant::now() + ttl));
+        Ok(SetOutcome::Stored)
+    }
+
+    async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        let failing = self.failing_invalidations.load(Ordering::SeqCst);
+        if failing > 0 {
+            if failing != u32::MAX {
+                self.failing_invalidations.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(Self::fault());
+        }
+        let mut entries = self.entries.lock().unwrap();
+        let entry = entries.entry(env.clone()).or_default();
+        entry.revision = entry.revision.max(revision);
+        entry.snapshot = None;
+        Ok(())
+    }
+}
+
+// ----- repository -------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone)]
+struct EnvState {
+    revision: Revision,
+    flags: BTreeMap<FlagKey, FeatureFlag>,
+}
+
+/// An in-memory repository that counts snapshot reads and can be slowed or held at a gate.
+#[derive(Debug)]
+pub struct FakeRepository {
+    envs: Mutex<BTreeMap<Environment, EnvState>>,
+    pub snapshot_reads: AtomicU64,
+    pub fail: AtomicBool,
+    /// Delay of every snapshot read, in ms.
+    pub snapshot_delay_ms: AtomicU64,
+    /// When set, snapshot reads capture their data, then wait for a permit before returning it.
+    pub hold_snapshots: AtomicBool,
+    pub gate: Semaphore,
+}
+
+impl Default for FakeRepository {
+    fn default() -> Self {
+        Self {
+            envs: Mutex::default(),
+            snapshot_reads: AtomicU64::new(0),
+            fail: AtomicBool::new(false),
+            snapshot_delay_ms: AtomicU64::new(0),
+            hold_snapshots: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+        }
+    }
+}
+
+impl FakeRepository {
+    fn check(&self) -> Result<(), RepositoryError> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(RepositoryError::Unavailable {
+                message: "injected fault".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.snapshot_reads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl FeatureFlagRepository for FakeRepository {
+    fn backend(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
+        self.snapshot_reads.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        let state = self
+            .envs
+            .lock()
+            .unwrap()
+            .get(env)
+            .cloned()
+            .unwrap_or_default();
+        let delay = self.snapshot_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.hold_snapshots.load(Ordering::SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        Ok(EnvironmentSnapshot::new(state.revision, state.flags.into_values()).unwrap())
+    }
+
+    async fn flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Option<FeatureFlag>, RepositoryError> {
+        self.check()?;
+        Ok(self
+            .envs
+            .lock()
+            .unwrap()
+            .get(env)
+            .and_then(|state| state.flags.get(key).cloned()))
+    }
+
+    async fn upsert(
+        &self,
+        env: &Environment,
+        flag: FeatureFlag,
+        precondition: Precondition,
+    ) -> Result<Upserted, RepositoryError> {
+        self.check()?;
+        let mut envs = self.envs.lock().unwrap();
+        let state = envs.entry(env.clone()).or_default();
+        let current = state.flags.get(flag.key()).map(FeatureFlag::version);
+        let ok = match precondition {
+            Precondition::None => true,
+            Precondition::Version(version) => current == Some(version),
+            Precondition::Absent => current.is_none(),
+        };
+        if !ok {
+            return Err(RepositoryError::VersionConflict {
+                environment: env.clone(),
+                key: flag.key().clone(),
+                expected: precondition,
+                current,
+            });
+        }
+        state.revision = Revision(state.revision.0 + 1);
+        let stored = flag.stored_as(current.unwrap_or(0) + 1, time::OffsetDateTime::now_utc());
+        state.flags.insert(stored.key().clone(), stored.clone());
+        Ok(Upserted {
+            flag: stored,
+            revision: state.revision,
+            created: current.is_none(),
+        })
+    }
+
+    async fn delete(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        self.check()?;
+        let mut envs = self.envs.lock().unwrap();
+        let state = envs.entry(env.clone()).or_default();
+        let Some(current) = state.flags.get(key).map(FeatureFlag::version) else {
+            return Err(RepositoryError::NotFound {
+                environment: env.clone(),
+                key: key.clone(),
+            });
+        };
+        if let Precondition::Version(expected) = precondition
+            && expected != current
+        {
+            return Err(RepositoryError::VersionConflict {
+                environment: env.clone(),
+                key: key.clone(),
+                expected: precondition,
+                current: Some(current),
+            });
+        }
+        state.flags.remove(key);
+        state.revision = Revision(state.revision.0 + 1);
+        Ok(Deleted {
+            version: current,
+            revision: state.revision,
+        })
+    }
+
+    async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
+        self.check()?;
+        Ok(self
+            .envs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, state)| EnvironmentSummary {
+                name: name.clone(),
+                revision: state.revision,
+                flag_count: state.flags.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        self.check()
+    }
+}
