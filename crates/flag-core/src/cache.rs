@@ -15,27 +15,27 @@ use crate::snapshot::{EnvironmentSnapshot, Revision};
 /// # Contract
 ///
 /// Every adapter obeys these rules; `flag-conformance` proves each of them (the property that
-/// does so is named in brackets).
+/// does so is named after the rule).
 ///
 /// 1. **TTL to the millisecond.** A read that ends before `set_started + ttl - slack` hits; a
 ///    read that begins after `set_ended + ttl + slack` misses, where `slack` is the adapter's
 ///    declared allowance (a few ms at most). A zero TTL is [`CacheError::ZeroTtl`].
-///    [`ttl_is_honoured`, `zero_ttl_is_rejected`]
+///    (proven by `ttl_is_honoured`, `zero_ttl_is_rejected`)
 /// 2. **Atomic sets.** A concurrent reader sees the old snapshot or the new one, never a mix;
-///    two racing `set`s leave exactly one of them. [`set_is_atomic`, `racing_sets_leave_one`]
+///    two racing `set`s leave exactly one of them. (proven by `set_is_atomic`, `racing_sets_leave_one`)
 /// 3. **Empty environments are cacheable.** `set(env, empty)` then `get(env)` is a hit with no
-///    flags. [`empty_environment_is_cacheable`]
+///    flags. (proven by `empty_environment_is_cacheable`)
 /// 4. **Revisions never go back.** A `set` whose revision is older than the cached one, or older
 ///    than the last `invalidate`, answers [`SetOutcome::Stale`] and changes nothing. An equal
-///    revision replaces. [`revision_never_goes_back`, `stale_set_after_invalidate`]
+///    revision replaces. (proven by `revision_never_goes_back`, `stale_set_after_invalidate`)
 /// 5. **Environments are isolated.** Nothing done to one is visible in another; look-alike names
-///    (`prod` / `prod-eu`) never collide. [`environments_are_isolated`]
+///    (`prod` / `prod-eu`) never collide. (proven by `environments_are_isolated`)
 /// 6. **Failures are values.** A backend fault is a [`CacheError`] returned within the adapter's
-///    configured timeout, never a panic or a hang. (adapter fault tests)
+///    configured timeout, never a panic or a hang. (proven by each adapter's fault tests)
 ///
 /// `get_flag` agrees with `get`: [`FlagLookup::Hit`] when the cached snapshot has the flag,
 /// [`FlagLookup::Absent`] when the environment is cached without it, [`FlagLookup::Miss`] when
-/// the environment is not cached. [`get_flag_agrees_with_get`]
+/// the environment is not cached. (proven by `get_flag_agrees_with_get`)
 ///
 /// # Why `#[async_trait]`
 ///

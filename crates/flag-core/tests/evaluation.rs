@@ -1,5 +1,7 @@
 //! The evaluation engine: every operator, reason and error of the contract, and flagd bucketing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
 use std::collections::BTreeMap;
 
 use flag_core::{

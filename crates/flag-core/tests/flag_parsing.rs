@@ -1,5 +1,7 @@
 //! Parsing flag definitions: defaults, the JSON shape, and one typed error per broken rule.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
 use flag_core::{FeatureFlag, FlagKey, ValidationReason};
 use rstest::rstest;
 use serde_json::{Value, json};

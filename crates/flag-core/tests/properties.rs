@@ -1,6 +1,8 @@
 //! Properties over generated flags and contexts: evaluation never panics, is deterministic,
 //! always serves a variant the flag has, and flags survive a JSON round trip unchanged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
 use flag_core::{EvaluationContext, FeatureFlag, FlagKey, Reason, evaluate};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};

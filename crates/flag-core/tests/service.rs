@@ -1,5 +1,7 @@
 //! `FeatureFlagService` under concurrency and injected faults.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
 mod support;
 
 use std::sync::Arc;
