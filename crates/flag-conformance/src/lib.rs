@@ -1,4 +1,172 @@
-//! The behaviour suite that every cache and repository adapter of `flag-core` must pass.
+//! The behaviour suite that every cache adapter of `flag-core` must pass, so that swapping one
+//! backend for another changes nothing a user can observe (TTL to the millisecond included).
 //!
-//! Not built yet (issue "flag-memory and flag-conformance"); this crate only reserves its place
-//! in the workspace.
+//! Every property is a plain async function over the port that returns `Result<(), Violation>`,
+//! so the suite can also be run against a deliberately broken adapter and be seen to fail.
+//! Adapters declare their differences in [`CacheCapabilities`]; nothing is ever skipped.
+//!
+//! | property | what it proves (rule of `FeatureFlagCache`'s contract) |
+//! |---|---|
+//! | [`cache::ttl_is_honoured`] | reads before `ttl - slack` hit, reads after `ttl + slack` miss (1) |
+//! | [`cache::zero_ttl_is_rejected`] | a zero TTL is `CacheError::ZeroTtl` and stores nothing (1) |
+//! | [`cache::set_is_atomic`] | concurrent readers never see a mix of two snapshots (2) |
+//! | [`cache::racing_sets_leave_one`] | two racing sets leave exactly one, the newer if revisions differ (2) |
+//! | [`cache::empty_environment_is_cacheable`] | an empty snapshot is a hit with no flags (3) |
+//! | [`cache::revision_never_goes_back`] | an older set is `Stale` and changes nothing (4) |
+//! | [`cache::stale_set_after_invalidate`] | after `invalidate(r)`, sets older than `r` are `Stale` (4) |
+//! | [`cache::environments_are_isolated`] | look-alike environments never collide (5) |
+//! | [`cache::get_flag_agrees_with_get`] | `get_flag` is `Hit`, `Absent` or `Miss` exactly as `get` says |
+//! | [`cache::unusual_keys_and_values_round_trip`] | maximum-length and Unicode keys and values survive |
+//! | [`cache::large_environment_round_trips`] | a 10,000-flag environment survives |
+//! | [`model::check_against_model`] | random sequences of every operation agree with a reference model |
+//!
+//! Running the suite for a new adapter takes one macro call in its tests (the crate needs
+//! `tokio` and `rstest` as dev-dependencies):
+//!
+//! ```ignore
+//! use std::sync::Arc;
+//! use flag_conformance::{CacheCapabilities, cache_suite};
+//! use my_adapter::MyCache;
+//!
+//! cache_suite!(
+//!     my_cache,
+//!     || async { Arc::new(MyCache::connect("...").await.unwrap()) as flag_conformance::SharedCache },
+//!     CacheCapabilities { ttl_slack: std::time::Duration::from_millis(2), max_value_bytes: None }
+//! );
+//! ```
+//!
+//! The model test runs 256 cases by default; `PROPTEST_CASES` changes that.
+
+pub mod cache;
+pub mod model;
+mod sample;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use flag_core;
+pub use sample::{flag_with_value, generation_snapshot};
+
+/// A cache under test, shared so that properties can drive it from several tasks at once.
+pub type SharedCache = Arc<dyn flag_core::FeatureFlagCache>;
+
+/// What an adapter declares about itself; the suite adjusts its expectations, never its coverage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheCapabilities {
+    /// How far past (or before) the TTL a read may still hit (or already miss): a few ms at most.
+    pub ttl_slack: Duration,
+    /// The largest encoded snapshot the backend stores, if it has a limit.
+    pub max_value_bytes: Option<usize>,
+}
+
+impl Default for CacheCapabilities {
+    fn default() -> Self {
+        Self {
+            ttl_slack: Duration::from_millis(1),
+            max_value_bytes: None,
+        }
+    }
+}
+
+/// A broken rule: which property caught it, and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The property's function name.
+    pub property: &'static str,
+    /// What the adapter did, against what the contract demands.
+    pub message: String,
+}
+
+impl Violation {
+    /// A violation of `property`.
+    pub fn new(property: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            property,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} violated: {}", self.property, self.message)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Turns the whole cache suite into `#[tokio::test]`s for one backend.
+///
+/// `$factory` is a closure returning a future of a fresh [`SharedCache`]; every test gets its
+/// own. `$capabilities` is the backend's [`CacheCapabilities`].
+#[macro_export]
+macro_rules! cache_suite {
+    ($name:ident, $factory:expr, $capabilities:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn cache() -> $crate::SharedCache {
+                ($factory)().await
+            }
+
+            fn capabilities() -> $crate::CacheCapabilities {
+                $capabilities
+            }
+
+            #[::rstest::rstest]
+            #[case::ttl_1ms(1)]
+            #[case::ttl_15ms(15)]
+            #[case::ttl_250ms(250)]
+            #[case::ttl_1s(1_000)]
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ttl_is_honoured(#[case] ttl_ms: u64) {
+                let cache = cache().await;
+                let ttl = ::std::time::Duration::from_millis(ttl_ms);
+                if let Err(violation) =
+                    $crate::cache::ttl_is_honoured(&cache, capabilities(), ttl).await
+                {
+                    panic!("{violation}");
+                }
+            }
+
+            $crate::__cache_property!(zero_ttl_is_rejected);
+            $crate::__cache_property!(set_is_atomic);
+            $crate::__cache_property!(racing_sets_leave_one);
+            $crate::__cache_property!(empty_environment_is_cacheable);
+            $crate::__cache_property!(revision_never_goes_back);
+            $crate::__cache_property!(stale_set_after_invalidate);
+            $crate::__cache_property!(environments_are_isolated);
+            $crate::__cache_property!(get_flag_agrees_with_get);
+            $crate::__cache_property!(unusual_keys_and_values_round_trip);
+            $crate::__cache_property!(large_environment_round_trips);
+
+            #[test]
+            fn model_test() {
+                if let Err(failure) = $crate::model::check_against_model(
+                    || ($factory)(),
+                    capabilities(),
+                    $crate::model::ModelConfig::from_env(),
+                ) {
+                    panic!("{failure}");
+                }
+            }
+        }
+    };
+}
+
+/// One property of [`cache_suite!`] as a test; expands inside the suite's module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cache_property {
+    ($property:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $property() {
+            let cache = cache().await;
+            if let Err(violation) = $crate::cache::$property(&cache, capabilities()).await {
+                panic!("{violation}");
+            }
+        }
+    };
+}

@@ -63,3 +63,5 @@ pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, Revis
 
 /// Re-exported so adapters implement the ports with the same macro version.
 pub use async_trait::async_trait;
+/// Re-exported so adapters name `updated_at` timestamps with the same crate version.
+pub use time;

@@ -1,0 +1,44 @@
+//! Sample flags and snapshots the properties store and compare.
+
+use flag_core::{EnvironmentSnapshot, FeatureFlag, FlagKey, Revision};
+use serde_json::{Value, json};
+
+/// A stored, enabled flag whose `on` variant holds `value`.
+///
+/// # Panics
+/// If `key` is not a valid flag key (the suite only passes valid ones).
+pub fn flag_with_value(key: &str, value: Value) -> FeatureFlag {
+    let key = FlagKey::parse(key).unwrap_or_else(|error| panic!("sample key {key:?}: {error}"));
+    let body = json!({"enabled": true, "variants": {"on": value, "off": false}});
+    FeatureFlag::from_definition_json(&key, &body.to_string())
+        .unwrap_or_else(|error| panic!("sample flag {key}: {error}"))
+        .stored_as(1, flag_core::time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A snapshot of `flags` flags (`flag-00000`, ...) whose values all carry `generation`, so a
+/// reader can tell whether a snapshot it got is whole (one generation) or mixed.
+pub fn generation_snapshot(revision: u64, flags: usize, generation: u64) -> EnvironmentSnapshot {
+    let flags = (0..flags).map(|index| {
+        flag_with_value(
+            &format!("flag-{index:05}"),
+            json!({"generation": generation, "index": index}),
+        )
+    });
+    EnvironmentSnapshot::new(Revision(revision), flags)
+        .unwrap_or_else(|error| panic!("sample snapshot: {error}"))
+}
+
+/// The generation every flag of `snapshot` carries, or `Err` listing the mix.
+pub(crate) fn generation_of(snapshot: &EnvironmentSnapshot) -> Result<Option<u64>, Vec<u64>> {
+    let mut generations: Vec<u64> = snapshot
+        .flags()
+        .filter_map(|flag| flag.variant("on")?.1.get("generation")?.as_u64())
+        .collect();
+    generations.sort_unstable();
+    generations.dedup();
+    match generations.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(generations),
+    }
+}
