@@ -745,3 +745,39 @@ pub async fn large_environment_round_trips(
         )),
     }
 }
+
+/// Runs every property above (all four TTLs of [`ttl_is_honoured`]), each on a fresh cache from
+/// `factory`, and returns every violation found; used to show the suite catches broken adapters.
+pub async fn check_all<F, Fut>(factory: F, capabilities: CacheCapabilities) -> Vec<Violation>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = SharedCache>,
+{
+    let mut violations = Vec::new();
+    for ttl_ms in [1, 15, 250, 1_000] {
+        let ttl = Duration::from_millis(ttl_ms);
+        if let Err(violation) = ttl_is_honoured(&factory().await, capabilities, ttl).await {
+            violations.push(violation);
+        }
+    }
+    macro_rules! check {
+        ($($property:ident),* $(,)?) => {$(
+            if let Err(violation) = $property(&factory().await, capabilities).await {
+                violations.push(violation);
+            }
+        )*};
+    }
+    check!(
+        zero_ttl_is_rejected,
+        set_is_atomic,
+        racing_sets_leave_one,
+        empty_environment_is_cacheable,
+        revision_never_goes_back,
+        stale_set_after_invalidate,
+        environments_are_isolated,
+        get_flag_agrees_with_get,
+        unusual_keys_and_values_round_trip,
+        large_environment_round_trips,
+    );
+    violations
+}

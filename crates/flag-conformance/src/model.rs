@@ -19,7 +19,10 @@ use serde_json::json;
 
 use crate::cache::{Expectation, Window, env, key, timed};
 use crate::sample::flag_with_value;
-use crate::{CacheCapabilities, SharedCache};
+use crate::{CacheCapabilities, SharedCache, Violation};
+
+/// The property name the model test reports violations under.
+pub const PROPERTY: &str = "model_test";
 
 /// Look-alike environment names: a backend that confuses any two of them is caught.
 pub const ENVIRONMENTS: [&str; 4] = ["prod", "prod-eu", "prod_eu", "prod0"];
@@ -344,7 +347,7 @@ pub fn check_against_model<F, Fut>(
     factory: F,
     capabilities: CacheCapabilities,
     config: ModelConfig,
-) -> Result<(), String>
+) -> Result<(), Violation>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = SharedCache>,
@@ -353,7 +356,9 @@ where
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|error| format!("cannot start a Tokio runtime: {error}"))?;
+        .map_err(|error| {
+            Violation::new(PROPERTY, format!("cannot start a Tokio runtime: {error}"))
+        })?;
     let mut runner = TestRunner::new(Config {
         cases: config.cases,
         failure_persistence: None,
@@ -370,16 +375,21 @@ where
     });
     match result {
         Ok(()) => Ok(()),
-        Err(TestError::Fail(reason, operations)) => Err(format!(
-            "model_test violated: {reason}\nminimal failing sequence ({} operations):\n{}",
-            operations.len(),
-            operations
-                .iter()
-                .enumerate()
-                .map(|(step, operation)| format!("  {step}: {operation:?}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+        Err(TestError::Fail(reason, operations)) => Err(Violation::new(
+            PROPERTY,
+            format!(
+                "{reason}\nminimal failing sequence ({} operations):\n{}",
+                operations.len(),
+                operations
+                    .iter()
+                    .enumerate()
+                    .map(|(step, operation)| format!("  {step}: {operation:?}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
         )),
-        Err(TestError::Abort(reason)) => Err(format!("model_test aborted: {reason}")),
+        Err(TestError::Abort(reason)) => {
+            Err(Violation::new(PROPERTY, format!("aborted: {reason}")))
+        }
     }
 }
