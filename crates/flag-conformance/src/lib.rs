@@ -20,25 +20,32 @@
 //! | [`cache::large_environment_round_trips`] | a 10,000-flag environment survives |
 //! | [`model::check_against_model`] | random sequences of every operation agree with a reference model |
 //!
+//! The repository suite ([`repository`], [`repository_suite!`]) does the same for
+//! `FeatureFlagRepository`: versions, revisions, optimistic concurrency (50 concurrent
+//! read-modify-write writers lose nothing), deletes, isolation and listing.
+//!
 //! Running the suite for a new adapter takes one macro call in its tests (the crate needs
 //! `tokio` and `rstest` as dev-dependencies):
 //!
-//! ```ignore
+//! ```
 //! use std::sync::Arc;
-//! use flag_conformance::{CacheCapabilities, cache_suite};
-//! use my_adapter::MyCache;
+//! use std::time::Duration;
+//! use flag_conformance::{CacheCapabilities, SharedCache, cache_suite};
+//! use flag_memory::MemoryCache; // your adapter here
 //!
 //! cache_suite!(
-//!     my_cache,
-//!     || async { Arc::new(MyCache::connect("...").await.unwrap()) as flag_conformance::SharedCache },
-//!     CacheCapabilities { ttl_slack: std::time::Duration::from_millis(2), max_value_bytes: None }
+//!     memory,
+//!     || async { Arc::new(MemoryCache::new()) as SharedCache },
+//!     CacheCapabilities { ttl_slack: Duration::from_millis(1), max_value_bytes: None }
 //! );
+//! # fn main() {}
 //! ```
 //!
 //! The model test runs 256 cases by default; `PROPTEST_CASES` changes that.
 
 pub mod cache;
 pub mod model;
+pub mod repository;
 mod sample;
 
 use std::fmt;
@@ -46,6 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use flag_core;
+pub use repository::SharedRepository;
 pub use sample::{flag_with_value, generation_snapshot};
 
 /// A cache under test, shared so that properties can drive it from several tasks at once.
@@ -165,6 +173,49 @@ macro_rules! __cache_property {
         async fn $property() {
             let cache = cache().await;
             if let Err(violation) = $crate::cache::$property(&cache, capabilities()).await {
+                panic!("{violation}");
+            }
+        }
+    };
+}
+
+/// Turns the whole repository suite into `#[tokio::test]`s for one backend.
+///
+/// `$factory` is a closure returning a future of a [`SharedRepository`]; every test gets its
+/// own (or one shared store: each property uses environments of its own).
+#[macro_export]
+macro_rules! repository_suite {
+    ($name:ident, $factory:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn repository() -> $crate::SharedRepository {
+                ($factory)().await
+            }
+
+            $crate::__repository_property!(versions_start_at_one_and_grow);
+            $crate::__repository_property!(revisions_bump_once_per_write);
+            $crate::__repository_property!(optimistic_concurrency_is_enforced);
+            $crate::__repository_property!(concurrent_writers_never_lose_updates);
+            $crate::__repository_property!(deletes_remove_and_restart_versions);
+            $crate::__repository_property!(environments_are_isolated);
+            $crate::__repository_property!(environments_are_listed);
+            $crate::__repository_property!(unusual_flags_round_trip);
+            $crate::__repository_property!(ping_answers);
+        }
+    };
+}
+
+/// One property of [`repository_suite!`] as a test; expands inside the suite's module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __repository_property {
+    ($property:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $property() {
+            let repository = repository().await;
+            if let Err(violation) = $crate::repository::$property(&repository).await {
                 panic!("{violation}");
             }
         }

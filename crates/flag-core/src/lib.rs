@@ -33,6 +33,7 @@ mod cache;
 mod context;
 mod evaluation;
 mod flag;
+mod in_memory;
 mod metrics;
 mod names;
 mod repository;
@@ -49,6 +50,7 @@ pub use flag::{
     Condition, ConditionDocument, FeatureFlag, FlagDocument, Operator, Rollout, Rule, RuleDocument,
     RuleOutcome, ValidationError, ValidationReason, WeightedVariant, WeightedVariantDocument,
 };
+pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;
 pub use names::{Environment, FlagKey, NameError};
 pub use repository::{

@@ -5,15 +5,15 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flag_core::{
     CacheError, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup, Precondition, RepositoryError,
-    Revision, SetOutcome, Upserted, async_trait,
+    FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup, InMemoryRepository, Precondition,
+    RepositoryError, Revision, SetOutcome, Upserted, async_trait,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -174,16 +174,12 @@ impl FeatureFlagCache for FakeCache {
 
 // ----- repository -------------------------------------------------------------------------------
 
-#[derive(Debug, Default, Clone)]
-struct EnvState {
-    revision: Revision,
-    flags: BTreeMap<FlagKey, FeatureFlag>,
-}
-
-/// An in-memory repository that counts snapshot reads and can be slowed or held at a gate.
+/// The in-memory repository with faults: it counts snapshot reads and can fail, be slowed, or
+/// hold reads at a gate after they captured their data (a fill that read before a write and
+/// returns after it).
 #[derive(Debug)]
 pub struct FakeRepository {
-    envs: Mutex<BTreeMap<Environment, EnvState>>,
+    inner: InMemoryRepository,
     pub snapshot_reads: AtomicU64,
     pub fail: AtomicBool,
     /// Delay of every snapshot read, in ms.
@@ -196,7 +192,7 @@ pub struct FakeRepository {
 impl Default for FakeRepository {
     fn default() -> Self {
         Self {
-            envs: Mutex::default(),
+            inner: InMemoryRepository::new(),
             snapshot_reads: AtomicU64::new(0),
             fail: AtomicBool::new(false),
             snapshot_delay_ms: AtomicU64::new(0),
@@ -231,13 +227,7 @@ impl FeatureFlagRepository for FakeRepository {
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
         self.snapshot_reads.fetch_add(1, Ordering::SeqCst);
         self.check()?;
-        let state = self
-            .envs
-            .lock()
-            .unwrap()
-            .get(env)
-            .cloned()
-            .unwrap_or_default();
+        let snapshot = self.inner.snapshot(env).await?;
         let delay = self.snapshot_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -245,7 +235,7 @@ impl FeatureFlagRepository for FakeRepository {
         if self.hold_snapshots.load(Ordering::SeqCst) {
             self.gate.acquire().await.unwrap().forget();
         }
-        Ok(EnvironmentSnapshot::new(state.revision, state.flags.into_values()).unwrap())
+        Ok(snapshot)
     }
 
     async fn flag(
@@ -254,12 +244,7 @@ impl FeatureFlagRepository for FakeRepository {
         key: &FlagKey,
     ) -> Result<Option<FeatureFlag>, RepositoryError> {
         self.check()?;
-        Ok(self
-            .envs
-            .lock()
-            .unwrap()
-            .get(env)
-            .and_then(|state| state.flags.get(key).cloned()))
+        self.inner.flag(env, key).await
     }
 
     async fn upsert(
@@ -269,30 +254,7 @@ impl FeatureFlagRepository for FakeRepository {
         precondition: Precondition,
     ) -> Result<Upserted, RepositoryError> {
         self.check()?;
-        let mut envs = self.envs.lock().unwrap();
-        let state = envs.entry(env.clone()).or_default();
-        let current = state.flags.get(flag.key()).map(FeatureFlag::version);
-        let ok = match precondition {
-            Precondition::None => true,
-            Precondition::Version(version) => current == Some(version),
-            Precondition::Absent => current.is_none(),
-        };
-        if !ok {
-            return Err(RepositoryError::VersionConflict {
-                environment: env.clone(),
-                key: flag.key().clone(),
-                expected: precondition,
-                current,
-            });
-        }
-        state.revision = Revision(state.revision.0 + 1);
-        let stored = flag.stored_as(current.unwrap_or(0) + 1, time::OffsetDateTime::now_utc());
-        state.flags.insert(stored.key().clone(), stored.clone());
-        Ok(Upserted {
-            flag: stored,
-            revision: state.revision,
-            created: current.is_none(),
-        })
+        self.inner.upsert(env, flag, precondition).await
     }
 
     async fn delete(
@@ -302,45 +264,12 @@ impl FeatureFlagRepository for FakeRepository {
         precondition: Precondition,
     ) -> Result<Deleted, RepositoryError> {
         self.check()?;
-        let mut envs = self.envs.lock().unwrap();
-        let state = envs.entry(env.clone()).or_default();
-        let Some(current) = state.flags.get(key).map(FeatureFlag::version) else {
-            return Err(RepositoryError::NotFound {
-                environment: env.clone(),
-                key: key.clone(),
-            });
-        };
-        if let Precondition::Version(expected) = precondition
-            && expected != current
-        {
-            return Err(RepositoryError::VersionConflict {
-                environment: env.clone(),
-                key: key.clone(),
-                expected: precondition,
-                current: Some(current),
-            });
-        }
-        state.flags.remove(key);
-        state.revision = Revision(state.revision.0 + 1);
-        Ok(Deleted {
-            version: current,
-            revision: state.revision,
-        })
+        self.inner.delete(env, key, precondition).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
         self.check()?;
-        Ok(self
-            .envs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(name, state)| EnvironmentSummary {
-                name: name.clone(),
-                revision: state.revision,
-                flag_count: state.flags.len() as u64,
-            })
-            .collect())
+        self.inner.environments().await
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {

@@ -1,0 +1,625 @@
+//! Properties of the repository contract, one function per rule of `FeatureFlagRepository`.
+//!
+//! Each property uses environments of its own, so the whole suite may share one store.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use flag_core::{
+    Environment, EnvironmentSnapshot, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition,
+    RepositoryError, Revision,
+};
+use serde_json::{Value, json};
+
+use crate::Violation;
+
+/// A repository under test, shared so that properties can drive it from several tasks at once.
+pub type SharedRepository = Arc<dyn FeatureFlagRepository>;
+
+fn env(name: &str) -> Environment {
+    Environment::parse(name).unwrap_or_else(|error| panic!("suite environment {name:?}: {error}"))
+}
+
+fn key(name: &str) -> FlagKey {
+    FlagKey::parse(name).unwrap_or_else(|error| panic!("suite key {name:?}: {error}"))
+}
+
+/// An unsaved flag definition, as a PUT body would give it.
+fn definition(name: &str, body: Value) -> FeatureFlag {
+    FeatureFlag::from_definition_json(&key(name), &body.to_string())
+        .unwrap_or_else(|error| panic!("suite flag {name}: {error}"))
+}
+
+fn failed(property: &'static str, what: &str, error: RepositoryError) -> Violation {
+    Violation::new(property, format!("{what} failed: {error}"))
+}
+
+fn expect<T: PartialEq + std::fmt::Debug>(
+    property: &'static str,
+    what: &str,
+    got: T,
+    want: T,
+) -> Result<(), Violation> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Violation::new(
+            property,
+            format!("{what}: got {got:?}, expected {want:?}"),
+        ))
+    }
+}
+
+async fn revision(
+    property: &'static str,
+    repository: &SharedRepository,
+    env: &Environment,
+) -> Result<Revision, Violation> {
+    Ok(repository
+        .snapshot(env)
+        .await
+        .map_err(|error| failed(property, "snapshot", error))?
+        .revision())
+}
+
+/// Rule 1: versions start at 1 and grow by 1; the stored flag is the definition plus its
+/// version and timestamp, and reads return it unchanged.
+pub async fn versions_start_at_one_and_grow(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "versions_start_at_one_and_grow";
+    let env = env("versions");
+    let body = json!({"description": "v", "enabled": true, "variants": {"a": 1, "b": [2.5, "x"]},
+                      "defaultVariant": "a", "offVariant": "b", "metadata": {"team": "core"},
+                      "rules": [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}], "variant": "b"}]});
+    let first = repository
+        .upsert(
+            &env,
+            definition("checkout", body.clone()),
+            Precondition::None,
+        )
+        .await
+        .map_err(|error| failed(P, "first upsert", error))?;
+    expect(P, "created on first write", first.created, true)?;
+    expect(P, "version of the first write", first.flag.version(), 1)?;
+    let unsaved = definition("checkout", body);
+    let same_definition = |stored: &FeatureFlag| {
+        stored
+            .clone()
+            .stored_as(0, flag_core::time::OffsetDateTime::UNIX_EPOCH)
+            == unsaved
+    };
+    if !same_definition(&first.flag) {
+        return Err(Violation::new(
+            P,
+            "the stored flag differs from its definition",
+        ));
+    }
+    let read = repository
+        .flag(&env, &key("checkout"))
+        .await
+        .map_err(|error| failed(P, "flag", error))?;
+    expect(P, "flag read back", read.as_ref(), Some(&first.flag))?;
+    for expected in 2..=4u64 {
+        let next = repository
+            .upsert(
+                &env,
+                definition("checkout", json!({"enabled": expected % 2 == 0})),
+                Precondition::None,
+            )
+            .await
+            .map_err(|error| failed(P, "upsert", error))?;
+        expect(P, "created on a rewrite", next.created, false)?;
+        expect(P, "version after a rewrite", next.flag.version(), expected)?;
+        if next.flag.updated_at() < first.flag.updated_at() {
+            return Err(Violation::new(P, "updatedAt went backwards"));
+        }
+    }
+    let missing = repository
+        .flag(&env, &key("never-written"))
+        .await
+        .map_err(|error| failed(P, "flag", error))?;
+    expect(P, "a flag never written", missing, None)
+}
+
+/// Rule 2: every successful write bumps the environment's revision by exactly 1, failed writes
+/// bump nothing, and an environment never written is at revision 0 with no flags.
+pub async fn revisions_bump_once_per_write(repository: &SharedRepository) -> Result<(), Violation> {
+    const P: &str = "revisions_bump_once_per_write";
+    let env = env("revisions");
+    let empty = repository
+        .snapshot(&env)
+        .await
+        .map_err(|error| failed(P, "snapshot", error))?;
+    expect(
+        P,
+        "snapshot of a never-written environment",
+        empty,
+        EnvironmentSnapshot::empty(Revision::ZERO),
+    )?;
+    let mut expected = 0;
+    for name in ["a", "b", "a", "c"] {
+        let upserted = repository
+            .upsert(&env, definition(name, json!({})), Precondition::None)
+            .await
+            .map_err(|error| failed(P, "upsert", error))?;
+        expected += 1;
+        expect(
+            P,
+            "revision returned by upsert",
+            upserted.revision,
+            Revision(expected),
+        )?;
+        expect(
+            P,
+            "revision of the snapshot",
+            revision(P, repository, &env).await?,
+            Revision(expected),
+        )?;
+    }
+    let deleted = repository
+        .delete(&env, &key("b"), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "delete", error))?;
+    expected += 1;
+    expect(
+        P,
+        "revision returned by delete",
+        deleted.revision,
+        Revision(expected),
+    )?;
+    // Refused writes change nothing.
+    let _ = repository
+        .upsert(&env, definition("a", json!({})), Precondition::Version(99))
+        .await;
+    let _ = repository
+        .upsert(&env, definition("a", json!({})), Precondition::Absent)
+        .await;
+    let _ = repository
+        .delete(&env, &key("missing"), Precondition::None)
+        .await;
+    expect(
+        P,
+        "revision after refused writes",
+        revision(P, repository, &env).await?,
+        Revision(expected),
+    )?;
+    let snapshot = repository
+        .snapshot(&env)
+        .await
+        .map_err(|error| failed(P, "snapshot", error))?;
+    let keys: Vec<&str> = snapshot.flags().map(|flag| flag.key().as_str()).collect();
+    expect(
+        P,
+        "flags in the snapshot, in key order",
+        keys,
+        vec!["a", "c"],
+    )
+}
+
+/// Rule 3: preconditions are checked in the write's transaction; a failed one reports the
+/// current version and changes nothing.
+pub async fn optimistic_concurrency_is_enforced(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "optimistic_concurrency_is_enforced";
+    let env = env("preconditions");
+    let conflict = |result: Result<_, RepositoryError>| match result {
+        Err(RepositoryError::VersionConflict { current, .. }) => Ok(current),
+        Ok(_) => Err(Violation::new(
+            P,
+            "a write whose precondition failed succeeded",
+        )),
+        Err(error) => Err(failed(P, "conditional write", error)),
+    };
+    let missing_version = conflict(
+        repository
+            .upsert(&env, definition("f", json!({})), Precondition::Version(1))
+            .await
+            .map(|_| ()),
+    )?;
+    expect(
+        P,
+        "If-Match on a missing flag reports",
+        missing_version,
+        None,
+    )?;
+    let created = repository
+        .upsert(
+            &env,
+            definition("f", json!({"enabled": true})),
+            Precondition::Absent,
+        )
+        .await
+        .map_err(|error| failed(P, "create-only upsert", error))?;
+    expect(
+        P,
+        "version of a create-only write",
+        created.flag.version(),
+        1,
+    )?;
+    let exists = conflict(
+        repository
+            .upsert(&env, definition("f", json!({})), Precondition::Absent)
+            .await
+            .map(|_| ()),
+    )?;
+    expect(
+        P,
+        "create-only on an existing flag reports",
+        exists,
+        Some(1),
+    )?;
+    let stale = conflict(
+        repository
+            .upsert(&env, definition("f", json!({})), Precondition::Version(7))
+            .await
+            .map(|_| ()),
+    )?;
+    expect(P, "a stale If-Match reports", stale, Some(1))?;
+    let matched = repository
+        .upsert(
+            &env,
+            definition("f", json!({"enabled": false})),
+            Precondition::Version(1),
+        )
+        .await
+        .map_err(|error| failed(P, "matching If-Match", error))?;
+    expect(
+        P,
+        "version after a matching If-Match",
+        matched.flag.version(),
+        2,
+    )?;
+    let stored = repository
+        .flag(&env, &key("f"))
+        .await
+        .map_err(|error| failed(P, "flag", error))?;
+    expect(
+        P,
+        "the flag after refused writes",
+        stored.map(|f| f.enabled()),
+        Some(false),
+    )?;
+    let delete_stale = conflict(
+        repository
+            .delete(&env, &key("f"), Precondition::Version(1))
+            .await
+            .map(|_| ()),
+    )?;
+    expect(
+        P,
+        "a stale If-Match on delete reports",
+        delete_stale,
+        Some(2),
+    )
+}
+
+/// Rule 3: fifty writers doing read-modify-write with expected versions on one flag, retrying
+/// on conflict, never lose an update.
+pub async fn concurrent_writers_never_lose_updates(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "concurrent_writers_never_lose_updates";
+    const WRITERS: u64 = 50;
+    let env = env("contended");
+    let counter =
+        |count: u64| definition("counter", json!({"metadata": {"count": count.to_string()}}));
+    repository
+        .upsert(&env, counter(0), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "seed", error))?;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let repository = Arc::clone(repository);
+            let env = env.clone();
+            tokio::spawn(async move {
+                for attempt in 0..10_000u32 {
+                    let current = repository
+                        .flag(&env, &key("counter"))
+                        .await
+                        .map_err(|error| failed(P, "read", error))?
+                        .ok_or_else(|| Violation::new(P, "the counter flag vanished"))?;
+                    let count: u64 = current
+                        .metadata()
+                        .get("count")
+                        .and_then(|count| count.parse().ok())
+                        .ok_or_else(|| Violation::new(P, "the counter lost its count"))?;
+                    // A real client takes time between its read and its write; yield so that the
+                    // writers interleave even on a store that answers without suspending.
+                    tokio::task::yield_now().await;
+                    match repository
+                        .upsert(
+                            &env,
+                            counter(count + 1),
+                            Precondition::Version(current.version()),
+                        )
+                        .await
+                    {
+                        Ok(_) => return Ok(attempt),
+                        Err(RepositoryError::VersionConflict { .. }) => {
+                            tokio::task::yield_now().await
+                        }
+                        Err(error) => return Err(failed(P, "conditional write", error)),
+                    }
+                }
+                Err(Violation::new(P, "a writer never got its write in"))
+            })
+        })
+        .collect();
+    let mut conflicts = 0u32;
+    for writer in writers {
+        conflicts += writer
+            .await
+            .map_err(|error| Violation::new(P, format!("writer task failed: {error}")))??;
+    }
+    let last = repository
+        .flag(&env, &key("counter"))
+        .await
+        .map_err(|error| failed(P, "final read", error))?
+        .ok_or_else(|| Violation::new(P, "the counter flag vanished"))?;
+    let count = last.metadata().get("count").cloned().unwrap_or_default();
+    expect(
+        P,
+        &format!("count after {WRITERS} increments ({conflicts} conflicts retried)"),
+        count,
+        WRITERS.to_string(),
+    )?;
+    expect(
+        P,
+        "version after the increments",
+        last.version(),
+        WRITERS + 1,
+    )?;
+    expect(
+        P,
+        "revision after the increments",
+        revision(P, repository, &env).await?,
+        Revision(WRITERS + 1),
+    )
+}
+
+/// Rule 4: deleting a missing flag is `NotFound`; a deleted flag is gone; re-created, it
+/// starts again at version 1.
+pub async fn deletes_remove_and_restart_versions(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "deletes_remove_and_restart_versions";
+    let env = env("deletes");
+    match repository
+        .delete(&env, &key("ghost"), Precondition::None)
+        .await
+    {
+        Err(RepositoryError::NotFound { .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("deleting a missing flag answered {other:?}"),
+            ));
+        }
+    }
+    for _ in 0..3 {
+        repository
+            .upsert(&env, definition("f", json!({})), Precondition::None)
+            .await
+            .map_err(|error| failed(P, "upsert", error))?;
+    }
+    let deleted = repository
+        .delete(&env, &key("f"), Precondition::Version(3))
+        .await
+        .map_err(|error| failed(P, "delete", error))?;
+    expect(P, "version reported by delete", deleted.version, 3)?;
+    let gone = repository
+        .flag(&env, &key("f"))
+        .await
+        .map_err(|error| failed(P, "flag", error))?;
+    expect(P, "a deleted flag", gone, None)?;
+    match repository.delete(&env, &key("f"), Precondition::None).await {
+        Err(RepositoryError::NotFound { .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("deleting twice answered {other:?}"),
+            ));
+        }
+    }
+    let again = repository
+        .upsert(&env, definition("f", json!({})), Precondition::Absent)
+        .await
+        .map_err(|error| failed(P, "re-create", error))?;
+    expect(P, "version of a re-created flag", again.flag.version(), 1)?;
+    expect(P, "re-created counts as created", again.created, true)
+}
+
+/// Rule 5: nothing done in one environment is visible in a look-alike one.
+pub async fn environments_are_isolated(repository: &SharedRepository) -> Result<(), Violation> {
+    const P: &str = "repository_environments_are_isolated";
+    let (prod, prod_eu) = (env("iso-prod"), env("iso-prod-eu"));
+    repository
+        .upsert(
+            &prod,
+            definition("shared", json!({"enabled": true})),
+            Precondition::None,
+        )
+        .await
+        .map_err(|error| failed(P, "upsert", error))?;
+    repository
+        .upsert(
+            &prod,
+            definition("only-prod", json!({})),
+            Precondition::None,
+        )
+        .await
+        .map_err(|error| failed(P, "upsert", error))?;
+    repository
+        .upsert(
+            &prod_eu,
+            definition("shared", json!({"enabled": false})),
+            Precondition::None,
+        )
+        .await
+        .map_err(|error| failed(P, "upsert", error))?;
+    let eu = repository
+        .snapshot(&prod_eu)
+        .await
+        .map_err(|error| failed(P, "snapshot", error))?;
+    expect(P, "revision of the look-alike", eu.revision(), Revision(1))?;
+    expect(P, "flags of the look-alike", eu.len(), 1)?;
+    expect(
+        P,
+        "the look-alike's own flag",
+        eu.flag("shared").map(|f| (f.enabled(), f.version())),
+        Some((false, 1)),
+    )?;
+    repository
+        .delete(&prod, &key("shared"), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "delete", error))?;
+    let still = repository
+        .flag(&prod_eu, &key("shared"))
+        .await
+        .map_err(|error| failed(P, "flag", error))?;
+    expect(
+        P,
+        "the look-alike's flag after a delete elsewhere",
+        still.is_some(),
+        true,
+    )
+}
+
+/// Rule 6: every environment that had a write is listed, in name order, with its revision and
+/// current flag count (0 after its last flag was deleted).
+pub async fn environments_are_listed(repository: &SharedRepository) -> Result<(), Violation> {
+    const P: &str = "environments_are_listed";
+    let (a, b) = (env("list-a"), env("list-b"));
+    for (environment, name) in [(&b, "x"), (&a, "x"), (&a, "y")] {
+        repository
+            .upsert(environment, definition(name, json!({})), Precondition::None)
+            .await
+            .map_err(|error| failed(P, "upsert", error))?;
+    }
+    repository
+        .delete(&b, &key("x"), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "delete", error))?;
+    let listed: BTreeMap<String, (u64, u64)> = repository
+        .environments()
+        .await
+        .map_err(|error| failed(P, "environments", error))?
+        .into_iter()
+        .map(|summary| {
+            (
+                summary.name.to_string(),
+                (summary.revision.get(), summary.flag_count),
+            )
+        })
+        .collect();
+    expect(
+        P,
+        "list-a (revision, flags)",
+        listed.get("list-a").copied(),
+        Some((2, 2)),
+    )?;
+    expect(
+        P,
+        "list-b (revision, flags) after its last flag was deleted",
+        listed.get("list-b").copied(),
+        Some((2, 0)),
+    )?;
+    expect(
+        P,
+        "an environment never written",
+        listed.contains_key("list-never"),
+        false,
+    )?;
+    let names: Vec<&String> = listed.keys().collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    expect(P, "listing order", names, sorted)
+}
+
+/// Maximum-length keys, Unicode and large values come back exactly as written.
+pub async fn unusual_flags_round_trip(repository: &SharedRepository) -> Result<(), Violation> {
+    const P: &str = "unusual_flags_round_trip";
+    let env = env(&format!("{}z", "r".repeat(63)));
+    let long_key = "K".repeat(128);
+    let flags = [
+        definition(&long_key, json!({"description": "max-length key"})),
+        definition(
+            "unicode",
+            json!({"description": "héllo 🚩 مرحبا 中文 \"q\" \\ \n",
+            "variants": {"ünï": "✓", "off": {"deep": [1, -2, 2.5, true, null]}}, "defaultVariant": "ünï",
+            "metadata": {"ключ": "значение"}}),
+        ),
+        definition(
+            "large",
+            json!({"variants": {"on": "x".repeat(200_000), "off": false}}),
+        ),
+    ];
+    for flag in flags {
+        let name = flag.key().clone();
+        let stored = repository
+            .upsert(&env, flag, Precondition::None)
+            .await
+            .map_err(|error| failed(P, "upsert", error))?
+            .flag;
+        let read = repository
+            .flag(&env, &name)
+            .await
+            .map_err(|error| failed(P, "flag", error))?;
+        expect(
+            P,
+            &format!("flag {name} read back"),
+            read.as_ref(),
+            Some(&stored),
+        )?;
+        let snapshot = repository
+            .snapshot(&env)
+            .await
+            .map_err(|error| failed(P, "snapshot", error))?;
+        expect(
+            P,
+            &format!("flag {name} in the snapshot"),
+            snapshot.flag(name.as_str()).map(|f| &**f),
+            Some(&stored),
+        )?;
+    }
+    Ok(())
+}
+
+/// The store answers a ping.
+pub async fn ping_answers(repository: &SharedRepository) -> Result<(), Violation> {
+    repository
+        .ping()
+        .await
+        .map_err(|error| failed("ping_answers", "ping", error))
+}
+
+/// Runs every repository property, each on a repository from `factory`; returns the violations.
+pub async fn check_all<F, Fut>(factory: F) -> Vec<Violation>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = SharedRepository>,
+{
+    let mut violations = Vec::new();
+    macro_rules! check {
+        ($($property:ident),* $(,)?) => {$(
+            if let Err(violation) = $property(&factory().await).await {
+                violations.push(violation);
+            }
+        )*};
+    }
+    check!(
+        versions_start_at_one_and_grow,
+        revisions_bump_once_per_write,
+        optimistic_concurrency_is_enforced,
+        concurrent_writers_never_lose_updates,
+        deletes_remove_and_restart_versions,
+        environments_are_isolated,
+        environments_are_listed,
+        unusual_flags_round_trip,
+        ping_answers,
+    );
+    violations
+}

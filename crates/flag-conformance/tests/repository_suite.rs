@@ -1,0 +1,133 @@
+//! The repository suite against the reference `InMemoryRepository`, and proof that it catches
+//! a repository that ignores preconditions or forgets to bump revisions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
+use std::sync::Arc;
+
+use flag_conformance::{SharedRepository, repository, repository_suite};
+use flag_core::{
+    Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
+    FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError, Upserted,
+    async_trait,
+};
+
+repository_suite!(in_memory, || async {
+    Arc::new(InMemoryRepository::new()) as SharedRepository
+});
+
+/// Writes whatever the precondition says, and reports revision 1 for every write.
+#[derive(Debug, Default)]
+struct Careless {
+    inner: InMemoryRepository,
+    ignore_preconditions: bool,
+    frozen_revision: bool,
+}
+
+#[async_trait]
+impl FeatureFlagRepository for Careless {
+    fn backend(&self) -> &'static str {
+        "careless"
+    }
+    async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
+        let snapshot = self.inner.snapshot(env).await?;
+        if self.frozen_revision && !snapshot.is_empty() {
+            return Ok(EnvironmentSnapshot::from_shared(
+                flag_core::Revision(1),
+                snapshot.flags().cloned(),
+            )
+            .unwrap());
+        }
+        Ok(snapshot)
+    }
+    async fn flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Option<FeatureFlag>, RepositoryError> {
+        self.inner.flag(env, key).await
+    }
+    async fn upsert(
+        &self,
+        env: &Environment,
+        flag: FeatureFlag,
+        precondition: Precondition,
+    ) -> Result<Upserted, RepositoryError> {
+        let precondition = if self.ignore_preconditions {
+            Precondition::None
+        } else {
+            precondition
+        };
+        self.inner.upsert(env, flag, precondition).await
+    }
+    async fn delete(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        let precondition = if self.ignore_preconditions {
+            Precondition::None
+        } else {
+            precondition
+        };
+        self.inner.delete(env, key, precondition).await
+    }
+    async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
+        self.inner.environments().await
+    }
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        Ok(())
+    }
+}
+
+async fn caught_by(make: fn() -> Careless) -> Vec<&'static str> {
+    let violations =
+        repository::check_all(|| async move { Arc::new(make()) as SharedRepository }).await;
+    violations
+        .iter()
+        .for_each(|violation| println!("{violation}"));
+    violations
+        .iter()
+        .map(|violation| violation.property)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_passes() {
+    let violations =
+        repository::check_all(|| async { Arc::new(InMemoryRepository::new()) as SharedRepository })
+            .await;
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignoring_preconditions_is_caught() {
+    let caught = caught_by(|| Careless {
+        ignore_preconditions: true,
+        ..Careless::default()
+    })
+    .await;
+    for property in [
+        "optimistic_concurrency_is_enforced",
+        "concurrent_writers_never_lose_updates",
+    ] {
+        assert!(
+            caught.contains(&property),
+            "{property} did not catch it: {caught:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_does_not_move_is_caught() {
+    let caught = caught_by(|| Careless {
+        frozen_revision: true,
+        ..Careless::default()
+    })
+    .await;
+    assert!(
+        caught.contains(&"revisions_bump_once_per_write"),
+        "{caught:?}"
+    );
+}

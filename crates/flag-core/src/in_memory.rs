@@ -1,0 +1,159 @@
+//! `InMemoryRepository`: the repository port in process memory, for tests and examples.
+//!
+//! It keeps the whole contract of [`FeatureFlagRepository`] (versions, revisions, optimistic
+//! concurrency, listing) under one lock, so it doubles as the reference the repository
+//! conformance suite is checked against. It is not durable: everything is lost with the process.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::flag::FeatureFlag;
+use crate::names::{Environment, FlagKey};
+use crate::repository::{Deleted, FeatureFlagRepository, Precondition, RepositoryError, Upserted};
+use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
+
+#[derive(Debug, Default, Clone)]
+struct EnvironmentState {
+    revision: Revision,
+    flags: BTreeMap<FlagKey, FeatureFlag>,
+}
+
+/// A non-durable repository held in memory.
+#[derive(Debug, Default)]
+pub struct InMemoryRepository {
+    environments: Mutex<BTreeMap<Environment, EnvironmentState>>,
+}
+
+impl InMemoryRepository {
+    /// An empty repository.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Environment, EnvironmentState>> {
+        self.environments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn check(
+    env: &Environment,
+    key: &FlagKey,
+    precondition: Precondition,
+    current: Option<u64>,
+) -> Result<(), RepositoryError> {
+    let holds = match precondition {
+        Precondition::None => true,
+        Precondition::Version(version) => current == Some(version),
+        Precondition::Absent => current.is_none(),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(RepositoryError::VersionConflict {
+            environment: env.clone(),
+            key: key.clone(),
+            expected: precondition,
+            current,
+        })
+    }
+}
+
+#[async_trait]
+impl FeatureFlagRepository for InMemoryRepository {
+    fn backend(&self) -> &'static str {
+        "in-memory"
+    }
+
+    async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
+        let environments = self.lock();
+        let Some(state) = environments.get(env) else {
+            return Ok(EnvironmentSnapshot::empty(Revision::ZERO));
+        };
+        EnvironmentSnapshot::new(state.revision, state.flags.values().cloned()).map_err(|error| {
+            RepositoryError::Corrupt {
+                message: error.to_string(),
+            }
+        })
+    }
+
+    async fn flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Option<FeatureFlag>, RepositoryError> {
+        Ok(self
+            .lock()
+            .get(env)
+            .and_then(|state| state.flags.get(key).cloned()))
+    }
+
+    async fn upsert(
+        &self,
+        env: &Environment,
+        flag: FeatureFlag,
+        precondition: Precondition,
+    ) -> Result<Upserted, RepositoryError> {
+        let mut environments = self.lock();
+        let current = environments
+            .get(env)
+            .and_then(|state| state.flags.get(flag.key()))
+            .map(FeatureFlag::version);
+        check(env, flag.key(), precondition, current)?;
+        let state = environments.entry(env.clone()).or_default();
+        state.revision = Revision(state.revision.get() + 1);
+        let stored = flag.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
+        state.flags.insert(stored.key().clone(), stored.clone());
+        Ok(Upserted {
+            flag: stored,
+            revision: state.revision,
+            created: current.is_none(),
+        })
+    }
+
+    async fn delete(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        let mut environments = self.lock();
+        let not_found = || RepositoryError::NotFound {
+            environment: env.clone(),
+            key: key.clone(),
+        };
+        let state = environments.get_mut(env).ok_or_else(not_found)?;
+        let current = state
+            .flags
+            .get(key)
+            .map(FeatureFlag::version)
+            .ok_or_else(not_found)?;
+        check(env, key, precondition, Some(current))?;
+        state.flags.remove(key);
+        state.revision = Revision(state.revision.get() + 1);
+        Ok(Deleted {
+            version: current,
+            revision: state.revision,
+        })
+    }
+
+    async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
+        Ok(self
+            .lock()
+            .iter()
+            .map(|(name, state)| EnvironmentSummary {
+                name: name.clone(),
+                revision: state.revision,
+                flag_count: state.flags.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        Ok(())
+    }
+}
