@@ -44,6 +44,7 @@
 //! The model test runs 256 cases by default; `PROPTEST_CASES` changes that.
 
 pub mod cache;
+pub mod fixtures;
 pub mod model;
 pub mod repository;
 mod sample;
