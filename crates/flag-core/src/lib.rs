@@ -37,6 +37,7 @@ mod in_memory;
 mod metrics;
 mod names;
 mod repository;
+mod secrets;
 mod service;
 mod snapshot;
 
@@ -57,6 +58,7 @@ pub use repository::{
     Deleted, DynFeatureFlagRepository, FeatureFlagRepository, Precondition, RepositoryError,
     Upserted,
 };
+pub use secrets::redact_url;
 pub use service::{
     BulkEvaluation, DEFAULT_TTL, FeatureFlagService, RetryPolicy, ServiceBuilder,
     ServiceConfigError, ServiceError,

@@ -1,3 +1,470 @@
-//! `RedisCache`: the Redis implementation of `flag_core::FeatureFlagCache`.
+//! `RedisCache`: the Redis implementation of [`FeatureFlagCache`].
 //!
-//! Not built yet (issue "flag-redis"); this crate only reserves its place in the workspace.
+//! # Layout
+//!
+//! One hash per environment, key `<prefix>:{<env>}` (default prefix `feature_flags`; the braces
+//! are a Redis Cluster hash tag, so every key of one environment lives in one slot). One field per
+//! flag key holding the flag's JSON, and one reserved field `__meta` holding
+//! `{"revision":…,"cachedAtMs":…,"tombstone":…}` (flag keys cannot start with `_`). So in
+//! `redis-cli`:
+//!
+//! ```text
+//! > HGETALL "feature_flags:{production}"
+//! 1) "__meta"        2) "{\"revision\":7,\"cachedAtMs\":1764100000000,\"tombstone\":false}"
+//! 3) "new-checkout"  4) "{\"key\":\"new-checkout\",\"enabled\":true,…}"
+//! ```
+//!
+//! `get` is one `HGETALL`, `get_flag` one `HMGET key <flag> __meta`. `set` and `invalidate` are
+//! Lua scripts that compare revisions on the server, so a slow fill can never overwrite a newer
+//! revision and no writer ever retries (no `WATCH`); they write in chunks of 1,000 fields to stay
+//! under Lua's `unpack` limit (a 10,000-flag environment works). Revisions are compared as
+//! decimal strings, exact for every `u64`. TTL is a `PEXPIRE` on the whole hash, in milliseconds
+//! (declared slack: [`TTL_SLACK`]). `invalidate` leaves a tombstone hash holding only `__meta`
+//! for [`RedisCacheBuilder::tombstone_ttl`] (default 10 minutes).
+//!
+//! A Redis that was flushed or restarted empty is only a run of misses: the service refills it.
+//! A hash edited by hand into something unreadable is [`CacheError::Corrupt`]; the next fill
+//! replaces it.
+//!
+//! # Connection
+//!
+//! From one URL (see the table in the crate's `target` docs): `redis://`, `rediss://` (TLS),
+//! `redis+unix://`, with `user:password@` for ACLs; `redis+cluster://h1:p1,h2:p2` for Redis
+//! Cluster; `redis+sentinel://s1:p1,s2:p2/<master>` for Sentinel. One shared multiplexed
+//! connection reconnects by itself; the first connection is made lazily, so a cache built while
+//! Redis is down starts working when Redis comes up. Every call has a timeout (default
+//! [`DEFAULT_TIMEOUT`]) and fails with [`CacheError::Timeout`] or [`CacheError::Unavailable`]
+//! within it. Passwords never appear in logs, errors or `Debug`.
+
+mod connection;
+mod target;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flag_core::{
+    CacheError, Environment, EnvironmentSnapshot, FeatureFlag, FeatureFlagCache, FlagKey,
+    FlagLookup, Revision, SetOutcome, async_trait, redact_url,
+};
+use redis::{RedisError, Script};
+use serde::{Deserialize, Serialize};
+
+use crate::connection::{Connector, Link};
+use crate::target::Target;
+pub use crate::target::UrlError;
+
+/// The timeout of every Redis call unless configured otherwise: 100 ms.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The key prefix unless configured otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "feature_flags";
+/// The reserved hash field holding the entry's revision, fill time and tombstone flag.
+pub const META_FIELD: &str = "__meta";
+/// The TTL slack this adapter declares: Redis keeps expiry times in whole milliseconds.
+pub const TTL_SLACK: Duration = Duration::from_millis(2);
+
+/// Replaces the environment's hash unless it holds a newer revision. Returns 1 (stored) or 0.
+const SET_SCRIPT: &str = r#"
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local meta = redis.call('HGET', KEYS[1], '__meta')
+if meta then
+  local current = string.match(meta, '"revision":(%d+)')
+  if current and newer(current, ARGV[1]) then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '__meta', ARGV[3])
+for first = 4, #ARGV, 2000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Drops the environment's flags, leaving a tombstone that remembers the newer of the given and
+/// the cached revision.
+const INVALIDATE_SCRIPT: &str = r#"
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local revision = ARGV[1]
+local meta = redis.call('HGET', KEYS[1], '__meta')
+if meta then
+  local current = string.match(meta, '"revision":(%d+)')
+  if current and newer(current, revision) then revision = current end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '__meta',
+  '{"revision":' .. revision .. ',"cachedAtMs":' .. ARGV[3] .. ',"tombstone":true}')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// The `__meta` field.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    revision: u64,
+    cached_at_ms: u64,
+    tombstone: bool,
+}
+
+/// A cache of environment snapshots in Redis, shared by every server instance that uses it.
+#[derive(Clone)]
+pub struct RedisCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connector: Connector,
+    shown_url: String,
+    prefix: String,
+    timeout: Duration,
+    tombstone_ttl: Duration,
+    set_script: Script,
+    invalidate_script: Script,
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("url", &self.shared.shown_url)
+            .field("target", self.shared.connector.target())
+            .field("prefix", &self.shared.prefix)
+            .field("timeout", &self.shared.timeout)
+            .finish()
+    }
+}
+
+/// Configures a [`RedisCache`].
+#[derive(Clone)]
+pub struct RedisCacheBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    tombstone_ttl: Duration,
+}
+
+impl fmt::Debug for RedisCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisCacheBuilder {
+    /// The prefix of every key (`<prefix>:{<env>}`).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The timeout of every call (connecting included).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long an invalidation's revision is remembered.
+    #[must_use]
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// The cache; no connection is made until the first call.
+    pub fn build(self) -> Result<RedisCache, UrlError> {
+        let target = Target::parse(&self.url)?;
+        Ok(RedisCache {
+            shared: Arc::new(Shared {
+                connector: Connector::new(target, self.timeout),
+                shown_url: redact_url(&self.url),
+                prefix: self.prefix,
+                timeout: self.timeout,
+                tombstone_ttl: self.tombstone_ttl,
+                set_script: Script::new(SET_SCRIPT),
+                invalidate_script: Script::new(INVALIDATE_SCRIPT),
+            }),
+        })
+    }
+}
+
+impl RedisCache {
+    /// A builder with the defaults: prefix `feature_flags`, 100 ms timeout, 10-minute tombstones.
+    pub fn builder(url: impl Into<String>) -> RedisCacheBuilder {
+        RedisCacheBuilder {
+            url: url.into(),
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            tombstone_ttl: Duration::from_secs(600),
+        }
+    }
+
+    /// A cache with the defaults at `url`; no connection is made until the first call.
+    pub fn from_url(url: impl Into<String>) -> Result<Self, UrlError> {
+        Self::builder(url).build()
+    }
+
+    /// The hash key of an environment: `<prefix>:{<env>}`.
+    pub fn key(&self, env: &Environment) -> String {
+        format!("{}:{{{}}}", self.shared.prefix, env)
+    }
+
+    /// Succeeds when Redis answers `PING` within the timeout.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.call(
+            |mut link| async move { redis::cmd("PING").query_async::<String>(&mut link).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Runs one call on the shared link, bounded by the timeout, with errors mapped.
+    async fn call<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(Link) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let shared = &self.shared;
+        let attempt = async {
+            let link = shared.connector.link().await?;
+            operation(link).await
+        };
+        match tokio::time::timeout(shared.timeout, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                shared.connector.failed(&error);
+                Err(map_error(&error, shared.timeout))
+            }
+            Err(_) => Err(CacheError::Timeout {
+                after: shared.timeout,
+            }),
+        }
+    }
+}
+
+fn map_error(error: &RedisError, timeout: Duration) -> CacheError {
+    if error.is_timeout() {
+        CacheError::Timeout { after: timeout }
+    } else if error.is_connection_refusal() || error.is_io_error() || error.is_connection_dropped()
+    {
+        CacheError::Unavailable {
+            message: error.to_string(),
+        }
+    } else {
+        CacheError::Backend {
+            message: error.to_string(),
+        }
+    }
+}
+
+fn corrupt(env: &Environment, message: impl Into<String>) -> CacheError {
+    CacheError::Corrupt {
+        environment: env.clone(),
+        message: message.into(),
+    }
+}
+
+fn parse_meta(env: &Environment, raw: &str) -> Result<Meta, CacheError> {
+    serde_json::from_str(raw)
+        .map_err(|error| corrupt(env, format!("unreadable {META_FIELD}: {error}")))
+}
+
+fn parse_flag(env: &Environment, field: &str, raw: &str) -> Result<FeatureFlag, CacheError> {
+    let flag: FeatureFlag = serde_json::from_str(raw)
+        .map_err(|error| corrupt(env, format!("unreadable flag {field:?}: {error}")))?;
+    if flag.key().as_str() != field {
+        return Err(corrupt(
+            env,
+            format!("field {field:?} holds flag {}", flag.key()),
+        ));
+    }
+    Ok(flag)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Milliseconds for `PEXPIRE`, rounding a sub-millisecond remainder up (never 0, which deletes).
+fn whole_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+#[async_trait]
+impl FeatureFlagCache for RedisCache {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        let key = self.key(env);
+        let mut fields: HashMap<String, String> =
+            self.call(|mut link| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut link).await
+            })
+            .await?;
+        let Some(raw_meta) = fields.remove(META_FIELD) else {
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            return Err(corrupt(env, format!("hash has flags but no {META_FIELD}")));
+        };
+        let meta = parse_meta(env, &raw_meta)?;
+        if meta.tombstone {
+            return Ok(None);
+        }
+        let flags = fields
+            .iter()
+            .map(|(field, raw)| parse_flag(env, field, raw).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let snapshot = EnvironmentSnapshot::from_shared(Revision(meta.revision), flags)
+            .map_err(|error| corrupt(env, error.to_string()))?;
+        Ok(Some(Arc::new(snapshot)))
+    }
+
+    async fn get_flag(
+        &self,
+        env: &Environment,
+        flag_key: &FlagKey,
+    ) -> Result<FlagLookup, CacheError> {
+        let key = self.key(env);
+        let field = flag_key.as_str().to_owned();
+        let (raw_flag, raw_meta): (Option<String>, Option<String>) = self
+            .call(|mut link| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&field)
+                    .arg(META_FIELD)
+                    .query_async(&mut link)
+                    .await
+            })
+            .await?;
+        let Some(raw_meta) = raw_meta else {
+            return Ok(FlagLookup::Miss);
+        };
+        let meta = parse_meta(env, &raw_meta)?;
+        if meta.tombstone {
+            return Ok(FlagLookup::Miss);
+        }
+        let revision = Revision(meta.revision);
+        Ok(match raw_flag {
+            None => FlagLookup::Absent { revision },
+            Some(raw) => FlagLookup::Hit {
+                flag: Arc::new(parse_flag(env, flag_key.as_str(), &raw)?),
+                revision,
+            },
+        })
+    }
+
+    async fn set(
+        &self,
+        env: &Environment,
+        snapshot: Arc<EnvironmentSnapshot>,
+        ttl: Duration,
+    ) -> Result<SetOutcome, CacheError> {
+        if ttl.is_zero() {
+            return Err(CacheError::ZeroTtl);
+        }
+        let meta = Meta {
+            revision: snapshot.revision().get(),
+            cached_at_ms: now_ms(),
+            tombstone: false,
+        };
+        let meta = serde_json::to_string(&meta).map_err(|error| CacheError::Backend {
+            message: error.to_string(),
+        })?;
+        let mut pairs = Vec::with_capacity(snapshot.len() * 2);
+        for flag in snapshot.flags() {
+            let json = serde_json::to_string(&**flag).map_err(|error| CacheError::Backend {
+                message: format!("encoding flag {}: {error}", flag.key()),
+            })?;
+            pairs.push(flag.key().to_string());
+            pairs.push(json);
+        }
+        let key = self.key(env);
+        let revision = snapshot.revision().get().to_string();
+        let ttl_ms = whole_ms(ttl);
+        let script = &self.shared.set_script;
+        let stored: i64 = self
+            .call(|mut link| async move {
+                script
+                    .key(&key)
+                    .arg(&revision)
+                    .arg(ttl_ms)
+                    .arg(&meta)
+                    .arg(&pairs)
+                    .invoke_async(&mut link)
+                    .await
+            })
+            .await?;
+        Ok(if stored == 1 {
+            SetOutcome::Stored
+        } else {
+            SetOutcome::Stale
+        })
+    }
+
+    async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
+        let key = self.key(env);
+        let revision = revision.get().to_string();
+        let tombstone_ms = whole_ms(self.shared.tombstone_ttl);
+        let now = now_ms();
+        let script = &self.shared.invalidate_script;
+        let _: i64 = self
+            .call(|mut link| async move {
+                script
+                    .key(&key)
+                    .arg(&revision)
+                    .arg(tombstone_ms)
+                    .arg(now)
+                    .invoke_async(&mut link)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_hash_tag() {
+        let cache = RedisCache::from_url("redis://127.0.0.1:1").unwrap();
+        let env = Environment::parse("production").unwrap();
+        assert_eq!(cache.key(&env), "feature_flags:{production}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let cache = RedisCache::from_url("rediss://:secret@host:6380/0").unwrap();
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("rediss://:***@host:6380/0"), "{shown}");
+    }
+
+    #[test]
+    fn sub_millisecond_ttls_round_up() {
+        assert_eq!(whole_ms(Duration::from_micros(1)), 1);
+        assert_eq!(whole_ms(Duration::from_micros(1_500)), 2);
+        assert_eq!(whole_ms(Duration::from_millis(15)), 15);
+    }
+}

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use flag_core::redact_url;
 
 /// The feature-flag server.
 #[derive(Parser)]
@@ -157,49 +158,9 @@ impl fmt::Debug for Config {
     }
 }
 
-/// `scheme://user:secret@host/db` becomes `scheme://user:***@host/db`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials
-                .split_once(':')
-                .map_or(credentials, |(user, _)| user);
-            let shown = if credentials.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_owned()
-            };
-            format!("{scheme}://{shown}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redact_url("rediss://:secret@host:6380/0"),
-            "rediss://:***@host:6380/0"
-        );
-        assert_eq!(
-            redact_url("postgres://app:pw@db/flags"),
-            "postgres://app:***@db/flags"
-        );
-        assert_eq!(redact_url("redis://token@host"), "redis://***@host");
-        assert_eq!(
-            redact_url("sqlite://flags.db?mode=rwc"),
-            "sqlite://flags.db?mode=rwc"
-        );
-    }
 
     #[test]
     fn defaults_follow_the_contract() {
