@@ -128,12 +128,20 @@ pub(crate) struct Config {
 impl Config {
     /// The cache backend in effect, after applying the default rule.
     pub(crate) fn effective_cache_backend(&self) -> CacheBackend {
-        self.cache_backend.unwrap_or(if self.redis_url.is_some() {
-            CacheBackend::Redis
-        } else {
-            CacheBackend::Memory
-        })
+        choose_cache_backend(self.cache_backend, self.redis_url.as_deref())
     }
+}
+
+/// The backend asked for, else `redis` when a Redis URL is configured, else `memory`.
+pub(crate) fn choose_cache_backend(
+    asked: Option<CacheBackend>,
+    redis_url: Option<&str>,
+) -> CacheBackend {
+    asked.unwrap_or(if redis_url.is_some() {
+        CacheBackend::Redis
+    } else {
+        CacheBackend::Memory
+    })
 }
 
 /// Secrets are never printed: tokens are shown as `[redacted]`, URL passwords as `***`.
@@ -162,24 +170,80 @@ impl fmt::Debug for Config {
 mod tests {
     use super::*;
 
+    /// The declared defaults and variable names, read from the parser itself (not by parsing, which
+    /// would also read the environment of whoever runs the tests).
     #[test]
-    fn defaults_follow_the_contract() {
-        let cli = Cli::try_parse_from(["flag-server"]).unwrap();
-        let config = cli.config;
-        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.cache_ttl_ms, 300_000);
-        assert_eq!(config.redis_timeout_ms, 100);
-        assert_eq!(config.default_environment, "production");
-        assert!(cli.command.is_none());
+    fn defaults_and_names_follow_the_contract() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let declared = |id: &str| {
+            let argument = command
+                .get_arguments()
+                .find(|argument| argument.get_id() == id)
+                .unwrap_or_else(|| panic!("no argument {id}"));
+            let default = argument
+                .get_default_values()
+                .first()
+                .map(|value| value.to_string_lossy().into_owned());
+            let env = argument
+                .get_env()
+                .map(|env| env.to_string_lossy().into_owned());
+            (default, env)
+        };
+        let expect = |id: &str, default: Option<&str>, env: &str| {
+            assert_eq!(
+                declared(id),
+                (default.map(str::to_owned), Some(env.to_owned())),
+                "{id}"
+            );
+        };
+        expect("listen", Some("127.0.0.1:8080"), "FLAG_LISTEN");
+        expect(
+            "database_url",
+            Some("sqlite://flags.db?mode=rwc"),
+            "DATABASE_URL",
+        );
+        expect("cache_backend", None, "CACHE_BACKEND");
+        expect("redis_url", None, "REDIS_URL");
+        expect("cache_l1_ttl_ms", Some("5000"), "CACHE_L1_TTL_MS");
+        expect(
+            "stale_if_error_ms",
+            Some("86400000"),
+            "FLAG_STALE_IF_ERROR_MS",
+        );
+        expect(
+            "redis_key_prefix",
+            Some("feature_flags"),
+            "REDIS_KEY_PREFIX",
+        );
+        expect("redis_timeout_ms", Some("100"), "REDIS_TIMEOUT_MS");
+        expect("cache_ttl_ms", Some("300000"), "CACHE_TTL_MS");
+        expect("admin_token", None, "FLAG_ADMIN_TOKEN");
+        expect("client_tokens", None, "FLAG_CLIENT_TOKENS");
+        expect(
+            "default_environment",
+            Some("production"),
+            "FLAG_DEFAULT_ENVIRONMENT",
+        );
+        expect("shutdown_grace_ms", Some("10000"), "FLAG_SHUTDOWN_GRACE_MS");
     }
 
+    // These tests must not depend on the environment (CI exports REDIS_URL and DATABASE_URL), so
+    // they pass every value that matters explicitly or test the pure rule.
     #[test]
     fn redis_url_makes_redis_the_default_backend() {
+        assert_eq!(
+            choose_cache_backend(None, Some("redis://h")),
+            CacheBackend::Redis
+        );
+        assert_eq!(choose_cache_backend(None, None), CacheBackend::Memory);
+        assert_eq!(
+            choose_cache_backend(Some(CacheBackend::Memory), Some("redis://h")),
+            CacheBackend::Memory
+        );
         let cli =
             Cli::try_parse_from(["flag-server", "--redis-url", "redis://127.0.0.1:6379"]).unwrap();
         assert_eq!(cli.config.effective_cache_backend(), CacheBackend::Redis);
-        let cli = Cli::try_parse_from(["flag-server"]).unwrap();
-        assert_eq!(cli.config.effective_cache_backend(), CacheBackend::Memory);
     }
 
     #[test]
