@@ -3,7 +3,8 @@
 //! Guarantees, each proven by a test in `tests/service.rs`:
 //! - **Single flight.** Concurrent cache misses on one environment cause one repository read.
 //! - **A cache never fails a read.** A cache error is logged and counted, and the read is
-//!   answered from the repository (without trying to fill the failing cache).
+//!   answered from the repository. A cache that is down or slow is not asked to store the result;
+//!   one that answered with unreadable data (`CacheError::Corrupt`) is refilled, which replaces it.
 //! - **Read-your-writes, whatever the cache does.** Once a write has returned, every later read
 //!   through this service sees it: the service remembers the newest revision it wrote per
 //!   environment and treats an older cached snapshot as a miss, and a write detaches any fill
@@ -228,10 +229,7 @@ impl FeatureFlagService {
                 inner.counters.cache_misses.increment();
                 true
             }
-            Err(error) => {
-                inner.cache_failed_read(env, &error);
-                false
-            }
+            Err(error) => inner.cache_failed_read(env, &error),
         };
         self.load(env, floor, fill).await
     }
@@ -257,10 +255,7 @@ impl FeatureFlagService {
                 inner.counters.cache_misses.increment();
                 true
             }
-            Err(error) => {
-                inner.cache_failed_read(env, &error);
-                false
-            }
+            Err(error) => inner.cache_failed_read(env, &error),
         };
         let snapshot = self.load(env, floor, fill).await?;
         Ok(snapshot.flag(key.as_str()).cloned())
@@ -414,10 +409,17 @@ impl Inner {
         *floor = (*floor).max(revision);
     }
 
-    fn cache_failed_read(&self, env: &Environment, error: &CacheError) {
+    /// Counts and logs a failed cache read; answers whether the cache should be refilled.
+    ///
+    /// Unreadable data in a working cache is replaced by the fill that follows; a cache that is
+    /// down or slow is not asked to store anything (that would only add its timeout to the read).
+    fn cache_failed_read(&self, env: &Environment, error: &CacheError) -> bool {
         self.counters.cache_errors.increment();
         self.counters.cache_fallbacks.increment();
-        warn!(%env, backend = self.cache.backend(), %error, "cache read failed; answering from the repository");
+        let refill = matches!(error, CacheError::Corrupt { .. });
+        warn!(%env, backend = self.cache.backend(), %error, refill,
+            "cache read failed; answering from the repository");
+        refill
     }
 
     fn join_flight(&self, env: &Environment) -> Arc<Flight> {

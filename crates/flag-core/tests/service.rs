@@ -206,6 +206,31 @@ async fn with_the_cache_down_every_read_is_still_correct() {
 }
 
 #[tokio::test]
+async fn corrupt_cache_data_is_answered_from_the_repository_and_replaced() {
+    let h = harness();
+    let prod = env("production");
+    h.service
+        .upsert(&prod, boolean("f", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service.snapshot(&prod).await.unwrap();
+    h.cache.corrupt_reads.store(true, Ordering::SeqCst);
+    // The corrupt entry is not served, and the fill after the repository read replaces it.
+    assert_eq!(value_of(&h.service, "production", "f").await, json!(true));
+    assert!(
+        !h.cache.corrupt_reads.load(Ordering::SeqCst),
+        "the fill replaced the bad entry"
+    );
+    assert_eq!(value_of(&h.service, "production", "f").await, json!(true));
+    let metrics = h.service.metrics();
+    assert_eq!(
+        (metrics.cache_errors, metrics.fills_stored),
+        (1, 2),
+        "{metrics:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_cache_read_failure_and_a_repository_failure_is_an_error_not_a_panic() {
     let h = harness();
     h.cache.fail_reads.store(true, Ordering::SeqCst);

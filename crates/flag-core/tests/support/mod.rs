@@ -53,6 +53,8 @@ struct CacheEntry {
 pub struct FakeCache {
     entries: Mutex<HashMap<Environment, CacheEntry>>,
     pub fail_reads: AtomicBool,
+    /// Reads answer `CacheError::Corrupt` (until the next successful set).
+    pub corrupt_reads: AtomicBool,
     pub fail_sets: AtomicBool,
     /// How many upcoming invalidations fail; `u32::MAX` for all of them.
     pub failing_invalidations: AtomicU32,
@@ -101,6 +103,12 @@ impl FakeCache {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(Self::fault());
+        }
+        if self.corrupt_reads.load(Ordering::SeqCst) {
+            return Err(CacheError::Corrupt {
+                environment: env.clone(),
+                message: "injected garbage".into(),
+            });
         }
         Ok(self.peek(env))
     }
@@ -152,6 +160,7 @@ impl FeatureFlagCache for FakeCache {
         }
         entry.revision = snapshot.revision();
         entry.snapshot = Some((snapshot, Instant::now() + ttl));
+        self.corrupt_reads.store(false, Ordering::SeqCst);
         Ok(SetOutcome::Stored)
     }
 
