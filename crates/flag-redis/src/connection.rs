@@ -144,12 +144,6 @@ impl Connector {
                 password,
                 db,
             } => {
-                if *tls {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::InvalidClientConfig,
-                        "TLS through Sentinel is not supported by this build; use redis+sentinel://",
-                    )));
-                }
                 let mut info = RedisConnectionInfo::default().set_db(*db);
                 if let Some(username) = username {
                     info = info.set_username(username);
@@ -157,7 +151,11 @@ impl Connector {
                 if let Some(password) = password {
                     info = info.set_password(password);
                 }
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                let mut node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                if *tls {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
                 let mut client = SentinelClient::build(
                     sentinels.iter().map(String::as_str).collect(),
                     master.clone(),

@@ -28,9 +28,16 @@
 //!
 //! # Connection
 //!
-//! From one URL (see the table in the crate's `target` docs): `redis://`, `rediss://` (TLS),
-//! `redis+unix://`, with `user:password@` for ACLs; `redis+cluster://h1:p1,h2:p2` for Redis
-//! Cluster; `redis+sentinel://s1:p1,s2:p2/<master>` for Sentinel. One shared multiplexed
+//! From one URL:
+//!
+//! | URL | deployment |
+//! |---|---|
+//! | `redis://[user[:password]@]host[:port][/db]` | single node |
+//! | `rediss://…` | single node over TLS, verified against the system's roots (`#insecure` at the end turns verification off) |
+//! | `redis+unix:///path/to/redis.sock[?db=N]` | single node on a unix socket |
+//! | `redis+cluster://[user[:password]@]host:port[,host:port…]` (`rediss+cluster://`) | Redis Cluster, from any seed nodes |
+//! | `redis+sentinel://[user[:password]@]host:port[,…]/<master>[/db]` (`rediss+sentinel://`) | the master that Sentinel names; credentials and TLS apply to the master |
+//! One shared multiplexed
 //! connection reconnects by itself; the first connection is made lazily, so a cache built while
 //! Redis is down starts working when Redis comes up. Every call has a timeout (default
 //! [`DEFAULT_TIMEOUT`]) and fails with [`CacheError::Timeout`] or [`CacheError::Unavailable`]
@@ -185,6 +192,7 @@ impl RedisCacheBuilder {
     /// The cache; no connection is made until the first call.
     pub fn build(self) -> Result<RedisCache, UrlError> {
         let target = Target::parse(&self.url)?;
+        install_tls_provider();
         Ok(RedisCache {
             shared: Arc::new(Shared {
                 connector: Connector::new(target, self.timeout),
@@ -251,6 +259,15 @@ impl RedisCache {
             }),
         }
     }
+}
+
+/// Makes ring the process's TLS provider for `rediss://`, unless the program chose one already.
+fn install_tls_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err means another provider is installed already; that one serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn map_error(error: &RedisError, timeout: Duration) -> CacheError {
