@@ -246,18 +246,10 @@ pub async fn run_sequence(
                 let expectation = state.entry.as_ref().map_or(Expectation::Miss, |entry| {
                     Expectation::judge(entry.set, entry.ttl, slack, read)
                 });
-                let live = state.entry.as_ref().map(|entry| {
-                    let snapshot = &entry.snapshot;
-                    match snapshot.flag(KEYS[*k]) {
-                        Some(flag) => FlagLookup::Hit {
-                            flag: Arc::clone(flag),
-                            revision: snapshot.revision(),
-                        },
-                        None => FlagLookup::Absent {
-                            revision: snapshot.revision(),
-                        },
-                    }
-                });
+                let live = state
+                    .entry
+                    .as_ref()
+                    .map(|entry| entry.snapshot.lookup(KEYS[*k]));
                 match (expectation, got) {
                     (Expectation::Miss | Expectation::Either, FlagLookup::Miss) => {
                         state.entry = None

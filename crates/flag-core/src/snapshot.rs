@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::FlagLookup;
 use crate::flag::FeatureFlag;
 use crate::names::{Environment, FlagKey};
 
@@ -88,6 +89,19 @@ impl EnvironmentSnapshot {
     /// One flag, if the environment has it.
     pub fn flag(&self, key: &str) -> Option<&Arc<FeatureFlag>> {
         self.flags.get(key)
+    }
+
+    /// What a cache holding this snapshot answers to `get_flag(key)`: `Hit` or `Absent`.
+    pub fn lookup(&self, key: &str) -> FlagLookup {
+        match self.flags.get(key) {
+            Some(flag) => FlagLookup::Hit {
+                flag: Arc::clone(flag),
+                revision: self.revision,
+            },
+            None => FlagLookup::Absent {
+                revision: self.revision,
+            },
+        }
     }
 
     /// Every flag, in key order.

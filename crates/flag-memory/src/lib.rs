@@ -172,15 +172,7 @@ impl FeatureFlagCache for MemoryCache {
         else {
             return Ok(FlagLookup::Miss);
         };
-        Ok(match snapshot.flag(key.as_str()) {
-            Some(flag) => FlagLookup::Hit {
-                flag: Arc::clone(flag),
-                revision: snapshot.revision(),
-            },
-            None => FlagLookup::Absent {
-                revision: snapshot.revision(),
-            },
-        })
+        Ok(snapshot.lookup(key.as_str()))
     }
 
     async fn set(

@@ -127,15 +127,7 @@ impl FeatureFlagCache for FakeCache {
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
         Ok(match self.read(env)? {
             None => FlagLookup::Miss,
-            Some(snapshot) => match snapshot.flag(key.as_str()) {
-                Some(flag) => FlagLookup::Hit {
-                    flag: Arc::clone(flag),
-                    revision: snapshot.revision(),
-                },
-                None => FlagLookup::Absent {
-                    revision: snapshot.revision(),
-                },
-            },
+            Some(snapshot) => snapshot.lookup(key.as_str()),
         })
     }
 
