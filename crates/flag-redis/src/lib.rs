@@ -121,6 +121,38 @@ struct Meta {
     tombstone: bool,
 }
 
+/// A clone of the shared connection; usable with any `redis` command or script.
+#[derive(Clone)]
+pub struct RedisConnection(Link);
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedisConnection")
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// A cache of environment snapshots in Redis, shared by every server instance that uses it.
 #[derive(Clone)]
 pub struct RedisCache {
@@ -235,6 +267,14 @@ impl RedisCache {
         )
         .await
         .map(drop)
+    }
+
+    /// The cache's shared, self-healing connection, for other parts of the server that talk to
+    /// the same Redis (one connection per process instead of one per component). Calls made on
+    /// it are not bounded by the cache's timeout: wrap them in one of your own.
+    pub async fn connection(&self) -> Result<RedisConnection, CacheError> {
+        self.call(|link| async move { Ok(RedisConnection(link)) })
+            .await
     }
 
     /// Runs one call on the shared link, bounded by the timeout, with errors mapped.

@@ -177,6 +177,20 @@ async fn a_cache_made_while_redis_is_down_works_once_it_is_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_components_can_share_the_connection() {
+    let redis = redis().await;
+    let cache = cache_for(&redis);
+    let mut connection = cache.connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("shared")
+        .arg("yes")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(redis.command("GET shared").await.unwrap(), "$3\r\nyes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_is_only_a_run_of_misses() {
     let redis = redis().await;
     let cache = cache_for(&redis);
