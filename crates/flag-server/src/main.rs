@@ -1,19 +1,32 @@
 //! `flag-server`: the feature-flag HTTP service.
 //!
-//! The HTTP service itself is not built yet (issue "flag-server"); for now the binary parses its
+//! `flag-server migrate` applies the database migrations and exits. The HTTP service itself is
+//! not built yet (issue "flag-server"); until then `flag-server serve` (the default) parses its
 //! final configuration, prints it (secrets redacted) and exits.
 
 mod config;
 
+use anyhow::Context;
 use clap::Parser;
+use flag_sql::SqlRepository;
 
 use crate::config::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
-    println!("flag-server {} ({command:?})", env!("CARGO_PKG_VERSION"));
-    println!("{:#?}", cli.config);
-    println!("The HTTP service is not implemented yet; exiting.");
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let repository = SqlRepository::connect(&cli.config.database_url)
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied to {:?}", repository.database());
+        }
+        Command::Serve => {
+            println!("flag-server {}", env!("CARGO_PKG_VERSION"));
+            println!("{:#?}", cli.config);
+            println!("The HTTP service is not implemented yet; exiting.");
+        }
+    }
     Ok(())
 }
