@@ -9,18 +9,18 @@ use flag_core::redact_url;
 /// The feature-flag server.
 #[derive(Parser)]
 #[command(name = "flag-server", version, about)]
-pub(crate) struct Cli {
+pub struct Cli {
     /// What to do; `serve` when left out.
     #[command(subcommand)]
-    pub(crate) command: Option<Command>,
+    pub command: Option<Command>,
     /// Settings shared by every command.
     #[command(flatten)]
-    pub(crate) config: Config,
+    pub config: Config,
 }
 
 /// The commands.
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Command {
+pub enum Command {
     /// Run the HTTP server (the default).
     Serve,
     /// Apply the database migrations and exit.
@@ -29,7 +29,7 @@ pub(crate) enum Command {
 
 /// Which cache sits in front of the database.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CacheBackend {
+pub enum CacheBackend {
     /// In-process cache (moka); each instance has its own.
     Memory,
     /// Redis shared by every instance.
@@ -42,65 +42,65 @@ pub(crate) enum CacheBackend {
 
 /// Every setting; each flag can also be given as the environment variable of the same name.
 #[derive(clap::Args, Clone)]
-pub(crate) struct Config {
+pub struct Config {
     /// Address to listen on.
     #[arg(
         long = "flag-listen",
         env = "FLAG_LISTEN",
         default_value = "127.0.0.1:8080"
     )]
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Database URL: `sqlite://…` or `postgres://…`.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "sqlite://flags.db?mode=rwc"
     )]
-    pub(crate) database_url: String,
+    pub database_url: String,
     /// Cache backend; `redis` when REDIS_URL is set, else `memory`.
     #[arg(long = "cache-backend", env = "CACHE_BACKEND", value_enum)]
-    pub(crate) cache_backend: Option<CacheBackend>,
+    pub cache_backend: Option<CacheBackend>,
     /// Redis URL: `redis://`, `rediss://` or `redis+unix://`.
     #[arg(long = "redis-url", env = "REDIS_URL")]
-    pub(crate) redis_url: Option<String>,
+    pub redis_url: Option<String>,
     /// Time-to-live of the in-process layer of the tiered cache, in ms.
     #[arg(
         long = "cache-l1-ttl-ms",
         env = "CACHE_L1_TTL_MS",
         default_value_t = 5_000
     )]
-    pub(crate) cache_l1_ttl_ms: u64,
+    pub cache_l1_ttl_ms: u64,
     /// How long the last known good flags may be served when cache and database both fail, in ms.
     #[arg(
         long = "flag-stale-if-error-ms",
         env = "FLAG_STALE_IF_ERROR_MS",
         default_value_t = 86_400_000
     )]
-    pub(crate) stale_if_error_ms: u64,
+    pub stale_if_error_ms: u64,
     /// Prefix of every Redis key.
     #[arg(
         long = "redis-key-prefix",
         env = "REDIS_KEY_PREFIX",
         default_value = "feature_flags"
     )]
-    pub(crate) redis_key_prefix: String,
+    pub redis_key_prefix: String,
     /// Timeout of every Redis call, in ms.
     #[arg(
         long = "redis-timeout-ms",
         env = "REDIS_TIMEOUT_MS",
         default_value_t = 100
     )]
-    pub(crate) redis_timeout_ms: u64,
+    pub redis_timeout_ms: u64,
     /// Time-to-live of cached environments, in ms.
     #[arg(long = "cache-ttl-ms", env = "CACHE_TTL_MS", default_value_t = 300_000)]
-    pub(crate) cache_ttl_ms: u64,
+    pub cache_ttl_ms: u64,
     /// Bearer token of the management API; a random one is generated when unset.
     #[arg(
         long = "flag-admin-token",
         env = "FLAG_ADMIN_TOKEN",
         hide_env_values = true
     )]
-    pub(crate) admin_token: Option<String>,
+    pub admin_token: Option<String>,
     /// Comma-separated tokens that OFREP clients must present; OFREP is open when unset.
     #[arg(
         long = "flag-client-tokens",
@@ -108,35 +108,32 @@ pub(crate) struct Config {
         hide_env_values = true,
         value_delimiter = ','
     )]
-    pub(crate) client_tokens: Option<Vec<String>>,
+    pub client_tokens: Option<Vec<String>>,
     /// Environment used when a request has no `X-Environment` header.
     #[arg(
         long = "flag-default-environment",
         env = "FLAG_DEFAULT_ENVIRONMENT",
         default_value = "production"
     )]
-    pub(crate) default_environment: String,
+    pub default_environment: String,
     /// How long SIGTERM waits for in-flight requests, in ms.
     #[arg(
         long = "flag-shutdown-grace-ms",
         env = "FLAG_SHUTDOWN_GRACE_MS",
         default_value_t = 10_000
     )]
-    pub(crate) shutdown_grace_ms: u64,
+    pub shutdown_grace_ms: u64,
 }
 
 impl Config {
     /// The cache backend in effect, after applying the default rule.
-    pub(crate) fn effective_cache_backend(&self) -> CacheBackend {
+    pub fn effective_cache_backend(&self) -> CacheBackend {
         choose_cache_backend(self.cache_backend, self.redis_url.as_deref())
     }
 }
 
 /// The backend asked for, else `redis` when a Redis URL is configured, else `memory`.
-pub(crate) fn choose_cache_backend(
-    asked: Option<CacheBackend>,
-    redis_url: Option<&str>,
-) -> CacheBackend {
+pub fn choose_cache_backend(asked: Option<CacheBackend>, redis_url: Option<&str>) -> CacheBackend {
     asked.unwrap_or(if redis_url.is_some() {
         CacheBackend::Redis
     } else {

@@ -1,32 +1,90 @@
 //! `flag-server`: the feature-flag HTTP service.
 //!
-//! `flag-server migrate` applies the database migrations and exits. The HTTP service itself is
-//! not built yet (issue "flag-server"); until then `flag-server serve` (the default) parses its
-//! final configuration, prints it (secrets redacted) and exits.
+//! `flag-server` (or `flag-server serve`) serves the API; `flag-server migrate` applies the
+//! database migrations and exits. SIGTERM or Ctrl-C stops accepting connections and lets
+//! in-flight requests finish for up to `FLAG_SHUTDOWN_GRACE_MS`, then exits 0.
 
-mod config;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use flag_server::config::{Cli, Command, Config};
+use flag_server::{app, wiring};
 use flag_sql::SqlRepository;
-
-use crate::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let repository = SqlRepository::connect(&cli.config.database_url)
                 .await
                 .context("applying migrations")?;
             println!("migrations applied to {:?}", repository.database());
+            Ok(())
         }
-        Command::Serve => {
-            println!("flag-server {}", env!("CARGO_PKG_VERSION"));
-            println!("{:#?}", cli.config);
-            println!("The HTTP service is not implemented yet; exiting.");
-        }
+        Command::Serve => serve(cli.config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = ?config, "starting flag-server {}", env!("CARGO_PKG_VERSION"));
+    let state = wiring::state_from(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%address, cache = state.service.cache_backend(), repository = state.service.repository_backend(), "listening");
+    println!("flag-server listening on http://{address}");
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app::router(state))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop.send(());
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined.context("server task")?.context("serving")?,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "grace period over; exiting with requests still in flight"
+        ),
     }
     Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

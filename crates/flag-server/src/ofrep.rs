@@ -1,0 +1,272 @@
+//! The OpenFeature Remote Evaluation Protocol: single and bulk evaluation.
+//!
+//! Decisions where the protocol leaves room: a flag key outside the key grammar is
+//! `404 FLAG_NOT_FOUND` (no such flag can exist); an invalid `X-Environment` is `400 GENERAL`;
+//! a store outage is `503 GENERAL`. The bulk `ETag` is derived from the environment, its revision
+//! and the request's context (JSON objects are key-sorted, so equal contexts hash equally): two
+//! users never share a `304`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use flag_core::{
+    Environment, ErrorCode, Evaluation, EvaluationContext, EvaluationError, FlagKey, ServiceError,
+    murmur3_x86_32,
+};
+use serde_json::{Map, Value, json};
+
+use crate::app::{AppState, constant_time_eq};
+
+/// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`.
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
+}
+
+/// An OFREP error: status, code and details (and the flag key for single evaluations).
+struct OfrepError {
+    status: StatusCode,
+    code: ErrorCode,
+    details: String,
+    key: Option<String>,
+}
+
+impl OfrepError {
+    fn new(status: StatusCode, code: ErrorCode, details: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            details: details.into(),
+            key: None,
+        }
+    }
+
+    fn for_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
+}
+
+impl IntoResponse for OfrepError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"errorCode": self.code.as_str(), "errorDetails": self.details});
+        if let Some(key) = self.key {
+            body["key"] = Value::String(key);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), OfrepError> {
+    let Some(tokens) = &state.client_tokens else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        });
+    let accepted = presented.is_some_and(|presented| {
+        // Check every token, so the time taken does not tell which one was close.
+        tokens.iter().fold(false, |found, token| {
+            found | constant_time_eq(token.as_bytes(), presented.as_bytes())
+        })
+    });
+    if accepted {
+        Ok(())
+    } else {
+        Err(OfrepError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::General,
+            "a valid client token is required (Authorization: Bearer <token> or X-API-Key)",
+        ))
+    }
+}
+
+fn environment(state: &AppState, headers: &HeaderMap) -> Result<Environment, OfrepError> {
+    match headers.get("x-environment") {
+        None => Ok(state.default_environment.clone()),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|name| Environment::parse(name).ok())
+            .ok_or_else(|| {
+                OfrepError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::General,
+                    "X-Environment must match ^[a-z0-9][a-z0-9_-]{0,63}$",
+                )
+            }),
+    }
+}
+
+/// The request's `context`, as a map (for hashing) and as an evaluation context.
+fn context(body: &Bytes) -> Result<(Map<String, Value>, EvaluationContext), OfrepError> {
+    let request: Value = serde_json::from_slice(body).map_err(|error| {
+        OfrepError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ParseError,
+            format!("body is not JSON: {error}"),
+        )
+    })?;
+    let Value::Object(mut request) = request else {
+        return Err(OfrepError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ParseError,
+            "body must be a JSON object with a `context`",
+        ));
+    };
+    let Some(Value::Object(attributes)) = request.remove("context") else {
+        return Err(OfrepError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidContext,
+            "`context` must be present and a JSON object",
+        ));
+    };
+    let evaluation = EvaluationContext::from_map(attributes.clone()).map_err(|error| {
+        OfrepError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidContext,
+            error.to_string(),
+        )
+    })?;
+    Ok((attributes, evaluation))
+}
+
+fn success(evaluation: &Evaluation) -> Value {
+    let mut metadata: Map<String, Value> = evaluation
+        .metadata()
+        .iter()
+        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+        .collect();
+    metadata.insert(
+        "flagVersion".to_owned(),
+        Value::from(evaluation.flag_version()),
+    );
+    json!({
+        "key": evaluation.key(),
+        "value": evaluation.value(),
+        "reason": evaluation.reason().as_str(),
+        "variant": evaluation.variant(),
+        "metadata": metadata,
+    })
+}
+
+fn evaluation_error(error: &EvaluationError) -> OfrepError {
+    let status = match error {
+        EvaluationError::FlagNotFound { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    OfrepError::new(status, error.code(), error.to_string()).for_key(error.key().as_str())
+}
+
+fn service_error(error: ServiceError) -> OfrepError {
+    match error {
+        ServiceError::Evaluation(error) => evaluation_error(&error),
+        other => {
+            tracing::warn!(error = %other, "evaluation failed: flag store unavailable");
+            OfrepError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::General,
+                "the flag store is unavailable; retry later",
+            )
+        }
+    }
+}
+
+async fn evaluate_one(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OfrepError> {
+    authorize(&state, &headers)?;
+    let env = environment(&state, &headers)?;
+    let (_, context) = context(&body).map_err(|error| error.for_key(&key))?;
+    let Ok(flag_key) = FlagKey::parse(&key) else {
+        return Err(OfrepError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::FlagNotFound,
+            "no flag can have this key",
+        )
+        .for_key(&key));
+    };
+    let evaluation = state
+        .service
+        .evaluate(&env, &flag_key, &context)
+        .await
+        .map_err(|error| service_error(error).for_key(&key))?;
+    Ok(axum::Json(success(&evaluation)).into_response())
+}
+
+async fn evaluate_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OfrepError> {
+    authorize(&state, &headers)?;
+    let env = environment(&state, &headers)?;
+    let (attributes, context) = context(&body)?;
+    let bulk = state
+        .service
+        .evaluate_all(&env, &context)
+        .await
+        .map_err(service_error)?;
+    let etag = etag(&env, bulk.revision.get(), &attributes);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|presented| presented.split(',').any(|tag| tag.trim() == etag));
+    let etag_header =
+        HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response());
+    }
+    let flags: Vec<Value> = bulk
+        .results
+        .iter()
+        .map(|result| match result {
+            Ok(evaluation) => success(evaluation),
+            Err(error) => json!({"key": error.key(), "errorCode": error.code().as_str(), "errorDetails": error.to_string()}),
+        })
+        .collect();
+    Ok((
+        [(header::ETAG, etag_header)],
+        axum::Json(json!({"flags": flags})),
+    )
+        .into_response())
+}
+
+/// `"<revision>-<64-bit hash of env and context>"`.
+fn etag(env: &Environment, revision: u64, context: &Map<String, Value>) -> String {
+    let canonical = format!("{env}\u{0}{}", Value::Object(context.clone()));
+    let low = murmur3_x86_32(canonical.as_bytes(), 0);
+    let high = murmur3_x86_32(canonical.as_bytes(), 0x9747_b28c);
+    format!("\"{revision}-{high:08x}{low:08x}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_differ_by_user_revision_and_environment() {
+        let env = Environment::parse("production").unwrap();
+        let other = Environment::parse("staging").unwrap();
+        let alice: Map<String, Value> =
+            serde_json::from_str(r#"{"targetingKey":"alice"}"#).unwrap();
+        let bob: Map<String, Value> = serde_json::from_str(r#"{"targetingKey":"bob"}"#).unwrap();
+        assert_eq!(etag(&env, 1, &alice), etag(&env, 1, &alice));
+        assert_ne!(etag(&env, 1, &alice), etag(&env, 1, &bob));
+        assert_ne!(etag(&env, 1, &alice), etag(&env, 2, &alice));
+        assert_ne!(etag(&env, 1, &alice), etag(&other, 1, &alice));
+    }
+}

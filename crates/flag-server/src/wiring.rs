@@ -1,0 +1,61 @@
+//! From configuration to a running application: repository, cache, service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService};
+use flag_memory::MemoryCache;
+use flag_redis::RedisCache;
+use flag_sql::SqlRepository;
+
+use crate::app::AppState;
+use crate::config::{CacheBackend, Config};
+use crate::no_cache::NoCache;
+
+/// Connects the stores the configuration names (migrating the database) and builds the state.
+pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
+    let default_environment = Environment::parse(&config.default_environment)
+        .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
+    let repository = SqlRepository::connect(&config.database_url)
+        .await
+        .context("connecting to the database")?;
+    let mut redis = None;
+    let cache: Arc<DynFeatureFlagCache> = match config.effective_cache_backend() {
+        CacheBackend::Memory => Arc::new(MemoryCache::new()),
+        CacheBackend::None => Arc::new(NoCache),
+        CacheBackend::Redis => {
+            let url = config
+                .redis_url
+                .as_deref()
+                .context("CACHE_BACKEND=redis needs REDIS_URL")?;
+            let cache = RedisCache::builder(url)
+                .key_prefix(config.redis_key_prefix.clone())
+                .timeout(Duration::from_millis(config.redis_timeout_ms))
+                .build()
+                .context("REDIS_URL")?;
+            redis = Some(cache.clone());
+            Arc::new(cache)
+        }
+        CacheBackend::Tiered => {
+            bail!("CACHE_BACKEND=tiered is not available yet; use memory or redis")
+        }
+    };
+    let service = FeatureFlagService::builder(Arc::new(repository), cache)
+        .ttl(Duration::from_millis(config.cache_ttl_ms))
+        .build()
+        .context("CACHE_TTL_MS")?;
+    let client_tokens = config.client_tokens.as_ref().map(|tokens| {
+        tokens
+            .iter()
+            .map(|token| token.trim().to_owned())
+            .filter(|token| !token.is_empty())
+            .collect()
+    });
+    Ok(AppState {
+        service,
+        default_environment,
+        client_tokens,
+        redis,
+    })
+}
