@@ -4,10 +4,12 @@
 //! from `Config`; the binary (`main.rs`) adds logging, signals and graceful shutdown. Routers are
 //! per area (`ofrep`, `ops`), merged in one place.
 //!
-//! Built so far: OFREP single and bulk evaluation (with `ETag`/`304` and client tokens),
-//! `/healthz`, `/readyz`, JSON `404` for unmatched routes, `flag-server migrate`. Still to come:
-//! the management API, `/metrics`, `/openapi.json`, body limits and request timeouts, `tiered`.
+//! Built so far: OFREP single and bulk evaluation (with `ETag`/`304` and client tokens), the
+//! management API (`/v1`, admin token, `If-Match` / `If-None-Match: *`), `/healthz`, `/readyz`,
+//! a 1 MiB body limit (`413`), JSON `404` for unmatched routes, `flag-server migrate`. Still to
+//! come: `/metrics`, `/openapi.json`, request timeouts, `tiered`.
 
+mod admin;
 pub mod app;
 pub mod config;
 mod no_cache;

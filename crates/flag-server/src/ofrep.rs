@@ -8,6 +8,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -108,6 +109,18 @@ fn environment(state: &AppState, headers: &HeaderMap) -> Result<Environment, Ofr
     }
 }
 
+fn readable(body: Result<Bytes, BytesRejection>) -> Result<Bytes, OfrepError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::General
+        } else {
+            ErrorCode::ParseError
+        };
+        OfrepError::new(status, code, rejection.body_text())
+    })
+}
+
 /// The request's `context`, as a map (for hashing) and as an evaluation context.
 fn context(body: &Bytes) -> Result<(Map<String, Value>, EvaluationContext), OfrepError> {
     let request: Value = serde_json::from_slice(body).map_err(|error| {
@@ -186,10 +199,11 @@ async fn evaluate_one(
     State(state): State<AppState>,
     Path(key): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
     authorize(&state, &headers)?;
     let env = environment(&state, &headers)?;
+    let body = readable(body).map_err(|error| error.for_key(&key))?;
     let (_, context) = context(&body).map_err(|error| error.for_key(&key))?;
     let Ok(flag_key) = FlagKey::parse(&key) else {
         return Err(OfrepError::new(

@@ -52,10 +52,28 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
             .filter(|token| !token.is_empty())
             .collect()
     });
+    let admin_token: std::sync::Arc<str> = match &config.admin_token {
+        Some(token) if !token.is_empty() => token.as_str().into(),
+        _ => {
+            let token = random_token().context("generating an admin token")?;
+            // Printed once, on stdout only; never logged.
+            println!("generated admin token (set FLAG_ADMIN_TOKEN to choose one): {token}");
+            token.into()
+        }
+    };
     Ok(AppState {
         service,
         default_environment,
         client_tokens,
         redis,
+        admin_token,
     })
+}
+
+/// 32 random bytes from the operating system, as hex.
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }

@@ -28,6 +28,7 @@ async fn start(client_tokens: Option<&[&str]>) -> Server {
         default_environment: Environment::parse("production").unwrap(),
         client_tokens: client_tokens.map(|tokens| tokens.iter().map(|t| (*t).to_owned()).collect()),
         redis: None,
+        admin_token: "admin-secret".into(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
