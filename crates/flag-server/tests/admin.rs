@@ -3,13 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
+mod support;
+
 use std::sync::Arc;
 
 use flag_core::{Environment, FeatureFlagService, InMemoryRepository};
 use flag_memory::MemoryCache;
 use flag_server::app::{AppState, router};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
+use support::{Reply, request};
 
 const TOKEN: &str = "admin-secret";
 
@@ -31,69 +33,6 @@ async fn start() -> std::net::SocketAddr {
     address
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("{error}: {:?}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-    fn code(&self) -> Value {
-        self.json()["error"]["code"].clone()
-    }
-}
-
-async fn call(
-    address: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
 async fn admin(
     address: std::net::SocketAddr,
     method: &str,
@@ -107,7 +46,7 @@ async fn admin(
         ("Content-Type", "application/json"),
     ];
     headers.extend_from_slice(extra);
-    call(address, method, path, &headers, body).await
+    request(address, method, path, &headers, body).await
 }
 
 #[tokio::test]
@@ -121,13 +60,13 @@ async fn every_route_needs_the_admin_token() {
         ("DELETE", "/v1/environments/production/flags/f"),
         ("POST", "/v1/environments/production/cache/invalidate"),
     ] {
-        let none = call(address, method, path, &[], "{}").await;
+        let none = request(address, method, path, &[], "{}").await;
         assert_eq!(
             (none.status, none.code()),
             (401, json!("unauthorized")),
             "{method} {path}"
         );
-        let wrong = call(
+        let wrong = request(
             address,
             method,
             path,
@@ -188,7 +127,7 @@ async fn create_read_replace_delete_with_versions_and_etags() {
     );
 
     // The very next evaluation sees the write.
-    let evaluation = call(
+    let evaluation = request(
         address,
         "POST",
         "/ofrep/v1/evaluate/flags/new-checkout",
