@@ -17,6 +17,7 @@ use flag_core::{
     Environment, ErrorCode, Evaluation, EvaluationContext, EvaluationError, FlagKey, ServiceError,
     murmur3_x86_32,
 };
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::app::{AppState, constant_time_eq};
@@ -121,8 +122,8 @@ fn readable(body: Result<Bytes, BytesRejection>) -> Result<Bytes, OfrepError> {
     })
 }
 
-/// The request's `context`, as a map (for hashing) and as an evaluation context.
-fn context(body: &Bytes) -> Result<(Map<String, Value>, EvaluationContext), OfrepError> {
+/// The request's `context`.
+fn context(body: &Bytes) -> Result<EvaluationContext, OfrepError> {
     let request: Value = serde_json::from_slice(body).map_err(|error| {
         OfrepError::new(
             StatusCode::BAD_REQUEST,
@@ -144,33 +145,73 @@ fn context(body: &Bytes) -> Result<(Map<String, Value>, EvaluationContext), Ofre
             "`context` must be present and a JSON object",
         ));
     };
-    let evaluation = EvaluationContext::from_map(attributes.clone()).map_err(|error| {
+    EvaluationContext::from_map(attributes).map_err(|error| {
         OfrepError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidContext,
             error.to_string(),
         )
-    })?;
-    Ok((attributes, evaluation))
+    })
 }
 
-fn success(evaluation: &Evaluation) -> Value {
-    let mut metadata: Map<String, Value> = evaluation
-        .metadata()
-        .iter()
-        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
-        .collect();
-    metadata.insert(
-        "flagVersion".to_owned(),
-        Value::from(evaluation.flag_version()),
-    );
-    json!({
-        "key": evaluation.key(),
-        "value": evaluation.value(),
-        "reason": evaluation.reason().as_str(),
-        "variant": evaluation.variant(),
-        "metadata": metadata,
-    })
+/// One evaluation as OFREP shows it, borrowed from the shared flag: serializing it copies no
+/// variant value and no metadata.
+#[derive(Serialize)]
+struct Success<'a> {
+    key: &'a FlagKey,
+    value: &'a Value,
+    reason: &'static str,
+    variant: &'a str,
+    metadata: Metadata<'a>,
+}
+
+impl<'a> Success<'a> {
+    fn of(evaluation: &'a Evaluation) -> Self {
+        Self {
+            key: evaluation.key(),
+            value: evaluation.value(),
+            reason: evaluation.reason().as_str(),
+            variant: evaluation.variant(),
+            metadata: Metadata(evaluation),
+        }
+    }
+}
+
+/// The flag's metadata plus `flagVersion` (which wins over a user entry of that name).
+struct Metadata<'a>(&'a Evaluation);
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in self.0.metadata() {
+            if name != "flagVersion" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.serialize_entry("flagVersion", &self.0.flag_version())?;
+        map.end()
+    }
+}
+
+/// A bulk answer: `{"flags": [...]}`.
+#[derive(Serialize)]
+struct Bulk<'a> {
+    flags: Vec<BulkEntry<'a>>,
+}
+
+/// One entry of a bulk answer: an evaluation, or that flag's error.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BulkEntry<'a> {
+    Evaluated(Success<'a>),
+    Failed {
+        key: &'a FlagKey,
+        #[serde(rename = "errorCode")]
+        error_code: &'static str,
+        #[serde(rename = "errorDetails")]
+        error_details: String,
+    },
 }
 
 fn evaluation_error(error: &EvaluationError) -> OfrepError {
@@ -204,7 +245,7 @@ async fn evaluate_one(
     authorize(&state, &headers)?;
     let env = environment(&state, &headers)?;
     let body = readable(body).map_err(|error| error.for_key(&key))?;
-    let (_, context) = context(&body).map_err(|error| error.for_key(&key))?;
+    let context = context(&body).map_err(|error| error.for_key(&key))?;
     let Ok(flag_key) = FlagKey::parse(&key) else {
         return Err(OfrepError::new(
             StatusCode::NOT_FOUND,
@@ -218,7 +259,7 @@ async fn evaluate_one(
         .evaluate(&env, &flag_key, &context)
         .await
         .map_err(|error| service_error(error).for_key(&key))?;
-    Ok(axum::Json(success(&evaluation)).into_response())
+    Ok(axum::Json(Success::of(&evaluation)).into_response())
 }
 
 async fn evaluate_all(
@@ -228,13 +269,13 @@ async fn evaluate_all(
 ) -> Result<Response, OfrepError> {
     authorize(&state, &headers)?;
     let env = environment(&state, &headers)?;
-    let (attributes, context) = context(&body)?;
+    let context = context(&body)?;
     let bulk = state
         .service
         .evaluate_all(&env, &context)
         .await
         .map_err(service_error)?;
-    let etag = etag(&env, bulk.revision.get(), &attributes);
+    let etag = etag(&env, bulk.revision.get(), context.attributes());
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
@@ -244,24 +285,26 @@ async fn evaluate_all(
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response());
     }
-    let flags: Vec<Value> = bulk
+    let flags: Vec<BulkEntry<'_>> = bulk
         .results
         .iter()
         .map(|result| match result {
-            Ok(evaluation) => success(evaluation),
-            Err(error) => json!({"key": error.key(), "errorCode": error.code().as_str(), "errorDetails": error.to_string()}),
+            Ok(evaluation) => BulkEntry::Evaluated(Success::of(evaluation)),
+            Err(error) => BulkEntry::Failed {
+                key: error.key(),
+                error_code: error.code().as_str(),
+                error_details: error.to_string(),
+            },
         })
         .collect();
-    Ok((
-        [(header::ETAG, etag_header)],
-        axum::Json(json!({"flags": flags})),
-    )
-        .into_response())
+    Ok(([(header::ETAG, etag_header)], axum::Json(Bulk { flags })).into_response())
 }
 
 /// `"<revision>-<64-bit hash of env and context>"`.
 fn etag(env: &Environment, revision: u64, context: &Map<String, Value>) -> String {
-    let canonical = format!("{env}\u{0}{}", Value::Object(context.clone()));
+    // serde_json maps are key-sorted, so equal contexts serialize to equal text.
+    let context = serde_json::to_string(context).unwrap_or_default();
+    let canonical = format!("{env}\u{0}{context}");
     let low = murmur3_x86_32(canonical.as_bytes(), 0);
     let high = murmur3_x86_32(canonical.as_bytes(), 0x9747_b28c);
     format!("\"{revision}-{high:08x}{low:08x}\"")
