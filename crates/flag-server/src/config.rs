@@ -40,6 +40,15 @@ pub enum CacheBackend {
     None,
 }
 
+/// How the logs are written.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Every setting; each flag can also be given as the environment variable of the same name.
 #[derive(clap::Args, Clone)]
 pub struct Config {
@@ -123,6 +132,21 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub shutdown_grace_ms: u64,
+    /// How long a request may take before it is answered `503`, in ms.
+    #[arg(
+        long = "flag-request-timeout-ms",
+        env = "FLAG_REQUEST_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub request_timeout_ms: u64,
+    /// Log format: `text` or `json`.
+    #[arg(
+        long = "log-format",
+        env = "FLAG_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -159,6 +183,8 @@ impl fmt::Debug for Config {
             .field("client_tokens", &redacted(self.client_tokens.is_some()))
             .field("default_environment", &self.default_environment)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -223,6 +249,12 @@ mod tests {
             "FLAG_DEFAULT_ENVIRONMENT",
         );
         expect("shutdown_grace_ms", Some("10000"), "FLAG_SHUTDOWN_GRACE_MS");
+        expect(
+            "request_timeout_ms",
+            Some("5000"),
+            "FLAG_REQUEST_TIMEOUT_MS",
+        );
+        expect("log_format", Some("text"), "FLAG_LOG_FORMAT");
     }
 
     // These tests must not depend on the environment (CI exports REDIS_URL and DATABASE_URL), so

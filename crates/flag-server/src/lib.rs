@@ -12,6 +12,7 @@
 mod admin;
 pub mod app;
 pub mod config;
+pub mod metrics;
 mod no_cache;
 mod ofrep;
 mod ops;

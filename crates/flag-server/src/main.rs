@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flag_server::config::{Cli, Command, Config};
+use flag_server::config::{Cli, Command, Config, LogFormat};
 use flag_server::{app, wiring};
 use flag_sql::SqlRepository;
 use tracing_subscriber::EnvFilter;
@@ -16,12 +16,15 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let repository = SqlRepository::connect(&cli.config.database_url)

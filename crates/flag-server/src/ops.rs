@@ -1,24 +1,61 @@
-//! Operations endpoints: liveness and readiness.
+//! Operations endpoints: liveness, readiness, metrics and the OpenAPI document.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::metrics::Exposition;
+
+/// The OpenAPI 3 document of every route, served as written.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// How long a readiness probe waits for each store.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /healthz`, `GET /readyz`.
+/// `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = Exposition {
+        http: &state.http_metrics,
+        service: state.service.metrics(),
+        cache_backend: state.service.cache_backend(),
+        repository_backend: state.service.repository_backend(),
+    }
+    .render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The OpenAPI document.
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// The process is alive.

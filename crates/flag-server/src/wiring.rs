@@ -61,12 +61,14 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
             token.into()
         }
     };
+    if config.request_timeout_ms == 0 {
+        bail!("FLAG_REQUEST_TIMEOUT_MS must be at least 1");
+    }
     Ok(AppState {
-        service,
-        default_environment,
         client_tokens,
         redis,
-        admin_token,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        ..AppState::new(service, default_environment, admin_token)
     })
 }
 

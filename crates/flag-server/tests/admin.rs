@@ -1,57 +1,21 @@
 //! The management API over a real socket: auth, shapes, optimistic concurrency, validation,
-//! limits, and a write being visible to the very next evaluation.
+//! limits, and a write being visible to the very next evaluation; every test runs on the
+//! embedded default (SQLite + memory) and on Redis + Postgres.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
 mod support;
 
-use std::sync::Arc;
-
-use flag_core::{Environment, FeatureFlagService, InMemoryRepository};
-use flag_memory::MemoryCache;
-use flag_server::app::{AppState, router};
+use rstest::rstest;
 use serde_json::json;
-use support::{Reply, request};
+use support::{Backend, TestServer};
 
-const TOKEN: &str = "admin-secret";
-
-async fn start() -> std::net::SocketAddr {
-    let service = FeatureFlagService::new(
-        Arc::new(InMemoryRepository::new()),
-        Arc::new(MemoryCache::new()),
-    );
-    let state = AppState {
-        service,
-        default_environment: Environment::parse("production").unwrap(),
-        client_tokens: None,
-        redis: None,
-        admin_token: TOKEN.into(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    address
-}
-
-async fn admin(
-    address: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    extra: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let bearer = format!("Bearer {TOKEN}");
-    let mut headers = vec![
-        ("Authorization", bearer.as_str()),
-        ("Content-Type", "application/json"),
-    ];
-    headers.extend_from_slice(extra);
-    request(address, method, path, &headers, body).await
-}
-
+#[rstest]
 #[tokio::test]
-async fn every_route_needs_the_admin_token() {
-    let address = start().await;
+async fn every_route_needs_the_admin_token(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     for (method, path) in [
         ("GET", "/v1/environments"),
         ("GET", "/v1/environments/production/flags"),
@@ -60,84 +24,82 @@ async fn every_route_needs_the_admin_token() {
         ("DELETE", "/v1/environments/production/flags/f"),
         ("POST", "/v1/environments/production/cache/invalidate"),
     ] {
-        let none = request(address, method, path, &[], "{}").await;
+        let none = server.request(method, path, &[], "{}").await;
         assert_eq!(
             (none.status, none.code()),
             (401, json!("unauthorized")),
             "{method} {path}"
         );
-        let wrong = request(
-            address,
-            method,
-            path,
-            &[("Authorization", "Bearer nope")],
-            "{}",
-        )
-        .await;
+        let wrong = server
+            .request(method, path, &[("Authorization", "Bearer nope")], "{}")
+            .await;
         assert_eq!(wrong.status, 401, "{method} {path}");
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn create_read_replace_delete_with_versions_and_etags() {
-    let address = start().await;
+async fn create_read_replace_delete_with_versions_and_etags(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     let path = "/v1/environments/production/flags/new-checkout";
-    let created = admin(
-        address,
-        "PUT",
-        path,
-        &[("If-None-Match", "*")],
-        r#"{"enabled": true, "description": "v1"}"#,
-    )
-    .await;
+    let created = server
+        .admin(
+            "PUT",
+            path,
+            &[("If-None-Match", "*")],
+            r#"{"enabled": true, "description": "v1"}"#,
+        )
+        .await;
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.header("etag"), Some("\"1\""));
     assert_eq!(created.json()["version"], json!(1));
     assert_eq!(created.json()["key"], json!("new-checkout"));
 
-    let again = admin(address, "PUT", path, &[("If-None-Match", "*")], "{}").await;
+    let again = server
+        .admin("PUT", path, &[("If-None-Match", "*")], "{}")
+        .await;
     assert_eq!(
         (again.status, again.code()),
         (412, json!("version_conflict"))
     );
 
     // GET-edit-PUT round trip: server-set fields are accepted and ignored.
-    let fetched = admin(address, "GET", path, &[], "").await;
+    let fetched = server.admin("GET", path, &[], "").await;
     assert_eq!(fetched.header("etag"), Some("\"1\""));
     let mut edited = fetched.json();
     edited["enabled"] = json!(false);
-    let replaced = admin(
-        address,
-        "PUT",
-        path,
-        &[("If-Match", "\"1\"")],
-        &edited.to_string(),
-    )
-    .await;
+    let replaced = server
+        .admin("PUT", path, &[("If-Match", "\"1\"")], &edited.to_string())
+        .await;
     assert_eq!(
         (replaced.status, replaced.header("etag")),
         (200, Some("\"2\"")),
         "{}",
         replaced.body
     );
-    let stale = admin(address, "PUT", path, &[("If-Match", "\"1\"")], "{}").await;
+    let stale = server
+        .admin("PUT", path, &[("If-Match", "\"1\"")], "{}")
+        .await;
     assert_eq!(
         (stale.status, stale.code()),
         (412, json!("version_conflict"))
     );
 
     // The very next evaluation sees the write.
-    let evaluation = request(
-        address,
-        "POST",
-        "/ofrep/v1/evaluate/flags/new-checkout",
-        &[],
-        r#"{"context":{}}"#,
-    )
-    .await;
+    let evaluation = server
+        .request(
+            "POST",
+            "/ofrep/v1/evaluate/flags/new-checkout",
+            &[],
+            r#"{"context":{}}"#,
+        )
+        .await;
     assert_eq!(evaluation.json()["reason"], json!("DISABLED"));
 
-    let listed = admin(address, "GET", "/v1/environments/production/flags", &[], "")
+    let listed = server
+        .admin("GET", "/v1/environments/production/flags", &[], "")
         .await
         .json();
     assert_eq!(
@@ -145,7 +107,8 @@ async fn create_read_replace_delete_with_versions_and_etags() {
         (json!("production"), json!(2))
     );
     assert_eq!(listed["flags"].as_array().unwrap().len(), 1);
-    let environments = admin(address, "GET", "/v1/environments", &[], "")
+    let environments = server
+        .admin("GET", "/v1/environments", &[], "")
         .await
         .json();
     assert_eq!(
@@ -154,21 +117,24 @@ async fn create_read_replace_delete_with_versions_and_etags() {
     );
 
     assert_eq!(
-        admin(address, "DELETE", path, &[("If-Match", "\"1\"")], "")
+        server
+            .admin("DELETE", path, &[("If-Match", "\"1\"")], "")
             .await
             .status,
         412
     );
     assert_eq!(
-        admin(address, "DELETE", path, &[("If-Match", "\"2\"")], "")
+        server
+            .admin("DELETE", path, &[("If-Match", "\"2\"")], "")
             .await
             .status,
         204
     );
-    let gone = admin(address, "DELETE", path, &[], "").await;
+    let gone = server.admin("DELETE", path, &[], "").await;
     assert_eq!((gone.status, gone.code()), (404, json!("not_found")));
-    assert_eq!(admin(address, "GET", path, &[], "").await.status, 404);
-    let empty = admin(address, "GET", "/v1/environments/staging/flags", &[], "")
+    assert_eq!(server.admin("GET", path, &[], "").await.status, 404);
+    let empty = server
+        .admin("GET", "/v1/environments/staging/flags", &[], "")
         .await
         .json();
     assert_eq!(
@@ -177,11 +143,15 @@ async fn create_read_replace_delete_with_versions_and_etags() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn bad_input_is_a_clear_4xx() {
-    let address = start().await;
+async fn bad_input_is_a_clear_4xx(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    let server = &server;
     let put = |path: &'static str, body: String| async move {
-        admin(address, "PUT", path, &[], &body).await
+        server.admin("PUT", path, &[], &body).await
     };
     let cases = [
         (
@@ -267,25 +237,23 @@ async fn bad_input_is_a_clear_4xx() {
     assert_eq!(too_large.status, 413);
 }
 
+#[rstest]
 #[tokio::test]
-async fn explicit_cache_invalidation_answers_the_revision() {
-    let address = start().await;
-    admin(
-        address,
-        "PUT",
-        "/v1/environments/production/flags/f",
-        &[],
-        "{}",
-    )
-    .await;
-    let reply = admin(
-        address,
-        "POST",
-        "/v1/environments/production/cache/invalidate",
-        &[],
-        "",
-    )
-    .await;
+async fn explicit_cache_invalidation_answers_the_revision(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    server
+        .admin("PUT", "/v1/environments/production/flags/f", &[], "{}")
+        .await;
+    let reply = server
+        .admin(
+            "POST",
+            "/v1/environments/production/cache/invalidate",
+            &[],
+            "",
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.json(),

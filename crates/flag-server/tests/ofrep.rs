@@ -1,132 +1,31 @@
-//! OFREP evaluation and the operations endpoints, driven over a real socket.
+//! OFREP evaluation and the operations endpoints, driven over a real socket; every test runs on
+//! the embedded default (SQLite + memory) and on Redis + Postgres.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
-use std::sync::Arc;
+mod support;
 
-use flag_core::{
-    Environment, FeatureFlag, FeatureFlagService, FlagKey, InMemoryRepository, Precondition,
-};
-use flag_memory::MemoryCache;
-use flag_server::app::{AppState, router};
+use rstest::rstest;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Backend, Reply, TestServer, request};
 
-/// A server on a free loopback port, and the service behind it (to seed flags).
-struct Server {
-    address: std::net::SocketAddr,
-    service: FeatureFlagService,
+async fn evaluate(server: &TestServer, key: &str, body: Value) -> Reply {
+    server
+        .request(
+            "POST",
+            &format!("/ofrep/v1/evaluate/flags/{key}"),
+            &[],
+            &body.to_string(),
+        )
+        .await
 }
 
-async fn start(client_tokens: Option<&[&str]>) -> Server {
-    let service = FeatureFlagService::new(
-        Arc::new(InMemoryRepository::new()),
-        Arc::new(MemoryCache::new()),
-    );
-    let state = AppState {
-        service: service.clone(),
-        default_environment: Environment::parse("production").unwrap(),
-        client_tokens: client_tokens.map(|tokens| tokens.iter().map(|t| (*t).to_owned()).collect()),
-        redis: None,
-        admin_token: "admin-secret".into(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    Server { address, service }
-}
-
-impl Server {
-    async fn put(&self, env: &str, key: &str, body: Value) {
-        let key = FlagKey::parse(key).unwrap();
-        let flag = FeatureFlag::from_definition_json(&key, &body.to_string()).unwrap();
-        self.service
-            .upsert(&Environment::parse(env).unwrap(), flag, Precondition::None)
-            .await
-            .unwrap();
-    }
-}
-
-/// A response: status, headers (lower-case names) and body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("{error}: {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// One HTTP/1.1 request over a fresh connection.
-async fn request(
-    address: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-async fn evaluate(server: &Server, key: &str, body: Value) -> Reply {
-    request(
-        server.address,
-        "POST",
-        &format!("/ofrep/v1/evaluate/flags/{key}"),
-        &[],
-        &body.to_string(),
-    )
-    .await
-}
-
+#[rstest]
 #[tokio::test]
-async fn flags_of_every_type_evaluate_with_their_reason_and_metadata() {
-    let server = start(None).await;
+async fn flags_of_every_type_evaluate_with_their_reason_and_metadata(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     server
         .put(
             "production",
@@ -183,9 +82,12 @@ async fn flags_of_every_type_evaluate_with_their_reason_and_metadata() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn rules_and_rollouts_follow_the_context() {
-    let server = start(None).await;
+async fn rules_and_rollouts_follow_the_context(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     server
         .put(
             "production",
@@ -234,9 +136,12 @@ async fn rules_and_rollouts_follow_the_context() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn errors_carry_their_code_and_details() {
-    let server = start(None).await;
+async fn errors_carry_their_code_and_details(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     server
         .put("production", "exists", json!({"enabled": true}))
         .await;
@@ -252,14 +157,9 @@ async fn errors_carry_their_code_and_details() {
             "FLAG_NOT_FOUND",
         ),
         (
-            request(
-                server.address,
-                "POST",
-                "/ofrep/v1/evaluate/flags/exists",
-                &[],
-                "{not json",
-            )
-            .await,
+            server
+                .request("POST", "/ofrep/v1/evaluate/flags/exists", &[], "{not json")
+                .await,
             400,
             "PARSE_ERROR",
         ),
@@ -279,14 +179,14 @@ async fn errors_carry_their_code_and_details() {
             "INVALID_CONTEXT",
         ),
         (
-            request(
-                server.address,
-                "POST",
-                "/ofrep/v1/evaluate/flags/exists",
-                &[("X-Environment", "Prod*")],
-                r#"{"context":{}}"#,
-            )
-            .await,
+            server
+                .request(
+                    "POST",
+                    "/ofrep/v1/evaluate/flags/exists",
+                    &[("X-Environment", "Prod*")],
+                    r#"{"context":{}}"#,
+                )
+                .await,
             400,
             "GENERAL",
         ),
@@ -304,9 +204,12 @@ async fn errors_carry_their_code_and_details() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn the_environment_comes_from_the_header_or_the_default() {
-    let server = start(None).await;
+async fn the_environment_comes_from_the_header_or_the_default(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     server
         .put("production", "f", json!({"enabled": true}))
         .await;
@@ -315,20 +218,23 @@ async fn the_environment_comes_from_the_header_or_the_default() {
         evaluate(&server, "f", json!({"context": {}})).await.json()["value"],
         json!(true)
     );
-    let staging = request(
-        server.address,
-        "POST",
-        "/ofrep/v1/evaluate/flags/f",
-        &[("X-Environment", "staging")],
-        r#"{"context":{}}"#,
-    )
-    .await;
+    let staging = server
+        .request(
+            "POST",
+            "/ofrep/v1/evaluate/flags/f",
+            &[("X-Environment", "staging")],
+            r#"{"context":{}}"#,
+        )
+        .await;
     assert_eq!(staging.json()["value"], json!(false));
 }
 
+#[rstest]
 #[tokio::test]
-async fn bulk_evaluation_has_per_flag_errors_and_per_user_etags() {
-    let server = start(None).await;
+async fn bulk_evaluation_has_per_flag_errors_and_per_user_etags(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     server
         .put("production", "a", json!({"enabled": true}))
         .await;
@@ -389,64 +295,64 @@ async fn bulk_evaluation_has_per_flag_errors_and_per_user_etags() {
     assert_eq!(after_write.status, 200, "a write changes the ETag");
 }
 
+#[rstest]
 #[tokio::test]
-async fn client_tokens_guard_ofrep_when_configured() {
-    let server = start(Some(&["t1", "t2"])).await;
+async fn client_tokens_guard_ofrep_when_configured(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start_with(backend, |config| {
+        config.client_tokens = Some(vec!["t1".to_owned(), "t2".to_owned()]);
+    })
+    .await;
     server
         .put("production", "f", json!({"enabled": true}))
         .await;
     let body = r#"{"context":{}}"#;
     let path = "/ofrep/v1/evaluate/flags/f";
-    let denied = request(server.address, "POST", path, &[], body).await;
+    let denied = server.request("POST", path, &[], body).await;
     assert_eq!(denied.status, 401);
     assert!(denied.json()["errorCode"].is_string() && denied.json()["errorDetails"].is_string());
     assert_eq!(
-        request(
-            server.address,
-            "POST",
-            path,
-            &[("Authorization", "Bearer t0")],
-            body
-        )
-        .await
-        .status,
+        server
+            .request("POST", path, &[("Authorization", "Bearer t0")], body)
+            .await
+            .status,
         401
     );
     assert_eq!(
-        request(
-            server.address,
-            "POST",
-            path,
-            &[("Authorization", "Bearer t2")],
-            body
-        )
-        .await
-        .status,
+        server
+            .request("POST", path, &[("Authorization", "Bearer t2")], body)
+            .await
+            .status,
         200
     );
     assert_eq!(
-        request(server.address, "POST", path, &[("X-API-Key", "t1")], body)
+        server
+            .request("POST", path, &[("X-API-Key", "t1")], body)
             .await
             .status,
         200
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn operations_endpoints_and_unknown_routes() {
-    let server = start(None).await;
-    let health = request(server.address, "GET", "/healthz", &[], "").await;
+async fn operations_endpoints_and_unknown_routes(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    let health = server.request("GET", "/healthz", &[], "").await;
     assert_eq!(
         (health.status, health.json()["status"].clone()),
         (200, json!("ok"))
     );
-    let ready = request(server.address, "GET", "/readyz", &[], "").await;
+    let ready = server.request("GET", "/readyz", &[], "").await;
     assert_eq!(ready.status, 200);
     assert_eq!(
         ready.json(),
         json!({"status": "ready", "repository": "ok", "cache": "ok"})
     );
-    let unknown = request(server.address, "GET", "/nope", &[], "").await;
+    let unknown = server.request("GET", "/nope", &[], "").await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["error"]["code"], json!("not_found"));
 }

@@ -1,9 +1,167 @@
-//! A raw HTTP/1.1 client for the socket tests: one request per connection, whole reply read.
+//! What the socket tests share: a server on a chosen backend, started through the real wiring
+//! on a free loopback port, and a raw HTTP/1.1 client (one request per connection, whole reply
+//! read).
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::net::SocketAddr;
+
+use flag_conformance::fixtures::{PostgresDatabase, RedisServer, ScratchDir};
+use flag_core::{Environment, FeatureFlag, FeatureFlagService, FlagKey, Precondition};
+use flag_server::app::{AppState, router};
+use flag_server::config::{CacheBackend, Config, LogFormat};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The admin token of every test server.
+pub const ADMIN_TOKEN: &str = "admin-secret";
+
+/// The stores behind a test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: a SQLite file and the in-process cache.
+    Embedded,
+    /// A shared deployment: Redis in front of Postgres (each test its own key prefix and database).
+    RedisPostgres,
+}
+
+/// What keeps a test server's stores alive.
+enum Stores {
+    Embedded(ScratchDir),
+    RedisPostgres(PostgresDatabase),
+}
+
+/// A running server: its address, the state behind it (to seed flags directly) and its stores.
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub state: AppState,
+    _stores: Stores,
+}
+
+/// The configuration the binary would get with no flags and no environment.
+pub fn default_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: "sqlite://flags.db?mode=rwc".to_owned(),
+        cache_backend: None,
+        redis_url: None,
+        cache_l1_ttl_ms: 5_000,
+        stale_if_error_ms: 86_400_000,
+        redis_key_prefix: "feature_flags".to_owned(),
+        redis_timeout_ms: 100,
+        cache_ttl_ms: 300_000,
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        client_tokens: None,
+        default_environment: "production".to_owned(),
+        shutdown_grace_ms: 10_000,
+        request_timeout_ms: 5_000,
+        log_format: LogFormat::Text,
+    }
+}
+
+impl TestServer {
+    /// A server on `backend` with the default configuration.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// A server on `backend`, with `adjust` applied to the configuration first.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = default_config();
+        let stores = match backend {
+            Backend::Embedded => {
+                let directory = ScratchDir::new().unwrap();
+                config.database_url = format!(
+                    "sqlite://{}?mode=rwc",
+                    directory.path().join("flags.db").display()
+                );
+                config.cache_backend = Some(CacheBackend::Memory);
+                Stores::Embedded(directory)
+            }
+            Backend::RedisPostgres => {
+                let redis = RedisServer::shared()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let database = PostgresDatabase::create()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                config.database_url = database.url().to_owned();
+                config.redis_url = Some(redis.url);
+                config.redis_key_prefix = redis.key_prefix;
+                config.cache_backend = Some(CacheBackend::Redis);
+                Stores::RedisPostgres(database)
+            }
+        };
+        adjust(&mut config);
+        let state = flag_server::wiring::state_from(&config).await.unwrap();
+        Self::serve(state, stores).await
+    }
+
+    async fn serve(state: AppState, stores: Stores) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            address,
+            state,
+            _stores: stores,
+        }
+    }
+
+    /// The service behind the server.
+    pub fn service(&self) -> &FeatureFlagService {
+        &self.state.service
+    }
+
+    /// Stores a flag directly through the service (not over HTTP).
+    pub async fn put(&self, env: &str, key: &str, body: Value) {
+        let key = FlagKey::parse(key).unwrap();
+        let flag = FeatureFlag::from_definition_json(&key, &body.to_string()).unwrap();
+        self.service()
+            .upsert(&Environment::parse(env).unwrap(), flag, Precondition::None)
+            .await
+            .unwrap();
+    }
+
+    /// A request without credentials.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        request(self.address, method, path, headers, body).await
+    }
+
+    /// A management request with the admin token.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend_from_slice(extra);
+        request(self.address, method, path, &headers, body).await
+    }
+
+    /// The value of one sample of `/metrics`, by its exact name and labels.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let reply = self.request("GET", "/metrics", &[], "").await;
+        assert_eq!(reply.status, 200);
+        reply
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {series} in\n{}", reply.body))
+            .parse()
+            .unwrap()
+    }
+}
 
 /// A reply: status, headers (lower-case names) and body.
 pub struct Reply {
@@ -32,7 +190,8 @@ impl Reply {
     }
 }
 
-/// Sends one request and reads the whole reply.
+/// Sends one request and reads the whole reply. A server may answer (and close) before reading a
+/// large body, so a failed write is not an error: the reply decides.
 pub async fn request(
     address: std::net::SocketAddr,
     method: &str,
@@ -58,12 +217,16 @@ pub async fn request(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.expect("write head");
-    stream.write_all(body.as_bytes()).await.expect("write body");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read reply");
+    // A reset after the reply arrived (the server closed with our body unread) still leaves the
+    // reply in `raw`.
+    let _ = stream.read_to_end(&mut raw).await;
     let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a reply head");
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no reply head in {raw:?}"));
     let mut lines = head.lines();
     let status = lines
         .next()

@@ -1,0 +1,280 @@
+//! HTTP metrics, and `/metrics`: the Prometheus text exposition of them and of the service's
+//! counters.
+//!
+//! Series are keyed by `(route, method, status)` where the route is the route's template (from
+//! [`crate::app::ROUTES`], so a label never carries a user's flag key or environment) or
+//! `unmatched`. A request's series is found under a read lock; the write lock is taken only the
+//! first time a combination is seen, so steady traffic never serializes on it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flag_core::ServiceMetrics;
+
+/// Upper bounds of the latency histogram's buckets, in seconds: 50 µs to 10 s.
+const BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// `(route template, method, status)`.
+type SeriesKey = (&'static str, &'static str, u16);
+
+/// Request counts and latency histograms of the HTTP API.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+}
+
+/// One series: a latency histogram (whose total count is the request count).
+#[derive(Debug, Default)]
+struct Series {
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl HttpMetrics {
+    /// Records one answered request.
+    pub fn record(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
+        let key = (route, method, status);
+        let existing = self
+            .series
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let series = match existing {
+            Some(series) => series,
+            None => self
+                .series
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(key)
+                .or_default()
+                .clone(),
+        };
+        let seconds = took.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        series.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        series.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        series.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn sorted(&self) -> Vec<(SeriesKey, Arc<Series>)> {
+        let mut all: Vec<_> = self
+            .series
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(key, series)| (*key, series.clone()))
+            .collect();
+        all.sort_by_key(|(key, _)| *key);
+        all
+    }
+}
+
+/// What `/metrics` shows besides the HTTP series.
+pub(crate) struct Exposition<'a> {
+    pub(crate) http: &'a HttpMetrics,
+    pub(crate) service: ServiceMetrics,
+    pub(crate) cache_backend: &'static str,
+    pub(crate) repository_backend: &'static str,
+}
+
+impl Exposition<'_> {
+    /// The Prometheus text format (version 0.0.4).
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_http(&mut out);
+        self.render_service(&mut out);
+        out
+    }
+
+    fn render_http(&self, out: &mut String) {
+        let series = self.http.sorted();
+        header(
+            out,
+            "flag_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route template, method and status.",
+        );
+        for ((route, method, status), one) in &series {
+            let _ = writeln!(
+                out,
+                "flag_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}",
+                one.count.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "flag_http_request_duration_seconds",
+            "histogram",
+            "Time from request to response head, by route template, method and status.",
+        );
+        for ((route, method, status), one) in &series {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+            let mut cumulative = 0;
+            for (bound, bucket) in BUCKETS.iter().zip(&one.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "flag_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += one.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "flag_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let sum = Duration::from_nanos(one.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+            let _ = writeln!(
+                out,
+                "flag_http_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "flag_http_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+    }
+
+    fn render_service(&self, out: &mut String) {
+        let backend = self.cache_backend;
+        let metrics = &self.service;
+        header(
+            out,
+            "flag_cache_requests_total",
+            "counter",
+            "Cache reads, by backend and result.",
+        );
+        for (result, value) in [
+            ("hit", metrics.cache_hits),
+            ("miss", metrics.cache_misses),
+            ("absent", metrics.cache_absent),
+            ("error", metrics.cache_errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "flag_cache_requests_total{{backend=\"{backend}\",result=\"{result}\"}} {value}"
+            );
+        }
+        header(
+            out,
+            "flag_cache_fallbacks_total",
+            "counter",
+            "Reads answered from the repository because the cache failed.",
+        );
+        let _ = writeln!(
+            out,
+            "flag_cache_fallbacks_total{{backend=\"{backend}\"}} {}",
+            metrics.cache_fallbacks
+        );
+        header(
+            out,
+            "flag_cache_fills_total",
+            "counter",
+            "Cache fills after a miss, by outcome (stale: a newer revision was already known).",
+        );
+        for (outcome, value) in [
+            ("stored", metrics.fills_stored),
+            ("stale", metrics.fills_stale),
+        ] {
+            let _ = writeln!(
+                out,
+                "flag_cache_fills_total{{outcome=\"{outcome}\"}} {value}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "flag_repository_reads_total",
+                "Reads that reached the repository (the database).",
+                metrics.repository_reads,
+            ),
+            (
+                "flag_invalidation_retries_total",
+                "Repeated attempts at a cache invalidation that failed after a write.",
+                metrics.invalidation_retries,
+            ),
+            (
+                "flag_invalidations_abandoned_total",
+                "Invalidations given up after retrying for a whole cache TTL.",
+                metrics.invalidations_abandoned,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            out,
+            "flag_build_info",
+            "gauge",
+            "Always 1; the labels tell the version and the stores in use.",
+        );
+        let _ = writeln!(
+            out,
+            "flag_build_info{{version=\"{}\",cache=\"{backend}\",repository=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            self.repository_backend
+        );
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_counts_agree() {
+        let http = HttpMetrics::default();
+        let route = "/ofrep/v1/evaluate/flags/{key}";
+        http.record(route, "POST", 200, Duration::from_micros(30));
+        http.record(route, "POST", 200, Duration::from_micros(700));
+        http.record(route, "POST", 200, Duration::from_secs(20));
+        http.record(route, "POST", 404, Duration::from_micros(30));
+        let text = Exposition {
+            http: &http,
+            service: ServiceMetrics::default(),
+            cache_backend: "memory",
+            repository_backend: "sqlite",
+        }
+        .render();
+        let labels = format!("route=\"{route}\",method=\"POST\",status=\"200\"");
+        for expected in [
+            format!("flag_http_requests_total{{{labels}}} 3"),
+            format!("flag_http_request_duration_seconds_bucket{{{labels},le=\"0.00005\"}} 1"),
+            format!("flag_http_request_duration_seconds_bucket{{{labels},le=\"0.001\"}} 2"),
+            format!("flag_http_request_duration_seconds_bucket{{{labels},le=\"10\"}} 2"),
+            format!("flag_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3"),
+            format!("flag_http_request_duration_seconds_count{{{labels}}} 3"),
+            "flag_http_requests_total{route=\"/ofrep/v1/evaluate/flags/{key}\",method=\"POST\",status=\"404\"} 1".to_owned(),
+            "flag_cache_requests_total{backend=\"memory\",result=\"hit\"} 0".to_owned(),
+            "flag_cache_fills_total{outcome=\"stale\"} 0".to_owned(),
+        ] {
+            assert!(text.contains(&expected), "missing {expected} in\n{text}");
+        }
+        let sum_line = text
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!(
+                    "flag_http_request_duration_seconds_sum{{{labels}}}"
+                ))
+            })
+            .unwrap();
+        let sum: f64 = sum_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((sum - 20.00073).abs() < 1e-9, "{sum}");
+    }
+}
