@@ -28,7 +28,7 @@ pub enum Backend {
 /// What keeps a test server's stores alive.
 enum Stores {
     Embedded(ScratchDir),
-    RedisPostgres(PostgresDatabase),
+    RedisPostgres(Box<PostgresDatabase>),
 }
 
 /// A running server: its address, the state behind it (to seed flags directly) and its stores.
@@ -89,7 +89,7 @@ impl TestServer {
                 config.redis_url = Some(redis.url);
                 config.redis_key_prefix = redis.key_prefix;
                 config.cache_backend = Some(CacheBackend::Redis);
-                Stores::RedisPostgres(database)
+                Stores::RedisPostgres(Box::new(database))
             }
         };
         adjust(&mut config);
