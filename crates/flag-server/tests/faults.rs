@@ -1,0 +1,171 @@
+//! Faults injected under a running server: Redis killed and brought back, Redis frozen past the
+//! request timeout. The server keeps answering from Postgres, says so in `/readyz` and
+//! `/metrics`, and heals without a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use flag_conformance::fixtures::RedisProcess;
+use serde_json::json;
+use support::{Backend, TestServer};
+
+const BODY: &str = r#"{"context":{"targetingKey":"u1"}}"#;
+const FALLBACKS: &str = "flag_cache_fallbacks_total{backend=\"redis\"}";
+const FILLS: &str = "flag_cache_fills_total{outcome=\"stored\"}";
+
+async fn value_of(server: &TestServer, key: &str) -> serde_json::Value {
+    let reply = server
+        .request(
+            "POST",
+            &format!("/ofrep/v1/evaluate/flags/{key}"),
+            &[],
+            BODY,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["value"].clone()
+}
+
+async fn own_redis() -> RedisProcess {
+    RedisProcess::spawn(&[])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+#[tokio::test]
+async fn redis_killed_while_serving_falls_back_to_the_database_and_refills_when_back() {
+    let redis = own_redis().await;
+    let url = redis.url();
+    let server = TestServer::start_with(Backend::RedisPostgres, |config| {
+        config.redis_url = Some(url);
+        config.redis_key_prefix = "feature_flags".to_owned();
+    })
+    .await;
+    let flag = |colour: &str| {
+        json!({"enabled": true, "variants": {"blue": "blue", "red": "red"}, "defaultVariant": colour, "offVariant": "blue"})
+            .to_string()
+    };
+    let path = "/v1/environments/production/flags/colour";
+    assert_eq!(
+        server.admin("PUT", path, &[], &flag("blue")).await.status,
+        201
+    );
+    assert_eq!(value_of(&server, "colour").await, json!("blue"));
+    assert_eq!(
+        redis.command("EXISTS feature_flags:{production}").await,
+        Ok(":1".to_owned()),
+        "the first evaluation filled Redis"
+    );
+    let fallbacks_before = server.metric(FALLBACKS).await;
+
+    redis.kill();
+    for _ in 0..20 {
+        assert_eq!(value_of(&server, "colour").await, json!("blue"));
+    }
+    let ready = server.request("GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (
+            200,
+            json!({"status": "degraded", "repository": "ok", "cache": "unavailable"})
+        )
+    );
+    assert!(
+        server.metric(FALLBACKS).await >= fallbacks_before + 20.0,
+        "every evaluation during the outage is a counted fallback"
+    );
+    assert!(
+        server
+            .metric("flag_cache_requests_total{backend=\"redis\",result=\"error\"}")
+            .await
+            >= 20.0
+    );
+    // A write during the outage lands in the database and is read back from it at once.
+    let replaced = server.admin("PUT", path, &[], &flag("red")).await;
+    assert_eq!(replaced.status, 200, "{}", replaced.body);
+    assert_eq!(value_of(&server, "colour").await, json!("red"));
+
+    redis.restart().await.unwrap();
+    let fills_before = server.metric(FILLS).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // Whatever the cache's state, the answer is the last write.
+        assert_eq!(value_of(&server, "colour").await, json!("red"));
+        let filled = server.metric(FILLS).await > fills_before;
+        let cached = redis.command("EXISTS feature_flags:{production}").await == Ok(":1".into());
+        if filled && cached {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache did not fill again after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reads are cache hits again, and still the last write.
+    let hits = "flag_cache_requests_total{backend=\"redis\",result=\"hit\"}";
+    let hits_before = server.metric(hits).await;
+    assert_eq!(value_of(&server, "colour").await, json!("red"));
+    assert_eq!(server.metric(hits).await, hits_before + 1.0);
+    let ready = server.request("GET", "/readyz", &[], "").await;
+    assert_eq!(ready.json()["status"], json!("ready"));
+}
+
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_is_a_503_in_its_api_shape() {
+    let redis = own_redis().await;
+    let url = redis.url();
+    let server = TestServer::start_with(Backend::RedisPostgres, |config| {
+        config.redis_url = Some(url);
+        config.redis_timeout_ms = 2_000;
+        config.request_timeout_ms = 200;
+    })
+    .await;
+    server
+        .put("production", "f", json!({"enabled": true}))
+        .await;
+    redis.pause().unwrap();
+    let started = Instant::now();
+    let reply = server
+        .request("POST", "/ofrep/v1/evaluate/flags/f", &[], BODY)
+        .await;
+    let took = started.elapsed();
+    redis.resume().unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["errorCode"], json!("GENERAL"));
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(
+        took < Duration::from_millis(1_500),
+        "answered after {took:?}"
+    );
+    let listing = {
+        redis.pause().unwrap();
+        let reply = server
+            .admin(
+                "POST",
+                "/v1/environments/production/cache/invalidate",
+                &[],
+                "",
+            )
+            .await;
+        redis.resume().unwrap();
+        reply
+    };
+    assert_eq!(
+        (listing.status, listing.code()),
+        (503, json!("unavailable"))
+    );
+    assert_eq!(
+        server
+            .metric(
+                "flag_http_requests_total{route=\"/ofrep/v1/evaluate/flags/{key}\",method=\"POST\",status=\"503\"}"
+            )
+            .await,
+        1.0
+    );
+    // Once Redis answers again, so does the server.
+    assert_eq!(value_of(&server, "f").await, json!(true));
+}
