@@ -265,10 +265,11 @@ async fn evaluate_one(
 async fn evaluate_all(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
     authorize(&state, &headers)?;
     let env = environment(&state, &headers)?;
+    let body = readable(body)?;
     let context = context(&body)?;
     let bulk = state
         .service
