@@ -1,12 +1,13 @@
 //! The real binary: `migrate` against a real SQLite file (idempotent), `serve` on the embedded
-//! default (SQLite + memory, no outside service) answering over HTTP, and a clean exit on SIGTERM.
+//! default (SQLite + memory, no outside service) answering over HTTP, a clean exit on SIGTERM that
+//! lets an in-flight request finish, and JSON logs on request.
 //! Every run clears the environment: CI exports REDIS_URL and DATABASE_URL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flag_conformance::fixtures::ScratchDir;
 
@@ -64,43 +65,124 @@ fn get(address: &str, path: &str) -> String {
 
 #[test]
 fn serve_runs_on_the_embedded_default_and_exits_cleanly_on_sigterm() {
-    let directory = ScratchDir::new().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_flag-server"))
-        .env_clear()
-        .current_dir(directory.path())
-        .env("FLAG_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
-        if let Some(address) = line.strip_prefix("flag-server listening on http://") {
-            break address.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no listening line");
-    };
-    let health = get(&address, "/healthz");
+    let mut server = Running::start(&[]);
+    let health = get(&server.address, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(get(&address, "/readyz").contains(r#""status":"ready""#));
+    assert!(get(&server.address, "/readyz").contains(r#""status":"ready""#));
     assert!(
-        directory.path().join("flags.db").exists(),
+        server.directory.path().join("flags.db").exists(),
         "the default database is a SQLite file"
     );
-
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = server.wait().unwrap();
+    server.terminate();
+    let exit = server.child.wait().unwrap();
     assert!(
         exit.success(),
         "flag-server exited with {exit:?} on SIGTERM"
     );
+}
+
+/// A running binary on the embedded default in its own scratch directory, with its address.
+struct Running {
+    child: std::process::Child,
+    address: String,
+    directory: ScratchDir,
+}
+
+impl Running {
+    fn start(extra_env: &[(&str, &str)]) -> Self {
+        let directory = ScratchDir::new().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flag-server"));
+        command
+            .env_clear()
+            .current_dir(directory.path())
+            .env("FLAG_LISTEN", "127.0.0.1:0")
+            .env("FLAG_ADMIN_TOKEN", "admin-secret")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("flag-server listening on http://") {
+                break address.to_owned();
+            }
+        };
+        Self {
+            child,
+            address,
+            directory,
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    let mut server = Running::start(&[]);
+    let body = r#"{"enabled": true}"#;
+    let mut stream = std::net::TcpStream::connect(&server.address).unwrap();
+    write!(
+        stream,
+        "PUT /v1/environments/production/flags/drain HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Authorization: Bearer admin-secret\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    // The request is in flight (its body half sent) when the signal arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited with a request in flight"
+    );
+    stream.write_all(body[5..].as_bytes()).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let mut server = Running::start(&[("FLAG_LOG_FORMAT", "json")]);
+    assert!(get(&server.address, "/healthz").starts_with("HTTP/1.1 200"));
+    server.terminate();
+    assert!(server.child.wait().unwrap().success());
+    let mut logs = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["message"] == "listening" && line["level"] == "INFO"),
+        "{logs}"
+    );
+    assert!(!logs.contains("admin-secret"), "a secret reached the logs");
 }
