@@ -152,7 +152,7 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
         server.child.try_wait().unwrap().is_none(),
         "the server exited with a request in flight"
     );
-    stream.write_all(body[5..].as_bytes()).unwrap();
+    stream.write_all(&body.as_bytes()[5..]).unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
