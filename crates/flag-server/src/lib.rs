@@ -1,13 +1,24 @@
-//! The feature-flag HTTP service: OFREP evaluation, health, configuration and wiring.
+//! The feature-flag HTTP service: OFREP evaluation, the management API, health, metrics and the
+//! OpenAPI document.
 //!
 //! `app::router` builds the whole API from an `AppState`; `wiring::state_from` builds that state
 //! from `Config`; the binary (`main.rs`) adds logging, signals and graceful shutdown. Routers are
-//! per area (`ofrep`, `ops`), merged in one place.
+//! per area (`ofrep`, `admin`, `ops`), merged in one place behind one layer that times requests
+//! out and records them in the metrics.
 //!
-//! Built so far: OFREP single and bulk evaluation (with `ETag`/`304` and client tokens), the
-//! management API (`/v1`, admin token, `If-Match` / `If-None-Match: *`), `/healthz`, `/readyz`,
-//! a 1 MiB body limit (`413`), JSON `404` for unmatched routes, `flag-server migrate`. Still to
-//! come: `/metrics`, `/openapi.json`, request timeouts, `tiered`.
+//! Decisions where the design contract is silent:
+//! - Every route is listed in [`app::ROUTES`]; the metrics label requests with the route's
+//!   template from there (never a user's key or environment, so label cardinality is bounded) and
+//!   a test holds `/openapi.json` equal to it.
+//! - A request still running after `FLAG_REQUEST_TIMEOUT_MS` (default 5 s) is answered `503` with
+//!   `Retry-After: 1`, in the error shape of its API (OFREP or management).
+//! - A known path with a method it does not serve is a `405` with the management error shape
+//!   (`invalid_request`); unknown paths are a JSON `404` (`not_found`).
+//! - `FLAG_CLIENT_TOKENS` set but blank leaves OFREP open (with a warning) rather than locking
+//!   every client out.
+//! - `--log-format json` writes one JSON object per line with the event's fields at the top level;
+//!   `RUST_LOG=debug` adds one event per request (route, method, status, microseconds).
+//! - `tiered` is not built yet: asking for it is a start-up error that says so.
 
 mod admin;
 pub mod app;

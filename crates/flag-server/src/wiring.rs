@@ -45,14 +45,8 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         .ttl(Duration::from_millis(config.cache_ttl_ms))
         .build()
         .context("CACHE_TTL_MS")?;
-    let client_tokens = config.client_tokens.as_ref().map(|tokens| {
-        tokens
-            .iter()
-            .map(|token| token.trim().to_owned())
-            .filter(|token| !token.is_empty())
-            .collect()
-    });
-    let admin_token: std::sync::Arc<str> = match &config.admin_token {
+    let client_tokens = client_tokens(config.client_tokens.as_deref());
+    let admin_token: Arc<str> = match &config.admin_token {
         Some(token) if !token.is_empty() => token.as_str().into(),
         _ => {
             let token = random_token().context("generating an admin token")?;
@@ -72,10 +66,39 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     })
 }
 
+/// The client tokens in force: `None` (OFREP open) when unset or when every entry is blank, so
+/// that `FLAG_CLIENT_TOKENS=` in a deployment file does not lock every client out.
+fn client_tokens(configured: Option<&[String]>) -> Option<Arc<[String]>> {
+    let tokens: Vec<String> = configured?
+        .iter()
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
+        .collect();
+    if tokens.is_empty() {
+        tracing::warn!("FLAG_CLIENT_TOKENS is set but holds no token: OFREP stays open");
+        return None;
+    }
+    Some(tokens.into())
+}
+
 /// 32 random bytes from the operating system, as hex.
 fn random_token() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_tokens;
+
+    #[test]
+    fn blank_client_tokens_leave_ofrep_open() {
+        assert_eq!(client_tokens(None), None);
+        assert_eq!(client_tokens(Some(&[String::new()])), None);
+        assert_eq!(client_tokens(Some(&[" ".to_owned(), String::new()])), None);
+        let tokens = client_tokens(Some(&[" a ".to_owned(), String::new(), "b".to_owned()]));
+        assert_eq!(tokens.as_deref(), Some(&["a".to_owned(), "b".to_owned()][..]));
+    }
 }
