@@ -99,6 +99,9 @@ mod tests {
         assert_eq!(client_tokens(Some(&[String::new()])), None);
         assert_eq!(client_tokens(Some(&[" ".to_owned(), String::new()])), None);
         let tokens = client_tokens(Some(&[" a ".to_owned(), String::new(), "b".to_owned()]));
-        assert_eq!(tokens.as_deref(), Some(&["a".to_owned(), "b".to_owned()][..]));
+        assert_eq!(
+            tokens.as_deref(),
+            Some(&["a".to_owned(), "b".to_owned()][..])
+        );
     }
 }

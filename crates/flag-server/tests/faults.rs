@@ -141,7 +141,7 @@ async fn a_request_that_outlives_the_timeout_is_a_503_in_its_api_shape() {
         took < Duration::from_millis(1_500),
         "answered after {took:?}"
     );
-    let listing = {
+    let invalidation = {
         redis.pause().unwrap();
         let reply = server
             .admin(
@@ -155,7 +155,7 @@ async fn a_request_that_outlives_the_timeout_is_a_503_in_its_api_shape() {
         reply
     };
     assert_eq!(
-        (listing.status, listing.code()),
+        (invalidation.status, invalidation.code()),
         (503, json!("unavailable"))
     );
     assert_eq!(
