@@ -1,0 +1,295 @@
+//! The backends a run covers, the stores they need, and the flag-server process for each.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A cache and database pairing flag-server can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Backend {
+    /// The embedded default: in-process cache over a SQLite file.
+    Memory,
+    /// Redis over a SQLite file.
+    Redis,
+    /// Redis over Postgres: the shared deployment.
+    RedisPostgres,
+}
+
+impl Backend {
+    /// Every backend, in report order.
+    pub(crate) const ALL: [Backend; 3] = [Backend::Memory, Backend::Redis, Backend::RedisPostgres];
+
+    /// The short name used in paths and the table.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::RedisPostgres => "redis-postgres",
+        }
+    }
+
+    /// Whether it needs a Redis.
+    pub(crate) fn needs_redis(self) -> bool {
+        matches!(self, Backend::Redis | Backend::RedisPostgres)
+    }
+}
+
+/// Where Redis and Postgres are, found (or started) once for the whole run.
+pub(crate) struct Stores {
+    redis_url: Option<String>,
+    database_url: Option<String>,
+    /// A `redis-server` this run started, killed with the run.
+    _own_redis: Option<OwnedChild>,
+}
+
+impl Stores {
+    /// Redis: the URL given, else one answering on 127.0.0.1:6379, else a `redis-server` from the
+    /// PATH on a free port (only when `want_redis`). Postgres: the URL given, else one answering on
+    /// 127.0.0.1:5432 (as user `postgres`, database `postgres`), else none.
+    pub(crate) fn discover(
+        redis_url: Option<String>,
+        database_url: Option<String>,
+        want_redis: bool,
+    ) -> Self {
+        let mut own_redis = None;
+        let redis_url = redis_url.or_else(|| {
+            if !want_redis {
+                return None;
+            }
+            if redis_answers("127.0.0.1:6379") {
+                return Some("redis://127.0.0.1:6379".to_owned());
+            }
+            match start_redis() {
+                Ok((url, child)) => {
+                    own_redis = Some(child);
+                    Some(url)
+                }
+                Err(error) => {
+                    eprintln!("no Redis: {error}");
+                    None
+                }
+            }
+        });
+        let database_url = database_url.or_else(|| {
+            let address: SocketAddr = ([127, 0, 0, 1], 5432).into();
+            TcpStream::connect_timeout(&address, Duration::from_millis(300))
+                .ok()
+                .map(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+        });
+        Self {
+            redis_url,
+            database_url,
+            _own_redis: own_redis,
+        }
+    }
+
+    /// Why `backend` cannot run here, if it cannot.
+    pub(crate) fn missing(&self, backend: Backend) -> Option<String> {
+        if backend.needs_redis() && self.redis_url.is_none() {
+            return Some("no Redis (set REDIS_URL or install redis-server)".to_owned());
+        }
+        if backend == Backend::RedisPostgres && self.database_url.is_none() {
+            return Some("no Postgres answers (set DATABASE_URL=postgres://…)".to_owned());
+        }
+        None
+    }
+
+    /// The environment flag-server gets for `backend`, with its data under `directory`.
+    fn server_env(
+        &self,
+        backend: Backend,
+        directory: &Path,
+        run_id: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut env = Vec::new();
+        let sqlite = format!("sqlite://{}?mode=rwc", directory.join("flags.db").display());
+        match backend {
+            Backend::Memory => {
+                env.push(("CACHE_BACKEND".into(), "memory".into()));
+                env.push(("DATABASE_URL".into(), sqlite));
+            }
+            Backend::Redis | Backend::RedisPostgres => {
+                let redis = self.redis_url.clone().context("no Redis")?;
+                env.push(("CACHE_BACKEND".into(), "redis".into()));
+                env.push(("REDIS_URL".into(), redis));
+                env.push(("REDIS_KEY_PREFIX".into(), format!("loadtests-{run_id}")));
+                let database = if backend == Backend::Redis {
+                    sqlite
+                } else {
+                    self.database_url.clone().context("no Postgres")?
+                };
+                env.push(("DATABASE_URL".into(), database));
+            }
+        }
+        Ok(env)
+    }
+
+    /// Starts flag-server for `backend` and waits until it is ready.
+    pub(crate) async fn start_server(
+        &self,
+        binary: &Path,
+        backend: Backend,
+        directory: &Path,
+        admin_token: &str,
+    ) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(directory)
+            .with_context(|| format!("creating {}", directory.display()))?;
+        for stale in ["flags.db", "flags.db-wal", "flags.db-shm"] {
+            let _ = std::fs::remove_file(directory.join(stale));
+        }
+        let port = free_port()?;
+        let run_id = format!("{}-{}", std::process::id(), backend.name());
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FLAG_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLAG_ADMIN_TOKEN", admin_token)
+            .env("FLAG_DEFAULT_ENVIRONMENT", "load")
+            // sqlx warns of every statement over 1 s, which seeding SQLite with concurrent
+            // writers produces by design (they queue on the database lock).
+            .env("RUST_LOG", "warn,sqlx=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (name, value) in self.server_env(backend, directory, &run_id)? {
+            command.env(name, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let server = Server {
+            child: OwnedChild(child),
+            base_url: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_until_ready().await?;
+        Ok(server)
+    }
+}
+
+/// A running flag-server, stopped (SIGTERM, then SIGKILL) when dropped.
+pub(crate) struct Server {
+    child: OwnedChild,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) base_url: String,
+}
+
+impl Server {
+    async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("flag-server at {} was not ready within 60 s", self.base_url);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.stop();
+    }
+}
+
+/// A child process that is stopped when dropped.
+struct OwnedChild(Child);
+
+impl OwnedChild {
+    fn stop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr().context("reading the port")?.port())
+}
+
+fn redis_answers(address: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(address) = address.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// Starts a `redis-server` from the PATH on a free port, without persistence.
+fn start_redis() -> anyhow::Result<(String, OwnedChild)> {
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("redis-server is not on the PATH (apt-get install redis-server)")?;
+    let child = OwnedChild(child);
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis_answers(&address) {
+        if Instant::now() > deadline {
+            bail!("the redis-server started on port {port} did not answer");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((format!("redis://{address}"), child))
+}
+
+/// The release build of a workspace binary, beside the runner's own target directory.
+pub(crate) fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the runner")?;
+    // <target>/<profile>/loadtests -> <target>/release/<name>
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the runner is not inside a target directory")?;
+    Ok(target.join("release").join(name))
+}

@@ -1,3 +1,0 @@
-//! Goose load scenarios and the benchmark runner for `flag-server`, over HTTP only.
-//!
-//! Not built yet (issue "loadtests"); this crate only reserves its place in the workspace.

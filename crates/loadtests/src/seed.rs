@@ -1,0 +1,206 @@
+//! The flags a run serves, written through the management API, and the cache warm-up.
+//!
+//! Environments: `load` (100 flags: a third static, a third with rules, a third with rollouts)
+//! for the single and bulk scenarios; `mixed` (one counter flag per virtual user, which only that
+//! user writes) for the mixed scenario; `cold-0` … `cold-49` (100 flags each, the same mix) for the
+//! cold-cache scenario.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// How many flags a seeded environment holds.
+pub(crate) const FLAGS_PER_ENVIRONMENT: usize = 100;
+/// How many environments the cold-cache scenario spreads over.
+pub(crate) const COLD_ENVIRONMENTS: usize = 50;
+/// The environment of the single and bulk scenarios.
+pub(crate) const LOAD_ENVIRONMENT: &str = "load";
+/// The environment of the mixed scenario.
+pub(crate) const MIXED_ENVIRONMENT: &str = "mixed";
+
+/// The key of the `index`th flag of a seeded environment.
+pub(crate) fn flag_key(index: usize) -> String {
+    format!("flag-{index:03}")
+}
+
+/// The key of the counter flag user `user` writes in the mixed scenario.
+pub(crate) fn counter_key(user: usize) -> String {
+    format!("counter-{user:03}")
+}
+
+/// The name of the `index`th environment of the cold-cache scenario.
+pub(crate) fn cold_environment(index: usize) -> String {
+    format!("cold-{index}")
+}
+
+/// The `index`th flag: static, rule-based or a rollout, in turn.
+pub(crate) fn flag_definition(index: usize) -> Value {
+    match index % 3 {
+        0 => json!({
+            "enabled": true,
+            "description": "static",
+            "metadata": {"team": "load"}
+        }),
+        1 => json!({
+            "enabled": true,
+            "description": "rules",
+            "defaultVariant": "off",
+            "rules": [
+                {"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro", "team"]}],
+                 "variant": "on"},
+                {"conditions": [{"attribute": "email", "operator": "ends_with", "value": "@example.com"}],
+                 "variant": "on"}
+            ]
+        }),
+        _ => json!({
+            "enabled": true,
+            "description": "rollout",
+            "variants": {"a": "alpha", "b": "beta", "c": "gamma"},
+            "defaultVariant": "a",
+            "offVariant": "a",
+            "rollout": [
+                {"variant": "a", "weight": 50},
+                {"variant": "b", "weight": 30},
+                {"variant": "c", "weight": 20}
+            ]
+        }),
+    }
+}
+
+/// The counter flag of the mixed scenario at `value`.
+pub(crate) fn counter_definition(value: u64) -> Value {
+    json!({
+        "enabled": true,
+        "variants": {"current": value, "off": -1},
+        "defaultVariant": "current",
+        "offVariant": "off"
+    })
+}
+
+/// A client of one server's management API.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    client: reqwest::Client,
+    base_url: Arc<str>,
+    bearer: Arc<str>,
+}
+
+impl Admin {
+    /// A client for the server at `base_url` with `token`.
+    pub(crate) fn new(base_url: &str, token: &str) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base_url: base_url.into(),
+            bearer: format!("Bearer {token}").into(),
+        }
+    }
+
+    /// `PUT` one flag; fails unless the server answers `200` or `201`.
+    pub(crate) async fn put(&self, env: &str, key: &str, flag: &Value) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .put(format!(
+                "{}/v1/environments/{env}/flags/{key}",
+                self.base_url
+            ))
+            .header("Authorization", &*self.bearer)
+            .json(flag)
+            .send()
+            .await
+            .with_context(|| format!("PUT {env}/{key}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            bail!("PUT {env}/{key}: {status} {body}");
+        }
+        Ok(())
+    }
+
+    /// Writes every flag of every environment, `concurrency` writes at a time.
+    pub(crate) async fn seed(&self, users: usize, concurrency: usize) -> anyhow::Result<usize> {
+        let mut writes: Vec<(String, String, Value)> = Vec::new();
+        let mut environments = vec![LOAD_ENVIRONMENT.to_owned()];
+        environments.extend((0..COLD_ENVIRONMENTS).map(cold_environment));
+        for env in &environments {
+            for index in 0..FLAGS_PER_ENVIRONMENT {
+                writes.push((env.clone(), flag_key(index), flag_definition(index)));
+            }
+        }
+        for user in 0..users {
+            writes.push((
+                MIXED_ENVIRONMENT.to_owned(),
+                counter_key(user),
+                counter_definition(0),
+            ));
+        }
+        let total = writes.len();
+        let mut pending = writes.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < concurrency.max(1) {
+                let Some((env, key, flag)) = pending.next() else {
+                    break;
+                };
+                let admin = self.clone();
+                tasks.spawn(async move { admin.put(&env, &key, &flag).await });
+            }
+            match tasks.join_next().await {
+                Some(joined) => joined.context("a seeding task")??,
+                None => break,
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Evaluates every flag of `load` once and the whole environment once, so the paced and
+/// saturated runs of the single and bulk scenarios start on a warm cache.
+pub(crate) async fn warm(base_url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let body = json!({"context": {"targetingKey": "warm-up"}});
+    for index in 0..FLAGS_PER_ENVIRONMENT {
+        let status = client
+            .post(format!(
+                "{base_url}/ofrep/v1/evaluate/flags/{}",
+                flag_key(index)
+            ))
+            .header("X-Environment", LOAD_ENVIRONMENT)
+            .json(&body)
+            .send()
+            .await
+            .context("warming the cache")?
+            .status();
+        if !status.is_success() {
+            bail!("warming {}: {status}", flag_key(index));
+        }
+    }
+    let status = client
+        .post(format!("{base_url}/ofrep/v1/evaluate/flags"))
+        .header("X-Environment", LOAD_ENVIRONMENT)
+        .json(&body)
+        .send()
+        .await
+        .context("warming the cache")?
+        .status();
+    if !status.is_success() {
+        bail!("warming the bulk evaluation: {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_third_of_the_flags_are_each_kind() {
+        let kinds: Vec<String> = (0..FLAGS_PER_ENVIRONMENT)
+            .map(|index| flag_definition(index)["description"].to_string())
+            .collect();
+        for kind in ["\"static\"", "\"rules\"", "\"rollout\""] {
+            let count = kinds.iter().filter(|seen| *seen == kind).count();
+            assert!((33..=34).contains(&count), "{kind}: {count}");
+        }
+    }
+}
