@@ -366,3 +366,60 @@ async fn hand_edited_garbage_is_corrupt_not_a_panic_and_the_service_replaces_it(
     let healed = cache.get(&env).await.unwrap().unwrap();
     assert_eq!(healed.flag("checkout").unwrap().version(), 1);
 }
+
+/// `calls=N` of one command in `INFO commandstats`.
+async fn calls(redis: &RedisProcess, command: &str) -> u64 {
+    let info = redis.command("INFO commandstats").await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_environment_is_not_fetched_or_decoded_again() {
+    let redis = redis().await;
+    let cache = cache_for(&redis);
+    let env = production();
+    cache
+        .set(&env, Arc::new(generation_snapshot(1, 50, 1)), TTL)
+        .await
+        .unwrap();
+    let first = cache.get(&env).await.unwrap().unwrap();
+    assert_eq!(calls(&redis, "hgetall").await, 1);
+    // (The set script's own HGET of __meta counts too, so count from here.)
+    let hgets = calls(&redis, "hget").await;
+    for _ in 0..3 {
+        let again = cache.get(&env).await.unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the decoded snapshot is reused"
+        );
+    }
+    assert_eq!(calls(&redis, "hgetall").await, 1, "no second HGETALL");
+    assert_eq!(
+        calls(&redis, "hget").await,
+        hgets + 3,
+        "one HGET of __meta per get"
+    );
+
+    // A newer fill changes __meta: the next get fetches and decodes it.
+    cache
+        .set(&env, Arc::new(generation_snapshot(2, 50, 2)), TTL)
+        .await
+        .unwrap();
+    let newer = cache.get(&env).await.unwrap().unwrap();
+    assert_eq!(newer.revision().get(), 2);
+    assert_eq!(calls(&redis, "hgetall").await, 2);
+    // An invalidation leaves a tombstone: a miss, never the remembered snapshot.
+    cache.invalidate(&env, Revision(3)).await.unwrap();
+    assert!(cache.get(&env).await.unwrap().is_none());
+    // So does an expired or flushed key.
+    cache
+        .set(&env, Arc::new(generation_snapshot(4, 50, 4)), TTL)
+        .await
+        .unwrap();
+    assert!(cache.get(&env).await.unwrap().is_some());
+    redis.command("FLUSHALL").await.unwrap();
+    assert!(cache.get(&env).await.unwrap().is_none());
+}

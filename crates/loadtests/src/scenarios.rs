@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use goose::config::GooseConfiguration;
@@ -362,8 +363,17 @@ pub(crate) async fn run(attack: &Attack<'_>, plan: Plan) -> anyhow::Result<Goose
         .iter()
         .map(|extension| format!("{}.{extension}", attack.reports.display()))
         .collect();
+    let mut scenario = attack.scenario.scenario()?;
+    if attack.mode == Mode::Paced {
+        // goose's throttle releases its tokens every 10 ms, 50 at a time at 5,000/s: alone it
+        // turns a paced run into bursts of 50 simultaneous requests. Each user therefore waits a
+        // random time between its requests (uniform, averaging users / rate), which spreads the
+        // arrivals out; the throttle stays as the hard cap on the rate.
+        let mean = Duration::from_secs_f64(attack.users as f64 / attack.paced_rate.max(1) as f64);
+        scenario = scenario.set_wait_time(Duration::ZERO, mean * 2)?;
+    }
     let mut goose = GooseAttack::initialize_with_config(configuration)?
-        .register_scenario(attack.scenario.scenario()?)
+        .register_scenario(scenario)
         .set_default(GooseDefault::Host, attack.host)?
         .set_default(GooseDefault::Users, attack.users)?
         .set_default(
