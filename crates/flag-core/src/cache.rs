@@ -65,6 +65,15 @@ pub trait FeatureFlagCache: Send + Sync + fmt::Debug {
 
     /// Drops `env` and remembers `revision`, so a later `set` of an older revision is stale.
     async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError>;
+
+    /// [`get`](Self::get), with how long the entry has left to live when the backend can tell
+    /// (`None` when it cannot). A layer in front of this cache uses it never to outlive it.
+    async fn get_with_ttl(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        Ok(self.get(env).await?.map(|snapshot| (snapshot, None)))
+    }
 }
 
 /// The trait object the service and server hold.
@@ -191,6 +200,13 @@ macro_rules! forward_cache {
                 revision: Revision,
             ) -> Result<(), CacheError> {
                 (**self).invalidate(env, revision).await
+            }
+
+            async fn get_with_ttl(
+                &self,
+                env: &Environment,
+            ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+                (**self).get_with_ttl(env).await
             }
         }
     };

@@ -29,19 +29,23 @@
 #![deny(missing_docs)]
 
 mod bucketing;
+mod bus;
 mod cache;
 mod context;
 mod evaluation;
 mod flag;
 mod in_memory;
+mod last_good;
 mod metrics;
 mod names;
 mod repository;
 mod secrets;
 mod service;
 mod snapshot;
+mod tiered;
 
 pub use bucketing::{bucket, murmur3_x86_32};
+pub use bus::{BUS_CAPACITY, BusError, BusEvent, DynInvalidationBus, InvalidationBus, LocalBus};
 pub use cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, FlagLookup, SetOutcome};
 pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
 pub use evaluation::{
@@ -60,10 +64,11 @@ pub use repository::{
 };
 pub use secrets::redact_url;
 pub use service::{
-    BulkEvaluation, DEFAULT_TTL, FeatureFlagService, RetryPolicy, ServiceBuilder,
-    ServiceConfigError, ServiceError,
+    BulkEvaluation, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, FeatureFlagService, RetryPolicy,
+    ServiceBuilder, ServiceConfigError, ServiceError,
 };
 pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, Revision};
+pub use tiered::{DEFAULT_L1_TTL, TieredCache};
 
 /// Re-exported so adapters implement the ports with the same macro version.
 pub use async_trait::async_trait;

@@ -29,6 +29,8 @@ pub struct ServiceMetrics {
     pub invalidation_retries: u64,
     /// Invalidations abandoned after retrying until the cache TTL ran out.
     pub invalidations_abandoned: u64,
+    /// Reads answered from a last-known-good snapshot because the cache and repository failed.
+    pub stale_answers: u64,
 }
 
 /// The live counters behind [`ServiceMetrics`].
@@ -44,6 +46,7 @@ pub(crate) struct Counters {
     pub(crate) repository_reads: Counter,
     pub(crate) invalidation_retries: Counter,
     pub(crate) invalidations_abandoned: Counter,
+    pub(crate) stale_answers: Counter,
 }
 
 impl Counters {
@@ -59,6 +62,7 @@ impl Counters {
             repository_reads: self.repository_reads.get(),
             invalidation_retries: self.invalidation_retries.get(),
             invalidations_abandoned: self.invalidations_abandoned.get(),
+            stale_answers: self.stale_answers.get(),
         }
     }
 }

@@ -13,6 +13,12 @@
 //! - **Invalidations are retried.** A failed invalidation after a write is retried in the
 //!   background with exponential backoff until it succeeds or the cache TTL has passed (after
 //!   which the stale entry has expired anyway). One retry task per environment at most.
+//! - **Last-known-good.** When the cache cannot answer and the repository fails, reads are
+//!   answered from the newest snapshot this service served for the environment, as long as the
+//!   stores confirmed it less than the stale-if-error bound ago (default 24 h, zero turns it
+//!   off); evaluations then carry the reason `CACHED` and the answers are counted. Single-flag
+//!   reads served from the cache only see a revision, so when that revision is newer than the
+//!   kept snapshot the whole snapshot is fetched from the cache in the background.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -24,8 +30,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::cache::{CacheError, DynFeatureFlagCache, FlagLookup, SetOutcome};
 use crate::context::EvaluationContext;
+use crate::evaluation::Reason;
 use crate::evaluation::{Evaluation, EvaluationError};
 use crate::flag::FeatureFlag;
+use crate::last_good::LastKnownGood;
 use crate::metrics::{Counters, ServiceMetrics};
 use crate::names::{Environment, FlagKey};
 use crate::repository::{
@@ -35,6 +43,16 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
 /// The cache TTL used when none is configured: five minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_millis(300_000);
+
+/// How long last-known-good snapshots may be served when none is configured: 24 hours.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Whether an answer came from the stores now or from the last-known-good snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    Current,
+    LastKnownGood,
+}
 
 /// How often a read retries when a fill it joined turned out older than a write it must see.
 const MAX_LOAD_ATTEMPTS: usize = 3;
@@ -108,9 +126,18 @@ pub struct ServiceBuilder {
     cache: Arc<DynFeatureFlagCache>,
     ttl: Duration,
     retry: RetryPolicy,
+    stale_if_error: Duration,
 }
 
 impl ServiceBuilder {
+    /// How long after the stores last confirmed it a snapshot may be served while they fail;
+    /// zero turns last-known-good off.
+    #[must_use]
+    pub fn stale_if_error(mut self, bound: Duration) -> Self {
+        self.stale_if_error = bound;
+        self
+    }
+
     /// How long a filled snapshot stays in the cache.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -143,6 +170,7 @@ impl ServiceBuilder {
                 flights: Mutex::new(HashMap::new()),
                 floors: RwLock::new(HashMap::new()),
                 pending_invalidations: Mutex::new(HashMap::new()),
+                last_good: LastKnownGood::new(self.stale_if_error),
                 counters: Counters::default(),
             }),
         }
@@ -163,6 +191,8 @@ struct Inner {
     floors: RwLock<HashMap<Environment, Revision>>,
     /// Environments whose invalidation failed, with the revision still to invalidate.
     pending_invalidations: Mutex<HashMap<Environment, Revision>>,
+    /// What to serve when the cache cannot answer and the repository fails.
+    last_good: LastKnownGood,
     counters: Counters,
 }
 
@@ -188,6 +218,7 @@ impl FeatureFlagService {
             cache,
             ttl: DEFAULT_TTL,
             retry: RetryPolicy::default(),
+            stale_if_error: DEFAULT_STALE_IF_ERROR,
         }
     }
 
@@ -213,17 +244,26 @@ impl FeatureFlagService {
 
     // ----- reads through the cache -------------------------------------------------------------
 
-    /// The current snapshot of `env`, from the cache or (on a miss) the repository.
+    /// The current snapshot of `env`, from the cache or (on a miss) the repository; the
+    /// last-known-good one when both fail.
     pub async fn snapshot(
         &self,
         env: &Environment,
     ) -> Result<Arc<EnvironmentSnapshot>, ServiceError> {
+        Ok(self.snapshot_with_freshness(env).await?.0)
+    }
+
+    async fn snapshot_with_freshness(
+        &self,
+        env: &Environment,
+    ) -> Result<(Arc<EnvironmentSnapshot>, Freshness), ServiceError> {
         let inner = &self.inner;
         let floor = inner.floor(env);
         let fill = match inner.cache.get(env).await {
             Ok(Some(snapshot)) if snapshot.revision() >= floor => {
                 inner.counters.cache_hits.increment();
-                return Ok(snapshot);
+                inner.last_good.confirm(env, &snapshot);
+                return Ok((snapshot, Freshness::Current));
             }
             Ok(_) => {
                 inner.counters.cache_misses.increment();
@@ -231,7 +271,7 @@ impl FeatureFlagService {
             }
             Err(error) => inner.cache_failed_read(env, &error),
         };
-        self.load(env, floor, fill).await
+        self.load_or_last_good(env, floor, fill).await
     }
 
     /// One flag of `env`, from the cache or (on a miss) the repository; `None` if absent.
@@ -240,16 +280,26 @@ impl FeatureFlagService {
         env: &Environment,
         key: &FlagKey,
     ) -> Result<Option<Arc<FeatureFlag>>, ServiceError> {
+        Ok(self.find_flag_with_freshness(env, key).await?.0)
+    }
+
+    async fn find_flag_with_freshness(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<(Option<Arc<FeatureFlag>>, Freshness), ServiceError> {
         let inner = &self.inner;
         let floor = inner.floor(env);
         let fill = match inner.cache.get_flag(env, key).await {
             Ok(FlagLookup::Hit { flag, revision }) if revision >= floor => {
                 inner.counters.cache_hits.increment();
-                return Ok(Some(flag));
+                self.keep_up(env, revision);
+                return Ok((Some(flag), Freshness::Current));
             }
             Ok(FlagLookup::Absent { revision }) if revision >= floor => {
                 inner.counters.cache_absent.increment();
-                return Ok(None);
+                self.keep_up(env, revision);
+                return Ok((None, Freshness::Current));
             }
             Ok(_) => {
                 inner.counters.cache_misses.increment();
@@ -257,22 +307,25 @@ impl FeatureFlagService {
             }
             Err(error) => inner.cache_failed_read(env, &error),
         };
-        let snapshot = self.load(env, floor, fill).await?;
-        Ok(snapshot.flag(key.as_str()).cloned())
+        let (snapshot, freshness) = self.load_or_last_good(env, floor, fill).await?;
+        Ok((snapshot.flag(key.as_str()).cloned(), freshness))
     }
 
-    /// Evaluates one flag of `env` for `context`.
+    /// Evaluates one flag of `env` for `context` (reason `CACHED` when answered from the
+    /// last-known-good snapshot).
     pub async fn evaluate(
         &self,
         env: &Environment,
         key: &FlagKey,
         context: &EvaluationContext,
     ) -> Result<Evaluation, ServiceError> {
-        let flag = self
-            .find_flag(env, key)
-            .await?
-            .ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
-        Ok(Evaluation::of(flag, context)?)
+        let (flag, freshness) = self.find_flag_with_freshness(env, key).await?;
+        let flag = flag.ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
+        let evaluation = Evaluation::of(flag, context)?;
+        Ok(match freshness {
+            Freshness::Current => evaluation,
+            Freshness::LastKnownGood => evaluation.with_reason(Reason::Cached),
+        })
     }
 
     /// Evaluates every flag of `env` for `context`; per-flag failures sit in the results.
@@ -281,15 +334,80 @@ impl FeatureFlagService {
         env: &Environment,
         context: &EvaluationContext,
     ) -> Result<BulkEvaluation, ServiceError> {
-        let snapshot = self.snapshot(env).await?;
+        let (snapshot, freshness) = self.snapshot_with_freshness(env).await?;
         let results = snapshot
             .flags()
-            .map(|flag| Evaluation::of(Arc::clone(flag), context))
+            .map(|flag| {
+                let evaluation = Evaluation::of(Arc::clone(flag), context)?;
+                Ok(match freshness {
+                    Freshness::Current => evaluation,
+                    Freshness::LastKnownGood => evaluation.with_reason(Reason::Cached),
+                })
+            })
             .collect();
         Ok(BulkEvaluation {
             revision: snapshot.revision(),
             results,
         })
+    }
+
+    /// Whether reads could be answered from last-known-good snapshots now (for readiness).
+    pub fn can_serve_last_known_good(&self) -> bool {
+        self.inner.last_good.can_serve()
+    }
+
+    /// After a single-flag cache read at `revision`: keeps the last-known-good snapshot in step,
+    /// fetching the whole snapshot from the cache in the background when it is behind.
+    fn keep_up(&self, env: &Environment, revision: Revision) {
+        let inner = &self.inner;
+        if inner.last_good.confirm_revision(env, revision) || !inner.last_good.start_catch_up(env) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            inner.last_good.end_catch_up(env);
+            return;
+        };
+        let inner = Arc::clone(inner);
+        let env = env.clone();
+        runtime.spawn(async move {
+            if let Ok(Some(snapshot)) = inner.cache.get(&env).await {
+                inner.last_good.confirm(&env, &snapshot);
+            }
+            inner.last_good.end_catch_up(&env);
+        });
+    }
+
+    /// [`Self::load`], or the last-known-good snapshot when the repository fails.
+    async fn load_or_last_good(
+        &self,
+        env: &Environment,
+        floor: Revision,
+        fill: bool,
+    ) -> Result<(Arc<EnvironmentSnapshot>, Freshness), ServiceError> {
+        let last_good = &self.inner.last_good;
+        if let Some(snapshot) = last_good.fallback(env)
+            && last_good.skip_repository()
+        {
+            self.inner.counters.stale_answers.increment();
+            return Ok((snapshot, Freshness::LastKnownGood));
+        }
+        match self.load(env, floor, fill).await {
+            Ok(snapshot) => {
+                last_good.repository_answered();
+                last_good.confirm(env, &snapshot);
+                Ok((snapshot, Freshness::Current))
+            }
+            Err(error) => {
+                last_good.repository_failed();
+                let Some(snapshot) = last_good.fallback(env) else {
+                    return Err(error);
+                };
+                self.inner.counters.stale_answers.increment();
+                warn!(%env, revision = %snapshot.revision(), %error,
+                    "cache and repository failed; answering from the last-known-good snapshot");
+                Ok((snapshot, Freshness::LastKnownGood))
+            }
+        }
     }
 
     /// Loads `env` from the repository, sharing the read with concurrent callers.

@@ -581,3 +581,137 @@ fn a_zero_ttl_is_refused() {
     .build();
     assert_eq!(result.unwrap_err(), ServiceConfigError::ZeroTtl);
 }
+
+#[tokio::test]
+async fn with_cache_and_repository_both_failing_the_last_known_good_snapshot_answers_cached() {
+    let h = harness();
+    let production = env("production");
+    h.service
+        .upsert(&production, boolean("colour", true), Precondition::None)
+        .await
+        .unwrap();
+    h.service
+        .upsert(&production, boolean("other", false), Precondition::None)
+        .await
+        .unwrap();
+    let context = EvaluationContext::new();
+    let fresh = h
+        .service
+        .evaluate(&production, &key("colour"), &context)
+        .await
+        .unwrap();
+    assert_eq!(fresh.reason(), Reason::Static);
+    assert!(h.service.can_serve_last_known_good());
+    assert_eq!(h.service.metrics().stale_answers, 0);
+
+    h.cache.fail_reads.store(true, Ordering::SeqCst);
+    h.repository.fail.store(true, Ordering::SeqCst);
+    let reads_before = h.repository.reads();
+    for _ in 0..10 {
+        let stale = h
+            .service
+            .evaluate(&production, &key("colour"), &context)
+            .await
+            .unwrap();
+        assert_eq!(
+            (stale.value().clone(), stale.reason()),
+            (json!(true), Reason::Cached)
+        );
+    }
+    assert!(
+        h.repository.reads() <= reads_before + 1,
+        "a failed repository is probed, not asked by every read"
+    );
+    let bulk = h.service.evaluate_all(&production, &context).await.unwrap();
+    assert_eq!(bulk.results.len(), 2);
+    assert!(
+        bulk.results
+            .iter()
+            .all(|result| result.as_ref().unwrap().reason() == Reason::Cached)
+    );
+    assert_eq!(h.service.metrics().stale_answers, 11);
+    assert!(h.service.can_serve_last_known_good());
+    // Unknown environments and writes still fail: there is nothing good to answer with.
+    assert!(h.service.snapshot(&env("staging")).await.is_err());
+    assert!(
+        h.service
+            .upsert(&production, boolean("colour", false), Precondition::None)
+            .await
+            .is_err()
+    );
+
+    // Back to normal: answers are current again.
+    h.cache.fail_reads.store(false, Ordering::SeqCst);
+    h.repository.fail.store(false, Ordering::SeqCst);
+    let current = h
+        .service
+        .evaluate(&production, &key("colour"), &context)
+        .await
+        .unwrap();
+    assert_eq!(current.reason(), Reason::Static);
+}
+
+#[tokio::test]
+async fn a_zero_stale_if_error_bound_turns_last_known_good_off() {
+    let cache = Arc::new(FakeCache::default());
+    let repository = Arc::new(FakeRepository::default());
+    let service = FeatureFlagService::builder(repository.clone(), cache.clone())
+        .stale_if_error(Duration::ZERO)
+        .build()
+        .unwrap();
+    let production = env("production");
+    service
+        .upsert(&production, boolean("colour", true), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&service, "production", "colour").await,
+        json!(true)
+    );
+    cache.fail_reads.store(true, Ordering::SeqCst);
+    repository.fail.store(true, Ordering::SeqCst);
+    let error = service
+        .evaluate(&production, &key("colour"), &EvaluationContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ServiceError::Repository(_)), "{error:?}");
+    assert!(!service.can_serve_last_known_good());
+}
+
+#[tokio::test]
+async fn single_flag_reads_from_a_shared_cache_keep_last_known_good_up_to_date() {
+    let h = harness();
+    let production = env("production");
+    h.service
+        .upsert(&production, boolean("colour", true), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&h.service, "production", "colour").await,
+        json!(true)
+    );
+    // A second instance on the same cache: its reads are cache hits of single flags, so it has
+    // never loaded a snapshot itself.
+    let other = FeatureFlagService::builder(h.repository.clone(), h.cache.clone())
+        .build()
+        .unwrap();
+    assert_eq!(value_of(&other, "production", "colour").await, json!(true));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !other.can_serve_last_known_good() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the whole snapshot was never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.cache.fail_reads.store(true, Ordering::SeqCst);
+    h.repository.fail.store(true, Ordering::SeqCst);
+    let stale = other
+        .evaluate(&production, &key("colour"), &EvaluationContext::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (stale.value().clone(), stale.reason()),
+        (json!(true), Reason::Cached)
+    );
+}

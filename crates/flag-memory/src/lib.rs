@@ -164,6 +164,18 @@ impl FeatureFlagCache for MemoryCache {
             .and_then(|slot| slot.snapshot.clone()))
     }
 
+    async fn get_with_ttl(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        let now = Instant::now();
+        Ok(self.slots.get(env).await.and_then(|slot| {
+            let remaining = slot.expires_at.checked_duration_since(now)?;
+            let snapshot = slot.snapshot.clone()?;
+            (!remaining.is_zero()).then_some((snapshot, Some(remaining)))
+        }))
+    }
+
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
         let Some(snapshot) = self
             .live_slot(env)

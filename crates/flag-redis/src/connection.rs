@@ -114,6 +114,68 @@ impl Connector {
         }
     }
 
+    /// A connection of its own for pub/sub (a subscribed connection can do nothing else): to the
+    /// single node, to the first cluster seed that answers (classic pub/sub reaches every node
+    /// of a cluster), or to the master that Sentinel names.
+    pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        match &self.target {
+            Target::Single { url } => redis::Client::open(url.as_str())?.get_async_pubsub().await,
+            Target::Cluster { nodes } => {
+                let mut last = None;
+                for node in nodes {
+                    match redis::Client::open(node.as_str())?.get_async_pubsub().await {
+                        Ok(pubsub) => return Ok(pubsub),
+                        Err(error) => last = Some(error),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster node given"))
+                }))
+            }
+            Target::Sentinel { .. } => {
+                self.sentinel_client()?
+                    .async_get_client()
+                    .await?
+                    .get_async_pubsub()
+                    .await
+            }
+        }
+    }
+
+    fn sentinel_client(&self) -> redis::RedisResult<SentinelClient> {
+        let Target::Sentinel {
+            sentinels,
+            master,
+            tls,
+            username,
+            password,
+            db,
+        } = &self.target
+        else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "not a Sentinel deployment",
+            )));
+        };
+        let mut info = RedisConnectionInfo::default().set_db(*db);
+        if let Some(username) = username {
+            info = info.set_username(username);
+        }
+        if let Some(password) = password {
+            info = info.set_password(password);
+        }
+        let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+        if *tls {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
+        SentinelClient::build(
+            sentinels.iter().map(String::as_str).collect(),
+            master.clone(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+    }
+
     async fn connect(&self) -> redis::RedisResult<Link> {
         let timeout = Some(self.timeout);
         match &self.target {
@@ -136,32 +198,8 @@ impl Connector {
                     .await?;
                 Ok(Link::Cluster(connection))
             }
-            Target::Sentinel {
-                sentinels,
-                master,
-                tls,
-                username,
-                password,
-                db,
-            } => {
-                let mut info = RedisConnectionInfo::default().set_db(*db);
-                if let Some(username) = username {
-                    info = info.set_username(username);
-                }
-                if let Some(password) = password {
-                    info = info.set_password(password);
-                }
-                let mut node =
-                    SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-                if *tls {
-                    node = node.set_tls_mode(redis::TlsMode::Secure);
-                }
-                let mut client = SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    master.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
+            Target::Sentinel { .. } => {
+                let mut client = self.sentinel_client()?;
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout);

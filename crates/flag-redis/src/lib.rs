@@ -52,6 +52,7 @@
 //! [`DEFAULT_TIMEOUT`]) and fails with [`CacheError::Timeout`] or [`CacheError::Unavailable`]
 //! within it. Passwords never appear in logs, errors or `Debug`.
 
+mod bus;
 mod connection;
 mod target;
 
@@ -68,6 +69,7 @@ use flag_core::{
 use redis::{RedisError, Script};
 use serde::{Deserialize, Serialize};
 
+pub use crate::bus::RedisBus;
 use crate::connection::{Connector, Link};
 use crate::target::Target;
 pub use crate::target::UrlError;
@@ -103,6 +105,11 @@ return 1
 
 /// Drops the environment's flags, leaving a tombstone that remembers the newer of the given and
 /// the cached revision.
+/// The whole hash and its remaining time in milliseconds, read atomically.
+const READ_WITH_TTL_SCRIPT: &str = r#"
+return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"#;
+
 const INVALIDATE_SCRIPT: &str = r#"
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -178,6 +185,7 @@ struct Shared {
     tombstone_ttl: Duration,
     set_script: Script,
     invalidate_script: Script,
+    read_with_ttl_script: Script,
 }
 
 impl fmt::Debug for RedisCache {
@@ -256,6 +264,7 @@ impl RedisCacheBuilder {
                 tombstone_ttl: self.tombstone_ttl,
                 set_script: Script::new(SET_SCRIPT),
                 invalidate_script: Script::new(INVALIDATE_SCRIPT),
+                read_with_ttl_script: Script::new(READ_WITH_TTL_SCRIPT),
             }),
         })
     }
@@ -417,6 +426,30 @@ fn parse_flag(env: &Environment, field: &str, raw: &str) -> Result<FeatureFlag, 
     Ok(flag)
 }
 
+/// The snapshot an `HGETALL` answered, with its `__meta` text; `None` for a miss or tombstone.
+fn decode_hash(
+    env: &Environment,
+    mut fields: HashMap<String, String>,
+) -> Result<Option<(String, Arc<EnvironmentSnapshot>)>, CacheError> {
+    let Some(raw_meta) = fields.remove(META_FIELD) else {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        return Err(corrupt(env, format!("hash has flags but no {META_FIELD}")));
+    };
+    let meta = parse_meta(env, &raw_meta)?;
+    if meta.tombstone {
+        return Ok(None);
+    }
+    let flags = fields
+        .iter()
+        .map(|(field, raw)| parse_flag(env, field, raw).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let snapshot = EnvironmentSnapshot::from_shared(Revision(meta.revision), flags)
+        .map_err(|error| corrupt(env, error.to_string()))?;
+    Ok(Some((raw_meta, Arc::new(snapshot))))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -443,30 +476,39 @@ impl FeatureFlagCache for RedisCache {
             return Ok(Some(snapshot));
         }
         let key = self.key(env);
-        let mut fields: HashMap<String, String> =
+        let fields: HashMap<String, String> =
             self.call(|mut link| async move {
                 redis::cmd("HGETALL").arg(&key).query_async(&mut link).await
             })
             .await?;
-        let Some(raw_meta) = fields.remove(META_FIELD) else {
-            if fields.is_empty() {
-                return Ok(None);
-            }
-            return Err(corrupt(env, format!("hash has flags but no {META_FIELD}")));
-        };
-        let meta = parse_meta(env, &raw_meta)?;
-        if meta.tombstone {
+        let Some((raw_meta, snapshot)) = decode_hash(env, fields)? else {
             return Ok(None);
-        }
-        let flags = fields
-            .iter()
-            .map(|(field, raw)| parse_flag(env, field, raw).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let snapshot = EnvironmentSnapshot::from_shared(Revision(meta.revision), flags)
-            .map_err(|error| corrupt(env, error.to_string()))?;
-        let snapshot = Arc::new(snapshot);
+        };
         self.remember_decoded(env, raw_meta, snapshot.clone());
         Ok(Some(snapshot))
+    }
+
+    async fn get_with_ttl(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        let key = self.key(env);
+        let script = &self.shared.read_with_ttl_script;
+        // One script, so the hash and its remaining time are read at the same instant.
+        let (flat, pttl): (Vec<String>, i64) = self
+            .call(|mut link| async move { script.key(&key).invoke_async(&mut link).await })
+            .await?;
+        let mut fields = HashMap::with_capacity(flat.len() / 2);
+        let mut pairs = flat.into_iter();
+        while let (Some(field), Some(value)) = (pairs.next(), pairs.next()) {
+            fields.insert(field, value);
+        }
+        let Some((_, snapshot)) = decode_hash(env, fields)? else {
+            return Ok(None);
+        };
+        // PTTL is -2 for a key that just expired and -1 for one without a TTL (never written so).
+        let remaining = u64::try_from(pttl).ok().map(Duration::from_millis);
+        Ok(Some((snapshot, remaining)))
     }
 
     async fn get_flag(

@@ -209,6 +209,11 @@ impl Exposition<'_> {
                 "Invalidations given up after retrying for a whole cache TTL.",
                 metrics.invalidations_abandoned,
             ),
+            (
+                "flag_stale_answers_total",
+                "Reads answered from last-known-good flags because cache and database both failed.",
+                metrics.stale_answers,
+            ),
         ] {
             header(out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");

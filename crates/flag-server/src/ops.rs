@@ -63,7 +63,8 @@ async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// `200` while the repository answers (`degraded` when the cache does not), else `503`.
+/// `200` while the repository answers (`degraded` when the cache does not), `200 degraded` while
+/// it fails but last-known-good flags can still be served, else `503`.
 async fn readyz(State(state): State<AppState>) -> Response {
     let repository = tokio::time::timeout(PROBE_TIMEOUT, state.service.ping_repository()).await;
     let repository_ok = matches!(repository, Ok(Ok(())));
@@ -74,6 +75,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let (status, word) = match (repository_ok, cache_ok) {
         (true, true) => (StatusCode::OK, "ready"),
         (true, false) => (StatusCode::OK, "degraded"),
+        (false, _) if state.service.can_serve_last_known_good() => (StatusCode::OK, "degraded"),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unready"),
     };
     let shown = |ok: bool| if ok { "ok" } else { "unavailable" };

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService};
+use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService, TieredCache};
 use flag_memory::MemoryCache;
-use flag_redis::RedisCache;
+use flag_redis::{RedisBus, RedisCache};
 use flag_sql::SqlRepository;
 
 use crate::app::AppState;
@@ -25,24 +25,28 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         CacheBackend::Memory => Arc::new(MemoryCache::new()),
         CacheBackend::None => Arc::new(NoCache),
         CacheBackend::Redis => {
-            let url = config
-                .redis_url
-                .as_deref()
-                .context("CACHE_BACKEND=redis needs REDIS_URL")?;
-            let cache = RedisCache::builder(url)
-                .key_prefix(config.redis_key_prefix.clone())
-                .timeout(Duration::from_millis(config.redis_timeout_ms))
-                .build()
-                .context("REDIS_URL")?;
+            let cache = redis_cache(config, "redis")?;
             redis = Some(cache.clone());
             Arc::new(cache)
         }
         CacheBackend::Tiered => {
-            bail!("CACHE_BACKEND=tiered is not available yet; use memory or redis")
+            if config.cache_l1_ttl_ms == 0 {
+                bail!("CACHE_L1_TTL_MS must be at least 1");
+            }
+            let cache = redis_cache(config, "tiered")?;
+            redis = Some(cache.clone());
+            let bus = RedisBus::start(&cache);
+            Arc::new(TieredCache::start(
+                Arc::new(MemoryCache::new()),
+                Arc::new(cache),
+                Arc::new(bus),
+                Duration::from_millis(config.cache_l1_ttl_ms),
+            ))
         }
     };
     let service = FeatureFlagService::builder(Arc::new(repository), cache)
         .ttl(Duration::from_millis(config.cache_ttl_ms))
+        .stale_if_error(Duration::from_millis(config.stale_if_error_ms))
         .build()
         .context("CACHE_TTL_MS")?;
     let client_tokens = client_tokens(config.client_tokens.as_deref());
@@ -64,6 +68,19 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         ..AppState::new(service, default_environment, admin_token)
     })
+}
+
+/// The Redis cache the configuration describes (`backend` names the setting that needs it).
+fn redis_cache(config: &Config, backend: &str) -> anyhow::Result<RedisCache> {
+    let url = config
+        .redis_url
+        .as_deref()
+        .with_context(|| format!("CACHE_BACKEND={backend} needs REDIS_URL"))?;
+    RedisCache::builder(url)
+        .key_prefix(config.redis_key_prefix.clone())
+        .timeout(Duration::from_millis(config.redis_timeout_ms))
+        .build()
+        .context("REDIS_URL")
 }
 
 /// The client tokens in force: `None` (OFREP open) when unset or when every entry is blank, so

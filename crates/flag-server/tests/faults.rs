@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::RedisProcess;
+use flag_conformance::fixtures::{PostgresDatabase, RedisProcess};
 use serde_json::json;
 use support::{Backend, TestServer};
 
@@ -168,4 +168,106 @@ async fn a_request_that_outlives_the_timeout_is_a_503_in_its_api_shape() {
     );
     // Once Redis answers again, so does the server.
     assert_eq!(value_of(&server, "f").await, json!(true));
+}
+
+#[tokio::test]
+async fn with_redis_and_postgres_both_down_evaluations_answer_cached_and_writes_fail_clearly() {
+    let redis = own_redis().await;
+    let database = PostgresDatabase::on_own_server()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (redis_url, database_url) = (redis.url(), database.url().to_owned());
+    let start = |stale_if_error_ms: u64| {
+        let (redis_url, database_url) = (redis_url.clone(), database_url.clone());
+        TestServer::start_with(Backend::RedisPostgres, move |config| {
+            config.redis_url = Some(redis_url);
+            config.database_url = database_url;
+            config.stale_if_error_ms = stale_if_error_ms;
+            config.request_timeout_ms = 20_000;
+        })
+    };
+    let server = start(86_400_000).await;
+    let strict = start(0).await;
+    let colour = json!({"enabled": true, "variants": {"red": "red", "blue": "blue"}, "defaultVariant": "red", "offVariant": "blue"});
+    let path = "/v1/environments/production/flags/colour";
+    assert_eq!(
+        server
+            .admin("PUT", path, &[], &colour.to_string())
+            .await
+            .status,
+        201
+    );
+    let split = json!({"enabled": true, "rollout": [{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}]});
+    let split_path = "/v1/environments/production/flags/split";
+    assert_eq!(
+        server
+            .admin("PUT", split_path, &[], &split.to_string())
+            .await
+            .status,
+        201
+    );
+    let expected_split = value_of(&server, "split").await;
+    assert_eq!(value_of(&server, "colour").await, json!("red"));
+    assert_eq!(value_of(&strict, "colour").await, json!("red"));
+    let bulk = server
+        .request("POST", "/ofrep/v1/evaluate/flags", &[], BODY)
+        .await;
+    assert_eq!(bulk.status, 200);
+
+    redis.kill();
+    database.server().unwrap().kill();
+
+    for _ in 0..5 {
+        let reply = server
+            .request("POST", "/ofrep/v1/evaluate/flags/colour", &[], BODY)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let answer = reply.json();
+        assert_eq!(
+            (answer["value"].clone(), answer["reason"].clone()),
+            (json!("red"), json!("CACHED"))
+        );
+    }
+    let split_now = server
+        .request("POST", "/ofrep/v1/evaluate/flags/split", &[], BODY)
+        .await
+        .json();
+    assert_eq!(
+        (split_now["value"].clone(), split_now["reason"].clone()),
+        (expected_split, json!("CACHED")),
+        "the same user keeps the same bucket"
+    );
+    let bulk = server
+        .request("POST", "/ofrep/v1/evaluate/flags", &[], BODY)
+        .await;
+    assert_eq!(bulk.status, 200, "{}", bulk.body);
+    assert!(
+        bulk.json()["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|flag| flag["reason"] == json!("CACHED")),
+        "{}",
+        bulk.body
+    );
+    let ready = server.request("GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, json!("degraded"))
+    );
+    assert!(server.metric("flag_stale_answers_total").await >= 7.0);
+
+    let write = server.admin("PUT", path, &[], &colour.to_string()).await;
+    assert_eq!(
+        (write.status, write.code()),
+        (503, json!("unavailable")),
+        "{}",
+        write.body
+    );
+    // FLAG_STALE_IF_ERROR_MS=0 turns last-known-good off: the outage is a 503.
+    let strict_reply = strict
+        .request("POST", "/ofrep/v1/evaluate/flags/colour", &[], BODY)
+        .await;
+    assert_eq!(strict_reply.status, 503, "{}", strict_reply.body);
+    assert_eq!(strict.request("GET", "/readyz", &[], "").await.status, 503);
 }
