@@ -1,0 +1,138 @@
+//! The tiered cache on real Redis: `TieredCache` (an in-process `MemoryCache` over `RedisCache`,
+//! invalidated through `RedisBus`) passes the whole cache conformance suite, and a subscription
+//! killed on the server (`CLIENT KILL TYPE pubsub`) drops the in-process layer, which never
+//! serves a stale value after the subscription is back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flag_conformance::fixtures::{RedisProcess, RedisServer};
+use flag_conformance::{CacheCapabilities, SharedCache, cache_suite, generation_snapshot};
+use flag_core::{BusEvent, Environment, FeatureFlagCache, InvalidationBus, Revision, TieredCache};
+use flag_memory::MemoryCache;
+use flag_redis::{RedisBus, RedisCache};
+
+fn tiered(cache: RedisCache, l1_ttl: Duration) -> (TieredCache, RedisBus) {
+    let bus = RedisBus::start(&cache);
+    let tiered = TieredCache::start(
+        Arc::new(MemoryCache::new()),
+        Arc::new(cache),
+        Arc::new(bus.clone()),
+        l1_ttl,
+    );
+    (tiered, bus)
+}
+
+async fn subscribed(bus: &RedisBus) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bus.is_live() {
+        assert!(Instant::now() < deadline, "the bus never subscribed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+cache_suite!(
+    tiered_redis,
+    || async {
+        let endpoint = RedisServer::shared()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let cache = RedisCache::builder(endpoint.url)
+            .key_prefix(endpoint.key_prefix)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let (tiered, bus) = tiered(cache, Duration::from_secs(5));
+        subscribed(&bus).await;
+        Arc::new(tiered) as SharedCache
+    },
+    CacheCapabilities {
+        // L1 takes L2's remaining time, read in the same script as the snapshot: it ends no
+        // later than the Redis entry plus the round trip.
+        ttl_slack: flag_redis::TTL_SLACK + Duration::from_millis(5),
+        max_value_bytes: None,
+    }
+);
+
+const TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_drops_l1_and_nothing_stale_is_served_after_it_is_back() {
+    let redis = RedisProcess::spawn(&[])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = || RedisCache::builder(redis.url()).build().unwrap();
+    let (reader, reader_bus) = tiered(cache(), Duration::from_secs(60));
+    let (writer, writer_bus) = tiered(cache(), Duration::from_secs(60));
+    subscribed(&reader_bus).await;
+    subscribed(&writer_bus).await;
+    let env = Environment::parse("production").unwrap();
+    writer
+        .set(&env, Arc::new(generation_snapshot(1, 3, 1)), TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.get(&env).await.unwrap().unwrap().revision(),
+        Revision(1)
+    );
+
+    // Kill every subscriber connection on the server: both buses lose their subscription.
+    let mut events = reader_bus.subscribe();
+    let killed = redis.command("CLIENT KILL TYPE pubsub").await.unwrap();
+    assert_ne!(killed, ":0", "no subscriber connection was killed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("no Lost event")
+            .unwrap();
+        if event == BusEvent::Lost {
+            break;
+        }
+    }
+    // (The bus waits 50 ms before it reconnects, so the bypass is seen here.)
+    while reader.l1_serving() {
+        assert!(Instant::now() < deadline, "L1 still serving after the loss");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // While it is lost or just back, a change whose message nobody hears...
+    let raw = RedisCache::builder(redis.url()).build().unwrap();
+    raw.invalidate(&env, Revision(2)).await.unwrap();
+    raw.set(&env, Arc::new(generation_snapshot(2, 3, 2)), TTL)
+        .await
+        .unwrap();
+    // ...is never hidden by the reader's L1: every read from here on answers revision 2.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_eq!(
+            reader.get(&env).await.unwrap().unwrap().revision(),
+            Revision(2)
+        );
+        if reader_bus.is_live() && reader.l1_serving() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        reader.get(&env).await.unwrap().unwrap().revision(),
+        Revision(2)
+    );
+
+    // And once back, invalidations flow again.
+    writer.invalidate(&env, Revision(3)).await.unwrap();
+    writer
+        .set(&env, Arc::new(generation_snapshot(3, 3, 3)), TTL)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while reader.get(&env).await.unwrap().unwrap().revision() != Revision(3) {
+        assert!(Instant::now() < deadline, "the invalidation never arrived");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
