@@ -16,11 +16,18 @@ pub(crate) enum Backend {
     Redis,
     /// Redis over Postgres: the shared deployment.
     RedisPostgres,
+    /// In-process layer over Redis (invalidated through Redis pub/sub), over a SQLite file.
+    Tiered,
 }
 
 impl Backend {
     /// Every backend, in report order.
-    pub(crate) const ALL: [Backend; 3] = [Backend::Memory, Backend::Redis, Backend::RedisPostgres];
+    pub(crate) const ALL: [Backend; 4] = [
+        Backend::Memory,
+        Backend::Redis,
+        Backend::RedisPostgres,
+        Backend::Tiered,
+    ];
 
     /// The short name used in paths and the table.
     pub(crate) fn name(self) -> &'static str {
@@ -28,12 +35,16 @@ impl Backend {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
             Backend::RedisPostgres => "redis-postgres",
+            Backend::Tiered => "tiered",
         }
     }
 
     /// Whether it needs a Redis.
     pub(crate) fn needs_redis(self) -> bool {
-        matches!(self, Backend::Redis | Backend::RedisPostgres)
+        matches!(
+            self,
+            Backend::Redis | Backend::RedisPostgres | Backend::Tiered
+        )
     }
 }
 
@@ -111,15 +122,20 @@ impl Stores {
                 env.push(("CACHE_BACKEND".into(), "memory".into()));
                 env.push(("DATABASE_URL".into(), sqlite));
             }
-            Backend::Redis | Backend::RedisPostgres => {
+            Backend::Redis | Backend::RedisPostgres | Backend::Tiered => {
                 let redis = self.redis_url.clone().context("no Redis")?;
-                env.push(("CACHE_BACKEND".into(), "redis".into()));
+                let cache = if backend == Backend::Tiered {
+                    "tiered"
+                } else {
+                    "redis"
+                };
+                env.push(("CACHE_BACKEND".into(), cache.into()));
                 env.push(("REDIS_URL".into(), redis));
                 env.push(("REDIS_KEY_PREFIX".into(), format!("loadtests-{run_id}")));
-                let database = if backend == Backend::Redis {
-                    sqlite
-                } else {
+                let database = if backend == Backend::RedisPostgres {
                     self.database_url.clone().context("no Postgres")?
+                } else {
+                    sqlite
                 };
                 env.push(("DATABASE_URL".into(), database));
             }
@@ -140,6 +156,19 @@ impl Stores {
         for stale in ["flags.db", "flags.db-wal", "flags.db-shm"] {
             let _ = std::fs::remove_file(directory.join(stale));
         }
+        self.start_another(binary, backend, directory, admin_token)
+            .await
+    }
+
+    /// Starts one more instance on the stores of a server already started in `directory` (the
+    /// same database file or URL, the same Redis and key prefix).
+    pub(crate) async fn start_another(
+        &self,
+        binary: &Path,
+        backend: Backend,
+        directory: &Path,
+        admin_token: &str,
+    ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let run_id = format!("{}-{}", std::process::id(), backend.name());
         let mut command = Command::new(binary);

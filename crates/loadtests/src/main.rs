@@ -15,6 +15,7 @@
 
 mod backend;
 mod ceiling;
+mod propagation;
 mod report;
 mod scenarios;
 mod seed;
@@ -62,6 +63,9 @@ struct Cli {
     /// Also measure the throughput ceiling with `wrk` (single and bulk).
     #[arg(long)]
     wrk: bool,
+    /// Writes of the propagation run on `tiered` (0 skips it).
+    #[arg(long, default_value_t = 1_000)]
+    propagation_writes: usize,
     /// Seconds of each `wrk` run.
     #[arg(long, default_value_t = 10)]
     wrk_duration: usize,
@@ -115,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut ceilings = Vec::new();
     let mut skipped = Vec::new();
+    let mut spread: Option<propagation::Propagation> = None;
     for backend in backends {
         if let Some(reason) = stores.missing(backend) {
             println!("skipping {}: {reason}", backend.name());
@@ -187,6 +192,22 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         drop(server);
+        if backend == Backend::Tiered && cli.propagation_writes > 0 {
+            println!(
+                "   propagation: {} writes through one of three tiered instances",
+                cli.propagation_writes
+            );
+            let measured = propagation::measure(
+                &stores,
+                &binary,
+                &directory.join("propagation"),
+                &token,
+                cli.propagation_writes,
+            )
+            .await?;
+            println!("{}", measured.line().trim());
+            spread = Some(measured);
+        }
     }
 
     let mut summary = format!(
@@ -200,9 +221,12 @@ async fn main() -> anyhow::Result<()> {
     if !ceilings.is_empty() {
         summary.push_str(&ceiling_table(&ceilings));
     }
+    if let Some(measured) = &spread {
+        summary.push_str(&measured.line());
+    }
     println!("\n{summary}");
     std::fs::write(out.join("summary.md"), &summary).context("writing summary.md")?;
-    let json = serde_json::json!({"rows": rows, "ceiling": ceilings, "skipped": skipped});
+    let json = serde_json::json!({"rows": rows, "ceiling": ceilings, "propagation": spread, "skipped": skipped});
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&json).context("encoding summary.json")?,
@@ -210,10 +234,18 @@ async fn main() -> anyhow::Result<()> {
     .context("writing summary.json")?;
     println!("reports: {}", out.display());
 
-    let problems: Vec<String> = rows
+    let mut problems: Vec<String> = rows
         .iter()
         .flat_map(|row| row.problems(!cli.smoke))
         .collect();
+    if let Some(measured) = &spread
+        && !measured.within_target()
+    {
+        problems.push(format!(
+            "propagation: a write took {} to reach another instance",
+            report::micros(measured.max_us)
+        ));
+    }
     if rows.is_empty() {
         bail!("no attack ran");
     }
