@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use flag_conformance::fixtures::ScratchDir;
 
+mod support;
+
+use support::Running;
+
 #[test]
 fn migrate_creates_the_schema_and_is_idempotent() {
     let directory = ScratchDir::new().unwrap();
@@ -79,54 +83,6 @@ fn serve_runs_on_the_embedded_default_and_exits_cleanly_on_sigterm() {
         exit.success(),
         "flag-server exited with {exit:?} on SIGTERM"
     );
-}
-
-/// A running binary on the embedded default in its own scratch directory, with its address.
-struct Running {
-    child: std::process::Child,
-    address: String,
-    directory: ScratchDir,
-}
-
-impl Running {
-    fn start(extra_env: &[(&str, &str)]) -> Self {
-        let directory = ScratchDir::new().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flag-server"));
-        command
-            .env_clear()
-            .current_dir(directory.path())
-            .env("FLAG_LISTEN", "127.0.0.1:0")
-            .env("FLAG_ADMIN_TOKEN", "admin-secret")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, value) in extra_env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            if let Some(address) = line.strip_prefix("flag-server listening on http://") {
-                break address.to_owned();
-            }
-        };
-        Self {
-            child,
-            address,
-            directory,
-        }
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use flag_conformance::fixtures::{PostgresDatabase, RedisProcess};
+use flag_server::config::CacheBackend;
 use serde_json::json;
 use support::{Backend, TestServer};
 
@@ -170,8 +171,11 @@ async fn a_request_that_outlives_the_timeout_is_a_503_in_its_api_shape() {
     assert_eq!(value_of(&server, "f").await, json!(true));
 }
 
+#[rstest::rstest]
 #[tokio::test]
-async fn with_redis_and_postgres_both_down_evaluations_answer_cached_and_writes_fail_clearly() {
+async fn with_redis_and_postgres_both_down_evaluations_answer_cached_and_writes_fail_clearly(
+    #[values(CacheBackend::Redis, CacheBackend::Tiered)] cache: CacheBackend,
+) {
     let redis = own_redis().await;
     let database = PostgresDatabase::on_own_server()
         .await
@@ -182,6 +186,7 @@ async fn with_redis_and_postgres_both_down_evaluations_answer_cached_and_writes_
         TestServer::start_with(Backend::RedisPostgres, move |config| {
             config.redis_url = Some(redis_url);
             config.database_url = database_url;
+            config.cache_backend = Some(cache);
             config.stale_if_error_ms = stale_if_error_ms;
             config.request_timeout_ms = 20_000;
         })
@@ -217,6 +222,24 @@ async fn with_redis_and_postgres_both_down_evaluations_answer_cached_and_writes_
     redis.kill();
     database.server().unwrap().kill();
 
+    // A tiered server answers from its in-process layer until it notices the lost subscription
+    // (then drops the layer): the value is right either way, the reason says where it came from.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = server
+            .request("POST", "/ofrep/v1/evaluate/flags/colour", &[], BODY)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["value"], json!("red"));
+        if reply.json()["reason"] == json!("CACHED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered from last-known-good"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for _ in 0..5 {
         let reply = server
             .request("POST", "/ofrep/v1/evaluate/flags/colour", &[], BODY)

@@ -4,7 +4,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 
 use flag_conformance::fixtures::{PostgresDatabase, RedisServer, ScratchDir};
 use flag_core::{Environment, FeatureFlag, FeatureFlagService, FlagKey, Precondition};
@@ -241,5 +243,73 @@ pub async fn request(
         status,
         headers,
         body: body.to_owned(),
+    }
+}
+
+/// A running binary on the embedded default in its own scratch directory, with its address.
+pub struct Running {
+    pub child: std::process::Child,
+    pub address: String,
+    pub directory: ScratchDir,
+}
+
+impl Running {
+    /// The binary on the embedded default in a scratch directory of its own, with `extra_env`.
+    pub fn start(extra_env: &[(&str, &str)]) -> Self {
+        Self::start_in(ScratchDir::new().unwrap(), extra_env)
+    }
+
+    /// The binary with its working directory in `directory`, with `extra_env`.
+    pub fn start_in(directory: ScratchDir, extra_env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flag-server"));
+        command
+            .env_clear()
+            .current_dir(directory.path())
+            .env("FLAG_LISTEN", "127.0.0.1:0")
+            .env("FLAG_ADMIN_TOKEN", "admin-secret")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("flag-server listening on http://") {
+                break address.to_owned();
+            }
+        };
+        Self {
+            child,
+            address,
+            directory,
+        }
+    }
+
+    /// The address as a socket address.
+    pub fn socket(&self) -> std::net::SocketAddr {
+        self.address.parse().unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
