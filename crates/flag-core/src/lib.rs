@@ -8,7 +8,11 @@
 //! - Ports: [`FeatureFlagCache`] (memory, Redis, ...) and [`FeatureFlagRepository`] (SQL), both
 //!   object-safe and documented with a `# Contract` that `flag-conformance` proves per adapter.
 //! - [`FeatureFlagService`]: read-through caching with single-flight fills, fallback to the
-//!   repository when the cache fails, and read-your-writes after every write.
+//!   repository when the cache fails, read-your-writes after every write, and last-known-good
+//!   answers (reason `CACHED`) when the cache and the repository both fail.
+//! - [`InvalidationBus`] (a third port: instances telling each other an environment changed, with
+//!   [`LocalBus`] in process) and [`TieredCache`], an in-process L1 over any shared L2 that the
+//!   bus keeps coherent; itself a [`FeatureFlagCache`].
 //!
 //! ```
 //! use flag_core::{EvaluationContext, FeatureFlag, FlagKey, Reason, evaluate};

@@ -18,7 +18,11 @@
 //!   every client out.
 //! - `--log-format json` writes one JSON object per line with the event's fields at the top level;
 //!   `RUST_LOG=debug` adds one event per request (route, method, status, microseconds).
-//! - `tiered` is not built yet: asking for it is a start-up error that says so.
+//! - `CACHE_BACKEND=tiered` is `TieredCache` (an in-process `MemoryCache` over `RedisCache`,
+//!   invalidated through `RedisBus`); `CACHE_L1_TTL_MS=0` is a start-up error.
+//! - `/readyz` answers `200 degraded` while the database is down but last-known-good flags can
+//!   still be served (`FLAG_STALE_IF_ERROR_MS` > 0), so a load balancer keeps sending traffic
+//!   that will be answered.
 
 mod admin;
 pub mod app;

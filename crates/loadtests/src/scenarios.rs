@@ -180,26 +180,29 @@ async fn send(
     Ok((request, answer))
 }
 
-async fn evaluate_single(user: &mut GooseUser) -> TransactionResult {
-    let plan = plan()?;
-    let n = plan.tick();
-    let path = &plan.single_paths[n % plan.single_paths.len()];
-    let headers = [("X-Environment", LOAD_ENVIRONMENT)];
-    let (mut request, answer) = send(
-        user,
-        GooseMethod::Post,
-        "evaluate",
-        path,
-        &headers,
-        plan.context(n),
-    )
-    .await?;
+/// One OFREP single-flag evaluation in `env`; a `200` must carry a value.
+async fn evaluate_one(
+    user: &mut GooseUser,
+    name: &str,
+    path: &str,
+    env: &str,
+    body: String,
+) -> TransactionResult {
+    let headers = [("X-Environment", env)];
+    let (mut request, answer) = send(user, GooseMethod::Post, name, path, &headers, body).await?;
     if let Some((200, body)) = &answer
         && !body.contains("\"value\"")
     {
         return user.set_failure("answer without a value", &mut request, None, Some(body));
     }
     Ok(())
+}
+
+async fn evaluate_single(user: &mut GooseUser) -> TransactionResult {
+    let plan = plan()?;
+    let n = plan.tick();
+    let path = &plan.single_paths[n % plan.single_paths.len()];
+    evaluate_one(user, "evaluate", path, LOAD_ENVIRONMENT, plan.context(n)).await
 }
 
 async fn evaluate_bulk(user: &mut GooseUser) -> TransactionResult {
@@ -304,22 +307,7 @@ async fn evaluate_after_invalidation(user: &mut GooseUser) -> TransactionResult 
     )
     .await?;
     let path = &plan.single_paths[(n / plan.cold_environments.len()) % plan.single_paths.len()];
-    let headers = [("X-Environment", env.as_str())];
-    let (mut request, answer) = send(
-        user,
-        GooseMethod::Post,
-        "cold evaluate",
-        path,
-        &headers,
-        plan.context(n),
-    )
-    .await?;
-    if let Some((200, body)) = &answer
-        && !body.contains("\"value\"")
-    {
-        return user.set_failure("answer without a value", &mut request, None, Some(body));
-    }
-    Ok(())
+    evaluate_one(user, "cold evaluate", path, &env, plan.context(n)).await
 }
 
 /// How an attack loads the server.

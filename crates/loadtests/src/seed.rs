@@ -159,12 +159,12 @@ impl Admin {
 pub(crate) async fn warm(base_url: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let body = json!({"context": {"targetingKey": "warm-up"}});
-    for index in 0..FLAGS_PER_ENVIRONMENT {
+    let paths = (0..FLAGS_PER_ENVIRONMENT)
+        .map(|index| format!("/ofrep/v1/evaluate/flags/{}", flag_key(index)))
+        .chain(std::iter::once("/ofrep/v1/evaluate/flags".to_owned()));
+    for path in paths {
         let status = client
-            .post(format!(
-                "{base_url}/ofrep/v1/evaluate/flags/{}",
-                flag_key(index)
-            ))
+            .post(format!("{base_url}{path}"))
             .header("X-Environment", LOAD_ENVIRONMENT)
             .json(&body)
             .send()
@@ -172,19 +172,8 @@ pub(crate) async fn warm(base_url: &str) -> anyhow::Result<()> {
             .context("warming the cache")?
             .status();
         if !status.is_success() {
-            bail!("warming {}: {status}", flag_key(index));
+            bail!("warming {path}: {status}");
         }
-    }
-    let status = client
-        .post(format!("{base_url}/ofrep/v1/evaluate/flags"))
-        .header("X-Environment", LOAD_ENVIRONMENT)
-        .json(&body)
-        .send()
-        .await
-        .context("warming the cache")?
-        .status();
-    if !status.is_success() {
-        bail!("warming the bulk evaluation: {status}");
     }
     Ok(())
 }
