@@ -110,6 +110,11 @@ const READ_WITH_TTL_SCRIPT: &str = r#"
 return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1])}
 "#;
 
+/// `__meta` (nil when absent) and the remaining time in milliseconds, read atomically.
+const META_WITH_TTL_SCRIPT: &str = r#"
+return {redis.call('HGET', KEYS[1], '__meta'), redis.call('PTTL', KEYS[1])}
+"#;
+
 const INVALIDATE_SCRIPT: &str = r#"
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -186,6 +191,7 @@ struct Shared {
     set_script: Script,
     invalidate_script: Script,
     read_with_ttl_script: Script,
+    meta_with_ttl_script: Script,
 }
 
 impl fmt::Debug for RedisCache {
@@ -265,6 +271,7 @@ impl RedisCacheBuilder {
                 set_script: Script::new(SET_SCRIPT),
                 invalidate_script: Script::new(INVALIDATE_SCRIPT),
                 read_with_ttl_script: Script::new(READ_WITH_TTL_SCRIPT),
+                meta_with_ttl_script: Script::new(META_WITH_TTL_SCRIPT),
             }),
         })
     }
@@ -315,14 +322,7 @@ impl RedisCache {
         &self,
         env: &Environment,
     ) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
-        let known = self
-            .shared
-            .decoded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(env)
-            .map(|decoded| (decoded.meta.clone(), decoded.snapshot.clone()));
-        let Some((known_meta, snapshot)) = known else {
+        let Some((known_meta, snapshot)) = self.last_decoded(env) else {
             return Ok(None);
         };
         let key = self.key(env);
@@ -336,6 +336,16 @@ impl RedisCache {
             })
             .await?;
         Ok((meta.as_deref() == Some(known_meta.as_str())).then_some(snapshot))
+    }
+
+    /// The snapshot `get` last decoded for `env`, with the `__meta` text it came with.
+    fn last_decoded(&self, env: &Environment) -> Option<(String, Arc<EnvironmentSnapshot>)> {
+        self.shared
+            .decoded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(env)
+            .map(|decoded| (decoded.meta.clone(), decoded.snapshot.clone()))
     }
 
     fn remember_decoded(
@@ -450,6 +460,12 @@ fn decode_hash(
     Ok(Some((raw_meta, Arc::new(snapshot))))
 }
 
+/// A `PTTL` answer as a remaining time: `None` for -2 (just expired) and -1 (no TTL, which our
+/// writes never leave).
+fn remaining_time(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -492,9 +508,19 @@ impl FeatureFlagCache for RedisCache {
         &self,
         env: &Environment,
     ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        // One script each, so what is read and its remaining time are read at the same instant.
+        if let Some((known_meta, snapshot)) = self.last_decoded(env) {
+            let key = self.key(env);
+            let script = &self.shared.meta_with_ttl_script;
+            let (meta, pttl): (Option<String>, i64) = self
+                .call(|mut link| async move { script.key(&key).invoke_async(&mut link).await })
+                .await?;
+            if meta.as_deref() == Some(known_meta.as_str()) {
+                return Ok(Some((snapshot, remaining_time(pttl))));
+            }
+        }
         let key = self.key(env);
         let script = &self.shared.read_with_ttl_script;
-        // One script, so the hash and its remaining time are read at the same instant.
         let (flat, pttl): (Vec<String>, i64) = self
             .call(|mut link| async move { script.key(&key).invoke_async(&mut link).await })
             .await?;
@@ -503,12 +529,11 @@ impl FeatureFlagCache for RedisCache {
         while let (Some(field), Some(value)) = (pairs.next(), pairs.next()) {
             fields.insert(field, value);
         }
-        let Some((_, snapshot)) = decode_hash(env, fields)? else {
+        let Some((raw_meta, snapshot)) = decode_hash(env, fields)? else {
             return Ok(None);
         };
-        // PTTL is -2 for a key that just expired and -1 for one without a TTL (never written so).
-        let remaining = u64::try_from(pttl).ok().map(Duration::from_millis);
-        Ok(Some((snapshot, remaining)))
+        self.remember_decoded(env, raw_meta, snapshot.clone());
+        Ok(Some((snapshot, remaining_time(pttl))))
     }
 
     async fn get_flag(

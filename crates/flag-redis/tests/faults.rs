@@ -397,10 +397,18 @@ async fn an_unchanged_environment_is_not_fetched_or_decoded_again() {
         );
     }
     assert_eq!(calls(&redis, "hgetall").await, 1, "no second HGETALL");
+    // The tiered cache's read (with the remaining time) takes the same shortcut.
+    let (again, remaining) = cache.get_with_ttl(&env).await.unwrap().unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert!(
+        remaining.is_some_and(|left| left <= TTL && left > TTL / 2),
+        "{remaining:?}"
+    );
+    assert_eq!(calls(&redis, "hgetall").await, 1);
     assert_eq!(
         calls(&redis, "hget").await,
-        hgets + 3,
-        "one HGET of __meta per get"
+        hgets + 4,
+        "one HGET of __meta per read (three gets, one get_with_ttl)"
     );
 
     // A newer fill changes __meta: the next get fetches and decodes it.

@@ -216,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
         cli.users,
         cli.duration,
         cli.paced_rate,
-        table(&rows)
+        table(&rows, !cli.smoke)
     );
     if !ceilings.is_empty() {
         summary.push_str(&ceiling_table(&ceilings));
