@@ -45,6 +45,16 @@ fn harness() -> Harness {
     })
 }
 
+/// Writes each `(name, value)` boolean flag to `environment` through `service`.
+async fn put_booleans(service: &FeatureFlagService, environment: &str, flags: &[(&str, bool)]) {
+    for (name, value) in flags {
+        service
+            .upsert(&env(environment), boolean(name, *value), Precondition::None)
+            .await
+            .unwrap();
+    }
+}
+
 async fn value_of(
     service: &FeatureFlagService,
     environment: &str,
@@ -157,14 +167,12 @@ async fn a_missing_flag_in_an_uncached_environment_is_not_found() {
 async fn with_the_cache_down_every_read_is_still_correct() {
     let h = harness();
     let prod = env("production");
-    h.service
-        .upsert(&prod, boolean("on-flag", true), Precondition::None)
-        .await
-        .unwrap();
-    h.service
-        .upsert(&prod, boolean("off-flag", false), Precondition::None)
-        .await
-        .unwrap();
+    put_booleans(
+        &h.service,
+        "production",
+        &[("on-flag", true), ("off-flag", false)],
+    )
+    .await;
     h.cache.fail_reads.store(true, Ordering::SeqCst);
     h.cache.fail_sets.store(true, Ordering::SeqCst);
     h.cache
@@ -586,14 +594,12 @@ fn a_zero_ttl_is_refused() {
 async fn with_cache_and_repository_both_failing_the_last_known_good_snapshot_answers_cached() {
     let h = harness();
     let production = env("production");
-    h.service
-        .upsert(&production, boolean("colour", true), Precondition::None)
-        .await
-        .unwrap();
-    h.service
-        .upsert(&production, boolean("other", false), Precondition::None)
-        .await
-        .unwrap();
+    put_booleans(
+        &h.service,
+        "production",
+        &[("colour", true), ("other", false)],
+    )
+    .await;
     let context = EvaluationContext::new();
     let fresh = h
         .service
@@ -660,10 +666,7 @@ async fn a_zero_stale_if_error_bound_turns_last_known_good_off() {
         .build()
         .unwrap();
     let production = env("production");
-    service
-        .upsert(&production, boolean("colour", true), Precondition::None)
-        .await
-        .unwrap();
+    put_booleans(&service, "production", &[("colour", true)]).await;
     assert_eq!(
         value_of(&service, "production", "colour").await,
         json!(true)
