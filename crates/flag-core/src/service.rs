@@ -54,6 +54,16 @@ enum Freshness {
     LastKnownGood,
 }
 
+impl Freshness {
+    /// `evaluation`, with the reason `CACHED` when it came from the last-known-good snapshot.
+    fn mark(self, evaluation: Evaluation) -> Evaluation {
+        match self {
+            Freshness::Current => evaluation,
+            Freshness::LastKnownGood => evaluation.with_reason(Reason::Cached),
+        }
+    }
+}
+
 /// How often a read retries when a fill it joined turned out older than a write it must see.
 const MAX_LOAD_ATTEMPTS: usize = 3;
 
@@ -321,11 +331,7 @@ impl FeatureFlagService {
     ) -> Result<Evaluation, ServiceError> {
         let (flag, freshness) = self.find_flag_with_freshness(env, key).await?;
         let flag = flag.ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
-        let evaluation = Evaluation::of(flag, context)?;
-        Ok(match freshness {
-            Freshness::Current => evaluation,
-            Freshness::LastKnownGood => evaluation.with_reason(Reason::Cached),
-        })
+        Ok(freshness.mark(Evaluation::of(flag, context)?))
     }
 
     /// Evaluates every flag of `env` for `context`; per-flag failures sit in the results.
@@ -337,13 +343,7 @@ impl FeatureFlagService {
         let (snapshot, freshness) = self.snapshot_with_freshness(env).await?;
         let results = snapshot
             .flags()
-            .map(|flag| {
-                let evaluation = Evaluation::of(Arc::clone(flag), context)?;
-                Ok(match freshness {
-                    Freshness::Current => evaluation,
-                    Freshness::LastKnownGood => evaluation.with_reason(Reason::Cached),
-                })
-            })
+            .map(|flag| Evaluation::of(Arc::clone(flag), context).map(|e| freshness.mark(e)))
             .collect();
         Ok(BulkEvaluation {
             revision: snapshot.revision(),
@@ -385,7 +385,10 @@ impl FeatureFlagService {
         fill: bool,
     ) -> Result<(Arc<EnvironmentSnapshot>, Freshness), ServiceError> {
         let last_good = &self.inner.last_good;
+        // While the repository rests after a failure, answer at once, but never with a snapshot
+        // older than a write this server made (the write proved the repository back anyway).
         if let Some(snapshot) = last_good.fallback(env)
+            && snapshot.revision() >= floor
             && last_good.skip_repository()
         {
             self.inner.counters.stale_answers.increment();
@@ -589,6 +592,8 @@ impl Inner {
     }
 
     async fn after_write(self: &Arc<Self>, env: &Environment, revision: Revision) {
+        // The repository just answered: reads stop resting it.
+        self.last_good.repository_answered();
         self.raise_floor(env, revision);
         self.evict_flight(env);
         if let Err(error) = self.cache.invalidate(env, revision).await {

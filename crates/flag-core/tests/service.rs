@@ -718,3 +718,35 @@ async fn single_flag_reads_from_a_shared_cache_keep_last_known_good_up_to_date()
         (json!(true), Reason::Cached)
     );
 }
+
+#[tokio::test]
+async fn a_write_after_the_repository_recovers_is_read_back_at_once_not_the_last_known_good() {
+    let h = harness();
+    let production = env("production");
+    put_booleans(&h.service, "production", &[("colour", true)]).await;
+    assert_eq!(
+        value_of(&h.service, "production", "colour").await,
+        json!(true)
+    );
+    h.cache.fail_reads.store(true, Ordering::SeqCst);
+    h.repository.fail.store(true, Ordering::SeqCst);
+    let stale = h
+        .service
+        .evaluate(&production, &key("colour"), &EvaluationContext::new())
+        .await
+        .unwrap();
+    assert_eq!(stale.reason(), Reason::Cached);
+    // The repository is back (the cache is not) well within its rest; a write goes through...
+    h.repository.fail.store(false, Ordering::SeqCst);
+    put_booleans(&h.service, "production", &[("colour", false)]).await;
+    // ...and the very next read sees it, from the repository.
+    let fresh = h
+        .service
+        .evaluate(&production, &key("colour"), &EvaluationContext::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.value().clone(), fresh.reason()),
+        (json!(false), Reason::Static)
+    );
+}
