@@ -51,7 +51,8 @@ struct Tiers {
 }
 
 impl TieredCache {
-    /// Starts a tiered cache (and its bus listener, which ends when the bus closes).
+    /// Starts a tiered cache (and its bus listener, which ends when the bus closes or the cache is
+    /// dropped). Call it inside a Tokio runtime, which runs the listener task.
     pub fn start(
         l1: Arc<DynFeatureFlagCache>,
         l2: Arc<DynFeatureFlagCache>,

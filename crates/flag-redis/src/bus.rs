@@ -65,6 +65,7 @@ impl std::fmt::Debug for RedisBus {
 impl RedisBus {
     /// A bus on the same Redis, connection settings and key prefix as `cache`; starts subscribing
     /// at once (in the background: a Redis that is down now is subscribed to when it is up).
+    /// Call it inside a Tokio runtime, which runs the subscriber task.
     pub fn start(cache: &RedisCache) -> Self {
         let channel = format!("{}:invalidations", cache.shared.prefix);
         let sender = broadcast::channel(BUS_CAPACITY).0;

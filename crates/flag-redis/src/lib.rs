@@ -322,9 +322,9 @@ impl RedisCache {
         &self,
         env: &Environment,
     ) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
-        let Some((known_meta, snapshot)) = self.last_decoded(env) else {
+        if !self.has_decoded(env) {
             return Ok(None);
-        };
+        }
         let key = self.key(env);
         let meta: Option<String> = self
             .call(|mut link| async move {
@@ -335,17 +335,27 @@ impl RedisCache {
                     .await
             })
             .await?;
-        Ok((meta.as_deref() == Some(known_meta.as_str())).then_some(snapshot))
+        Ok(meta.and_then(|meta| self.decoded_with(env, &meta)))
     }
 
-    /// The snapshot `get` last decoded for `env`, with the `__meta` text it came with.
-    fn last_decoded(&self, env: &Environment) -> Option<(String, Arc<EnvironmentSnapshot>)> {
+    fn decoded(&self) -> std::sync::MutexGuard<'_, HashMap<Environment, Decoded>> {
         self.shared
             .decoded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a decoded snapshot of `env` is remembered (worth asking Redis for `__meta` only).
+    fn has_decoded(&self, env: &Environment) -> bool {
+        self.decoded().contains_key(env)
+    }
+
+    /// The remembered snapshot of `env`, if it came with exactly this `__meta` text.
+    fn decoded_with(&self, env: &Environment, meta: &str) -> Option<Arc<EnvironmentSnapshot>> {
+        self.decoded()
             .get(env)
-            .map(|decoded| (decoded.meta.clone(), decoded.snapshot.clone()))
+            .filter(|decoded| decoded.meta == meta)
+            .map(|decoded| Arc::clone(&decoded.snapshot))
     }
 
     fn remember_decoded(
@@ -354,11 +364,7 @@ impl RedisCache {
         meta: String,
         snapshot: Arc<EnvironmentSnapshot>,
     ) {
-        let mut decoded = self
-            .shared
-            .decoded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut decoded = self.decoded();
         if decoded.len() >= DECODED_ENVIRONMENTS && !decoded.contains_key(env) {
             decoded.clear();
         }
@@ -509,13 +515,13 @@ impl FeatureFlagCache for RedisCache {
         env: &Environment,
     ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
         // One script each, so what is read and its remaining time are read at the same instant.
-        if let Some((known_meta, snapshot)) = self.last_decoded(env) {
+        if self.has_decoded(env) {
             let key = self.key(env);
             let script = &self.shared.meta_with_ttl_script;
             let (meta, pttl): (Option<String>, i64) = self
                 .call(|mut link| async move { script.key(&key).invoke_async(&mut link).await })
                 .await?;
-            if meta.as_deref() == Some(known_meta.as_str()) {
+            if let Some(snapshot) = meta.and_then(|meta| self.decoded_with(env, &meta)) {
                 return Ok(Some((snapshot, remaining_time(pttl))));
             }
         }
