@@ -84,7 +84,8 @@ impl LastKnownGood {
     }
 
     /// Records that the stores just answered `revision` for `env` (a single-flag read). Answers
-    /// `false` when the kept snapshot is not that revision, so the caller should fetch it whole.
+    /// `false` when the kept snapshot is older than that (or missing), so the caller should fetch
+    /// it whole; a kept snapshot newer than a lagging cache has nothing to catch up.
     pub(crate) fn confirm_revision(&self, env: &Environment, revision: Revision) -> bool {
         if !self.enabled() {
             return true;
@@ -96,7 +97,8 @@ impl LastKnownGood {
             )
         });
         match state {
-            Some((kept, true)) if kept == revision => true,
+            Some((kept, true)) if kept >= revision => true,
+            Some((kept, false)) if kept > revision => true,
             Some((kept, false)) if kept == revision => {
                 let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
                 if let Some(entry) = entries.get_mut(env) {
