@@ -4,6 +4,11 @@
 //! A bus delivers at most once and may lose messages while its subscription is down; it says so
 //! with [`BusEvent::Lost`] and [`BusEvent::Restored`], and a receiver that falls behind gets
 //! `RecvError::Lagged`. Whoever relies on it must treat both as "anything may have changed".
+//!
+//! A bus may subscribe per environment (Redis Cluster's sharded pub/sub): then an environment's
+//! invalidations are heard only once [`InvalidationBus::watch`] asked for them and
+//! [`InvalidationBus::is_watching`] says they arrive; nothing of an unwatched environment may be
+//! kept.
 
 use std::fmt;
 use std::time::Duration;
@@ -62,6 +67,17 @@ pub trait InvalidationBus: Send + Sync + fmt::Debug {
 
     /// Whether the subscription is established now (events report every later change).
     fn is_live(&self) -> bool;
+
+    /// Whether invalidations of `env` reach this process now, so that a copy of it may be kept.
+    /// A bus whose one subscription covers every environment answers [`Self::is_live`].
+    fn is_watching(&self, _env: &Environment) -> bool {
+        self.is_live()
+    }
+
+    /// Asks for `env`'s invalidations from now on, for a bus that subscribes per environment
+    /// (sharded pub/sub); subscribing happens in the background, and [`Self::is_watching`] says
+    /// when it is done. A no-op for a bus whose one subscription covers everything.
+    fn watch(&self, _env: &Environment) {}
 }
 
 /// The trait object the tiered cache holds.

@@ -11,6 +11,9 @@
 //! - While the subscription is lost, L1 is bypassed and dropped whole, and dropped whole again
 //!   when the subscription comes back: messages may have been missed in between. A fill that
 //!   began before a drop is not stored.
+//! - A bus that subscribes per environment (sharded pub/sub) is asked to watch an environment the
+//!   first time L2 answers it; L1 keeps nothing of an environment until the bus says its
+//!   invalidations arrive, checked before L2 is read, so no invalidation can fall in between.
 //! - The L1 TTL bounds staleness if everything else fails.
 
 use std::collections::HashMap;
@@ -127,6 +130,15 @@ async fn listen(
     }
 }
 
+/// What was true when an L2 read or write began.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    /// L1's epoch then: a drop since means the answer may be older than the drop.
+    epoch: u64,
+    /// Whether the bus delivered the environment's invalidations then.
+    watching: bool,
+}
+
 impl Tiers {
     /// Drops every environment L1 may hold.
     async fn drop_l1(&self) {
@@ -146,14 +158,28 @@ impl Tiers {
         self.subscribed.load(Ordering::SeqCst)
     }
 
-    /// Puts `snapshot` in L1 for `ttl`, unless L1 was dropped since `epoch` or is bypassed.
+    /// Taken before reading or writing L2: what a fill with L2's answer must know.
+    fn ticket(&self, env: &Environment) -> Ticket {
+        Ticket {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            watching: self.bus.is_watching(env),
+        }
+    }
+
+    /// Puts `snapshot` in L1 for `ttl`, unless L1 was dropped since the ticket was taken, is
+    /// bypassed, or `env` was not watched then (in which case the bus is asked to watch it).
     async fn fill_l1(
         &self,
         env: &Environment,
         snapshot: Arc<EnvironmentSnapshot>,
         ttl: Duration,
-        epoch: u64,
+        ticket: Ticket,
     ) {
+        if !ticket.watching {
+            self.bus.watch(env);
+            return;
+        }
+        let epoch = ticket.epoch;
         if ttl.is_zero() || !self.serving() || self.epoch.load(Ordering::SeqCst) != epoch {
             return;
         }
@@ -175,7 +201,7 @@ impl Tiers {
         &self,
         env: &Environment,
     ) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let ticket = self.ticket(env);
         let Some((snapshot, remaining)) = self.l2.get_with_ttl(env).await? else {
             return Ok(None);
         };
@@ -184,7 +210,7 @@ impl Tiers {
                 env,
                 Arc::clone(&snapshot),
                 remaining.min(self.l1_ttl),
-                epoch,
+                ticket,
             )
             .await;
         }
@@ -229,11 +255,11 @@ impl FeatureFlagCache for TieredCache {
         ttl: Duration,
     ) -> Result<SetOutcome, CacheError> {
         let tiers = &self.inner;
-        let epoch = tiers.epoch.load(Ordering::SeqCst);
+        let ticket = tiers.ticket(env);
         let outcome = tiers.l2.set(env, Arc::clone(&snapshot), ttl).await?;
         if outcome == SetOutcome::Stored {
             tiers
-                .fill_l1(env, snapshot, ttl.min(tiers.l1_ttl), epoch)
+                .fill_l1(env, snapshot, ttl.min(tiers.l1_ttl), ticket)
                 .await;
         }
         Ok(outcome)
@@ -258,7 +284,7 @@ impl FeatureFlagCache for TieredCache {
     ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
         // What L1 has left is not what L2 has left; ask L2, which knows.
         let tiers = &self.inner;
-        let epoch = tiers.epoch.load(Ordering::SeqCst);
+        let ticket = tiers.ticket(env);
         let found = tiers.l2.get_with_ttl(env).await?;
         if let Some((snapshot, Some(remaining))) = &found {
             tiers
@@ -266,7 +292,7 @@ impl FeatureFlagCache for TieredCache {
                     env,
                     Arc::clone(snapshot),
                     (*remaining).min(tiers.l1_ttl),
-                    epoch,
+                    ticket,
                 )
                 .await;
         }

@@ -1,15 +1,20 @@
 //! `TieredCache` with `MemoryCache` as both tiers and a `LocalBus`: the whole conformance suite,
 //! and the tiered behaviour itself — invalidations crossing instances, a lost subscription, the
-//! L1 TTL bound.
+//! L1 TTL bound, and a bus that subscribes per environment (as sharded pub/sub does).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flag_conformance::{CacheCapabilities, SharedCache, cache_suite, generation_snapshot};
-use flag_core::{Environment, FeatureFlagCache, LocalBus, Revision, SetOutcome, TieredCache};
+use flag_core::{
+    BusError, BusEvent, Environment, FeatureFlagCache, InvalidationBus, LocalBus, Revision,
+    SetOutcome, TieredCache, async_trait,
+};
 use flag_memory::{MemoryCache, TTL_SLACK};
+use tokio::sync::broadcast;
 
 fn tiered_over(l2: Arc<MemoryCache>, bus: &LocalBus, l1_ttl: Duration) -> TieredCache {
     TieredCache::start(
@@ -134,5 +139,130 @@ async fn the_l1_ttl_bounds_staleness_when_every_message_is_lost() {
         Revision(2),
         "still stale {:?} after the change",
         changed.elapsed()
+    );
+}
+
+/// A bus that subscribes per environment, as sharded pub/sub does: an environment is watched
+/// only once asked for (`watch`) and then confirmed by the test (`confirm`), or, with
+/// `confirm_right_after_a_miss`, confirmed the moment a check found it unwatched (as if the
+/// subscription completed while the caller went on to read L2).
+#[derive(Debug, Default)]
+struct PerEnvironmentBus {
+    inner: LocalBus,
+    asked: Mutex<HashSet<Environment>>,
+    confirmed: Mutex<HashSet<Environment>>,
+    confirm_right_after_a_miss: bool,
+}
+
+impl PerEnvironmentBus {
+    fn asked_for(&self, env: &Environment) -> bool {
+        self.asked.lock().unwrap().contains(env)
+    }
+
+    fn confirm(&self, env: &Environment) {
+        self.confirmed.lock().unwrap().insert(env.clone());
+    }
+}
+
+#[async_trait]
+impl InvalidationBus for PerEnvironmentBus {
+    fn backend(&self) -> &'static str {
+        "per-environment"
+    }
+
+    async fn publish(&self, env: &Environment, revision: Revision) -> Result<(), BusError> {
+        self.inner.publish(env, revision).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
+        self.inner.subscribe()
+    }
+
+    fn is_live(&self) -> bool {
+        self.inner.is_live()
+    }
+
+    fn is_watching(&self, env: &Environment) -> bool {
+        let mut confirmed = self.confirmed.lock().unwrap();
+        let watching = confirmed.contains(env);
+        if !watching && self.confirm_right_after_a_miss {
+            confirmed.insert(env.clone());
+        }
+        self.is_live() && watching
+    }
+
+    fn watch(&self, env: &Environment) {
+        self.asked.lock().unwrap().insert(env.clone());
+    }
+}
+
+fn tiered_per_environment(l2: &Arc<MemoryCache>, bus: &Arc<PerEnvironmentBus>) -> TieredCache {
+    TieredCache::start(
+        Arc::new(MemoryCache::new()),
+        l2.clone(),
+        bus.clone(),
+        Duration::from_secs(60),
+    )
+}
+
+/// Replaces L2's entry behind the tiered cache's back (no message on any bus).
+async fn change_behind_its_back(l2: &MemoryCache, env: &Environment, revision: u64) {
+    l2.invalidate(env, Revision(revision)).await.unwrap();
+    l2.set(
+        env,
+        Arc::new(generation_snapshot(revision, 3, revision)),
+        TTL,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_an_unwatched_environment_is_kept_and_l2_answering_it_asks_to_watch_it() {
+    let (l2, bus) = (
+        Arc::new(MemoryCache::new()),
+        Arc::new(PerEnvironmentBus::default()),
+    );
+    let cache = tiered_per_environment(&l2, &bus);
+    let env = production();
+    let revision = async || cache.get(&env).await.unwrap().unwrap().revision();
+    cache
+        .set(&env, Arc::new(generation_snapshot(1, 3, 1)), TTL)
+        .await
+        .unwrap();
+    assert!(bus.asked_for(&env), "storing it did not ask to watch it");
+    // Not watched yet: every read is L2's.
+    change_behind_its_back(&l2, &env, 2).await;
+    assert_eq!(revision().await, Revision(2));
+    change_behind_its_back(&l2, &env, 3).await;
+    assert_eq!(revision().await, Revision(3));
+    // Watched: the next read is kept, and L1 answers it from then on.
+    bus.confirm(&env);
+    assert_eq!(revision().await, Revision(3));
+    change_behind_its_back(&l2, &env, 4).await;
+    assert_eq!(revision().await, Revision(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_began_before_its_environment_was_watched_is_not_kept() {
+    let l2 = Arc::new(MemoryCache::new());
+    let bus = Arc::new(PerEnvironmentBus {
+        confirm_right_after_a_miss: true,
+        ..PerEnvironmentBus::default()
+    });
+    let cache = tiered_per_environment(&l2, &bus);
+    let env = production();
+    change_behind_its_back(&l2, &env, 1).await;
+    // The watch is confirmed while this read is in flight: its answer is served, not kept (an
+    // invalidation sent before the confirmation would have been missed).
+    assert_eq!(
+        cache.get(&env).await.unwrap().unwrap().revision(),
+        Revision(1)
+    );
+    assert!(bus.is_watching(&env));
+    change_behind_its_back(&l2, &env, 2).await;
+    assert_eq!(
+        cache.get(&env).await.unwrap().unwrap().revision(),
+        Revision(2)
     );
 }

@@ -1,16 +1,30 @@
 //! `RedisBus`: the invalidation bus on Redis pub/sub.
 //!
-//! Publishing goes through the cache's shared connection (with its timeout) as
-//! `PUBLISH <prefix>:invalidations {"environment","revision"}`. Receiving needs a connection of its
-//! own (a subscribed connection can do nothing else): a task keeps one subscribed, and when it
-//! drops (Redis restarted, `CLIENT KILL TYPE pubsub`, a failover) reports [`BusEvent::Lost`],
-//! reconnects with backoff (50 ms doubling to 1 s), and reports [`BusEvent::Restored`] once
-//! subscribed again. On a Cluster, classic pub/sub reaches every node, so one subscription to any
-//! node hears every publish; sharded pub/sub (`SPUBLISH`, one channel per environment's slot)
-//! would spare the other nodes the traffic and is left for when a profile asks for it.
+//! - **Single node and Sentinel: classic pub/sub.** One channel, `<prefix>:invalidations`, carries
+//!   every environment's invalidations, so every environment is watched as soon as the one
+//!   subscription is up.
+//! - **Cluster: sharded pub/sub.** Each environment has a channel of its own,
+//!   `<prefix>:{<env>}:invalidations`, which carries the environment's hash tag: `SPUBLISH` and
+//!   `SSUBSCRIBE` go to the node owning the environment's keys, instead of classic `PUBLISH`
+//!   being broadcast to every node of the Cluster. A process subscribes to an environment's
+//!   channel when its tiered cache first wants to keep that environment in memory
+//!   ([`InvalidationBus::watch`]); until the subscription is confirmed the environment is not
+//!   watched, so nothing of it is kept. At most [`MAX_WATCHED`] environments are watched; the
+//!   others are always read from Redis. Subscriptions last as long as the bus: environments
+//!   are few, and unsubscribing when an entry expires would churn.
+//!
+//! Publishing goes through the cache's shared connection (with its timeout). Receiving needs a
+//! connection of its own: a task keeps it subscribed. When it drops (Redis restarted,
+//! `CLIENT KILL TYPE pubsub`, a failover; on a Cluster, any node's connection, or the server
+//! unsubscribing a channel whose slot moved) the task reports [`BusEvent::Lost`], connects again
+//! with backoff (50 ms doubling to 1 s), subscribes to every channel again, and reports
+//! [`BusEvent::Restored`] once every one is confirmed. A loss on one node of a Cluster is
+//! reported as a loss of everything: which environments lived there is not known for sure while
+//! slots may be moving, and a whole drop of the in-process layer is always safe.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flag_core::{
@@ -18,13 +32,23 @@ use flag_core::{
     async_trait,
 };
 use futures_util::StreamExt;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
 use crate::RedisCache;
 
-/// A message on the channel.
+/// The most environments a bus on a Cluster watches; the others are always read from Redis.
+pub const MAX_WATCHED: usize = 1024;
+
+/// The first wait before connecting again, doubled after every failure.
+const FIRST_DELAY: Duration = Duration::from_millis(50);
+/// The longest wait between two attempts to connect.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// A message on a channel.
 #[derive(Serialize, Deserialize)]
 struct Message {
     environment: String,
@@ -40,10 +64,23 @@ pub struct RedisBus {
 
 struct BusShared {
     cache: RedisCache,
-    channel: String,
+    /// Sharded pub/sub (a Cluster) rather than one classic channel.
+    sharded: bool,
     sender: broadcast::Sender<BusEvent>,
     live: Arc<AtomicBool>,
+    watched: Arc<Mutex<Watched>>,
+    /// Environments to subscribe to, for the sharded subscriber task.
+    requests: mpsc::UnboundedSender<Environment>,
     subscriber: tokio::task::AbortHandle,
+}
+
+/// The environments of a sharded bus.
+#[derive(Default)]
+struct Watched {
+    /// Every environment asked for.
+    wanted: HashSet<Environment>,
+    /// Those whose subscription is confirmed on the current connection.
+    confirmed: HashSet<Environment>,
 }
 
 impl Drop for BusShared {
@@ -56,7 +93,7 @@ impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus")
             .field("cache", &self.shared.cache)
-            .field("channel", &self.shared.channel)
+            .field("sharded", &self.shared.sharded)
             .field("live", &self.shared.live.load(Ordering::SeqCst))
             .finish()
     }
@@ -67,75 +104,235 @@ impl RedisBus {
     /// at once (in the background: a Redis that is down now is subscribed to when it is up).
     /// Call it inside a Tokio runtime, which runs the subscriber task.
     pub fn start(cache: &RedisCache) -> Self {
-        let channel = format!("{}:invalidations", cache.shared.prefix);
+        let sharded = cache.shared.connector.is_cluster();
         let sender = broadcast::channel(BUS_CAPACITY).0;
         let live = Arc::new(AtomicBool::new(false));
-        let subscriber = tokio::spawn(subscribe_forever(
-            cache.clone(),
-            channel.clone(),
-            sender.clone(),
-            Arc::clone(&live),
-        ))
+        let watched = Arc::new(Mutex::new(Watched::default()));
+        let (requests, requested) = mpsc::unbounded_channel();
+        let listener = Listener {
+            cache: cache.clone(),
+            sender: sender.clone(),
+            live: Arc::clone(&live),
+        };
+        let subscriber = if sharded {
+            tokio::spawn(listener.keep_sharded(Arc::clone(&watched), requested))
+        } else {
+            tokio::spawn(listener.keep_classic())
+        }
         .abort_handle();
         Self {
             shared: Arc::new(BusShared {
                 cache: cache.clone(),
-                channel,
+                sharded,
                 sender,
                 live,
+                watched,
+                requests,
                 subscriber,
             }),
         }
     }
 
-    /// The channel the bus publishes on and listens to.
-    pub fn channel(&self) -> &str {
-        &self.shared.channel
+    /// The channel that carries `env`'s invalidations.
+    pub fn channel(&self, env: &Environment) -> String {
+        channel_of(&self.shared.cache, self.shared.sharded, env)
+    }
+
+    /// Whether the bus uses sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, on a Cluster).
+    pub fn is_sharded(&self) -> bool {
+        self.shared.sharded
+    }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.shared
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Keeps one subscription up, forwarding what arrives, until aborted.
-async fn subscribe_forever(
+/// `<prefix>:{<env>}:invalidations` when sharded: it begins with the environment's key, so it
+/// has the key's hash tag and slot whatever the prefix holds. `<prefix>:invalidations` otherwise.
+fn channel_of(cache: &RedisCache, sharded: bool, env: &Environment) -> String {
+    if sharded {
+        format!("{}:invalidations", cache.key(env))
+    } else {
+        format!("{}:invalidations", cache.shared.prefix)
+    }
+}
+
+/// What a subscriber task needs: where to connect, and where to report.
+struct Listener {
     cache: RedisCache,
-    channel: String,
     sender: broadcast::Sender<BusEvent>,
     live: Arc<AtomicBool>,
-) {
-    const FIRST_DELAY: Duration = Duration::from_millis(50);
-    const MAX_DELAY: Duration = Duration::from_secs(1);
-    let mut delay = FIRST_DELAY;
-    loop {
-        let subscribed = async {
-            let mut pubsub = cache.shared.connector.pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(cache.shared.timeout.max(Duration::from_secs(1)), subscribed)
-            .await
-        {
-            Ok(Ok(pubsub)) => {
-                live.store(true, Ordering::SeqCst);
-                let _ = sender.send(BusEvent::Restored);
-                debug!(%channel, "subscribed to invalidations");
-                delay = FIRST_DELAY;
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    match decode(message.get_payload_bytes()) {
-                        Some(event) => {
-                            let _ = sender.send(event);
-                        }
-                        None => warn!(%channel, "ignoring an unreadable invalidation message"),
-                    }
-                }
-                live.store(false, Ordering::SeqCst);
-                let _ = sender.send(BusEvent::Lost);
-                warn!(%channel, "invalidation subscription lost; reconnecting");
+}
+
+impl Listener {
+    /// How long one attempt to connect and subscribe may take.
+    fn connect_timeout(&self) -> Duration {
+        self.cache.shared.timeout.max(Duration::from_secs(1))
+    }
+
+    fn restored(&self) {
+        self.live.store(true, Ordering::SeqCst);
+        let _ = self.sender.send(BusEvent::Restored);
+    }
+
+    fn lost(&self, why: &str) {
+        self.live.store(false, Ordering::SeqCst);
+        let _ = self.sender.send(BusEvent::Lost);
+        warn!(why, "invalidation subscription lost; reconnecting");
+    }
+
+    fn forward(&self, payload: &[u8]) {
+        match decode(payload) {
+            Some(event) => {
+                let _ = self.sender.send(event);
             }
-            Ok(Err(error)) => debug!(%channel, %error, "subscribing to invalidations failed"),
-            Err(_) => debug!(%channel, "subscribing to invalidations timed out"),
+            None => warn!("ignoring an unreadable invalidation message"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_DELAY);
+    }
+
+    /// Keeps the one classic subscription up, forwarding what arrives, until aborted.
+    async fn keep_classic(self) {
+        let channel = format!("{}:invalidations", self.cache.shared.prefix);
+        let mut delay = FIRST_DELAY;
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.cache.shared.connector.pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(self.connect_timeout(), subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    self.restored();
+                    debug!(%channel, "subscribed to invalidations");
+                    delay = FIRST_DELAY;
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        self.forward(message.get_payload_bytes());
+                    }
+                    self.lost("the connection closed");
+                }
+                Ok(Err(error)) => debug!(%channel, %error, "subscribing to invalidations failed"),
+                Err(_) => debug!(%channel, "subscribing to invalidations timed out"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_DELAY);
+        }
+    }
+
+    /// Keeps one sharded subscription per watched environment, until aborted: connects, subscribes
+    /// to every environment asked for so far, then serves new requests and forwards messages
+    /// until anything about the connection goes wrong, and starts over.
+    async fn keep_sharded(
+        self,
+        watched: Arc<Mutex<Watched>>,
+        mut requests: mpsc::UnboundedReceiver<Environment>,
+    ) {
+        let confirmed = |env: Environment| {
+            watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .confirmed
+                .insert(env);
+        };
+        let mut delay = FIRST_DELAY;
+        loop {
+            let (push_sender, mut pushes) = mpsc::unbounded_channel();
+            let wanted: Vec<Environment> = watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .wanted
+                .iter()
+                .cloned()
+                .collect();
+            let subscribed = async {
+                let Some(connection) = self
+                    .cache
+                    .shared
+                    .connector
+                    .sharded_subscriber(push_sender)
+                    .await
+                else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "sharded pub/sub needs a Cluster",
+                    )));
+                };
+                let mut connection = connection?;
+                for env in &wanted {
+                    self.subscribe(&mut connection, env).await?;
+                }
+                Ok(connection)
+            };
+            let mut connection =
+                match tokio::time::timeout(self.connect_timeout(), subscribed).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => {
+                        debug!(%error, "subscribing to invalidations failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_DELAY);
+                        continue;
+                    }
+                    Err(_) => {
+                        debug!("subscribing to invalidations timed out");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_DELAY);
+                        continue;
+                    }
+                };
+            wanted.into_iter().for_each(confirmed);
+            self.restored();
+            debug!("subscribed to sharded invalidations");
+            delay = FIRST_DELAY;
+            let why = loop {
+                tokio::select! {
+                    request = requests.recv() => {
+                        let Some(env) = request else { return };
+                        match tokio::time::timeout(self.connect_timeout(), self.subscribe(&mut connection, &env)).await {
+                            Ok(Ok(())) => confirmed(env),
+                            Ok(Err(_)) => break "subscribing to an environment failed",
+                            Err(_) => break "subscribing to an environment timed out",
+                        }
+                    }
+                    push = pushes.recv() => match push {
+                        None => break "the connection closed",
+                        Some(PushInfo { kind: PushKind::SMessage, data }) => {
+                            if let Some(Value::BulkString(payload)) = data.get(1) {
+                                self.forward(payload);
+                            }
+                        }
+                        Some(PushInfo { kind: PushKind::Disconnection, .. }) => {
+                            break "a node's connection dropped";
+                        }
+                        // Never asked for: the server dropped the channel (its slot moved away).
+                        Some(PushInfo { kind: PushKind::SUnsubscribe, .. }) => {
+                            break "the server unsubscribed a channel";
+                        }
+                        Some(_) => {}
+                    },
+                }
+            };
+            watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .confirmed
+                .clear();
+            self.lost(why);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        connection: &mut ClusterConnection,
+        env: &Environment,
+    ) -> redis::RedisResult<()> {
+        connection
+            .ssubscribe(channel_of(&self.cache, true, env))
+            .await
     }
 }
 
@@ -161,11 +358,16 @@ impl InvalidationBus for RedisBus {
         .map_err(|error| BusError::Unavailable {
             message: error.to_string(),
         })?;
-        let channel = self.shared.channel.clone();
+        let channel = self.channel(env);
+        let command = if self.shared.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         self.shared
             .cache
             .call(|mut link| async move {
-                redis::cmd("PUBLISH")
+                redis::cmd(command)
                     .arg(&channel)
                     .arg(&payload)
                     .query_async::<i64>(&mut link)
@@ -187,6 +389,21 @@ impl InvalidationBus for RedisBus {
 
     fn is_live(&self) -> bool {
         self.shared.live.load(Ordering::SeqCst)
+    }
+
+    fn is_watching(&self, env: &Environment) -> bool {
+        self.is_live() && (!self.shared.sharded || self.watched().confirmed.contains(env))
+    }
+
+    fn watch(&self, env: &Environment) {
+        if !self.shared.sharded {
+            return;
+        }
+        let mut watched = self.watched();
+        if watched.wanted.len() < MAX_WATCHED && watched.wanted.insert(env.clone()) {
+            // The task is gone only when the bus is; then nothing needs subscribing.
+            let _ = self.shared.requests.send(env.clone());
+        }
     }
 }
 

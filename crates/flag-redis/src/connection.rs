@@ -114,9 +114,9 @@ impl Connector {
         }
     }
 
-    /// A connection of its own for pub/sub (a subscribed connection can do nothing else): to the
-    /// single node, to the first cluster seed that answers (classic pub/sub reaches every node
-    /// of a cluster), or to the master that Sentinel names.
+    /// A connection of its own for classic pub/sub (a subscribed connection can do nothing else):
+    /// to the single node, to the first cluster seed that answers (classic pub/sub reaches every
+    /// node of a cluster), or to the master that Sentinel names.
     pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         match &self.target {
             Target::Single { url } => redis::Client::open(url.as_str())?.get_async_pubsub().await,
@@ -140,6 +140,41 @@ impl Connector {
                     .await
             }
         }
+    }
+
+    /// A cluster connection of its own for sharded pub/sub (`SSUBSCRIBE`), on RESP3 so that one
+    /// connection per node carries both the subscriptions and their messages, which arrive on
+    /// `pushes` together with a `Disconnection` push whenever a node's connection drops. The
+    /// `redis` crate routes each `SSUBSCRIBE` to the node owning the channel's slot and follows
+    /// slot moves. `None` when the deployment is not a Cluster.
+    pub(crate) async fn sharded_subscriber(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Option<redis::RedisResult<ClusterConnection>> {
+        let Target::Cluster { nodes } = &self.target else {
+            return None;
+        };
+        let connection = async {
+            self.cluster_builder(nodes)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes)
+                .build()?
+                .get_async_connection()
+                .await
+        };
+        Some(connection.await)
+    }
+
+    /// Whether this is a Cluster, where invalidations travel on sharded pub/sub.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// The shared settings of every cluster connection: the seeds and the timeouts.
+    fn cluster_builder(&self, nodes: &[String]) -> ClusterClientBuilder {
+        ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
     }
 
     fn sentinel_client(&self) -> redis::RedisResult<SentinelClient> {
@@ -189,15 +224,12 @@ impl Connector {
                     .await?;
                 Ok(Link::Single(manager))
             }
-            Target::Cluster { nodes } => {
-                let connection = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-                    .connection_timeout(self.timeout)
-                    .response_timeout(self.timeout)
+            Target::Cluster { nodes } => Ok(Link::Cluster(
+                self.cluster_builder(nodes)
                     .build()?
                     .get_async_connection()
-                    .await?;
-                Ok(Link::Cluster(connection))
-            }
+                    .await?,
+            )),
             Target::Sentinel { .. } => {
                 let mut client = self.sentinel_client()?;
                 let config = AsyncConnectionConfig::new()

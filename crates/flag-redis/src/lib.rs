@@ -51,6 +51,13 @@
 //! Redis is down starts working when Redis comes up. Every call has a timeout (default
 //! [`DEFAULT_TIMEOUT`]) and fails with [`CacheError::Timeout`] or [`CacheError::Unavailable`]
 //! within it. Passwords never appear in logs, errors or `Debug`.
+//!
+//! # Invalidation bus
+//!
+//! [`RedisBus`] carries invalidations between server instances on the same connection settings:
+//! classic pub/sub on one channel for a single node or Sentinel, sharded pub/sub (one channel per
+//! environment, with its hash tag) on a Cluster. See its module for how a lost subscription is
+//! reported.
 
 mod bus;
 mod connection;
@@ -69,7 +76,7 @@ use flag_core::{
 use redis::{RedisError, Script};
 use serde::{Deserialize, Serialize};
 
-pub use crate::bus::RedisBus;
+pub use crate::bus::{MAX_WATCHED, RedisBus};
 use crate::connection::{Connector, Link};
 use crate::target::Target;
 pub use crate::target::UrlError;

@@ -1,14 +1,18 @@
 //! The tiered cache on real Redis: `TieredCache` (an in-process `MemoryCache` over `RedisCache`,
-//! invalidated through `RedisBus`) passes the whole cache conformance suite, and a subscription
-//! killed on the server (`CLIENT KILL TYPE pubsub`) drops the in-process layer, which never
-//! serves a stale value after the subscription is back.
+//! invalidated through `RedisBus`) passes the whole cache conformance suite on a single node and
+//! on a Cluster, and a subscription
+//! killed on the server (`CLIENT KILL TYPE pubsub`, on a single node and on every node of a
+//! Cluster) drops the in-process layer, which never serves a stale value after the subscription
+//! is back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::{RedisProcess, RedisServer};
+use flag_conformance::fixtures::{
+    FixtureError, RedisCluster, RedisEndpoint, RedisProcess, RedisServer,
+};
 use flag_conformance::{CacheCapabilities, SharedCache, cache_suite, generation_snapshot};
 use flag_core::{BusEvent, Environment, FeatureFlagCache, InvalidationBus, Revision, TieredCache};
 use flag_memory::MemoryCache;
@@ -33,36 +37,96 @@ async fn subscribed(bus: &RedisBus) {
     }
 }
 
+/// A tiered cache over the shared `endpoint`, subscribed.
+async fn tiered_on(endpoint: Result<RedisEndpoint, FixtureError>) -> SharedCache {
+    let endpoint = endpoint.unwrap_or_else(|error| panic!("{error}"));
+    let cache = RedisCache::builder(endpoint.url)
+        .key_prefix(endpoint.key_prefix)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (tiered, bus) = tiered(cache, Duration::from_secs(5));
+    subscribed(&bus).await;
+    Arc::new(tiered)
+}
+
+const CAPABILITIES: CacheCapabilities = CacheCapabilities {
+    // L1 takes L2's remaining time, read in the same script as the snapshot: it ends no later
+    // than the Redis entry plus the round trip.
+    ttl_slack: flag_redis::TTL_SLACK.saturating_add(Duration::from_millis(5)),
+    max_value_bytes: None,
+};
+
 cache_suite!(
     tiered_redis,
-    || async {
-        let endpoint = RedisServer::shared()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let cache = RedisCache::builder(endpoint.url)
-            .key_prefix(endpoint.key_prefix)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let (tiered, bus) = tiered(cache, Duration::from_secs(5));
-        subscribed(&bus).await;
-        Arc::new(tiered) as SharedCache
-    },
-    CacheCapabilities {
-        // L1 takes L2's remaining time, read in the same script as the snapshot: it ends no
-        // later than the Redis entry plus the round trip.
-        ttl_slack: flag_redis::TTL_SLACK + Duration::from_millis(5),
-        max_value_bytes: None,
-    }
+    || async { tiered_on(RedisServer::shared().await).await },
+    CAPABILITIES
+);
+
+cache_suite!(
+    tiered_cluster,
+    || async { tiered_on(RedisServer::shared_cluster().await).await },
+    CAPABILITIES
 );
 
 const TTL: Duration = Duration::from_secs(60);
 
+/// A Redis of the test's own, whose subscriber connections it can kill.
+enum Deployment {
+    Single(RedisProcess),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    async fn start(cluster: bool) -> Self {
+        if cluster {
+            Deployment::Cluster(
+                RedisCluster::start()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}")),
+            )
+        } else {
+            Deployment::Single(
+                RedisProcess::spawn(&[])
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}")),
+            )
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Deployment::Single(redis) => redis.url(),
+            Deployment::Cluster(cluster) => cluster.url().to_owned(),
+        }
+    }
+
+    /// Kills every subscriber connection on every node; how many were killed.
+    async fn kill_subscribers(&self) -> usize {
+        let replies = match self {
+            Deployment::Single(redis) => {
+                vec![redis.command("CLIENT KILL TYPE pubsub").await.unwrap()]
+            }
+            Deployment::Cluster(cluster) => cluster
+                .command_on_every_node("CLIENT KILL TYPE pubsub")
+                .await
+                .unwrap(),
+        };
+        replies
+            .iter()
+            .map(|reply| reply.trim_start_matches(':').parse::<usize>().unwrap())
+            .sum()
+    }
+}
+
+/// On a single node (classic pub/sub) and on a Cluster (sharded pub/sub, one channel per
+/// environment).
+#[rstest::rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_subscription_drops_l1_and_nothing_stale_is_served_after_it_is_back() {
-    let redis = RedisProcess::spawn(&[])
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+async fn a_killed_subscription_drops_l1_and_nothing_stale_is_served_after_it_is_back(
+    #[values(false, true)] cluster: bool,
+) {
+    let redis = Deployment::start(cluster).await;
     let cache = || RedisCache::builder(redis.url()).build().unwrap();
     let (reader, reader_bus) = tiered(cache(), Duration::from_secs(60));
     let (writer, writer_bus) = tiered(cache(), Duration::from_secs(60));
@@ -77,11 +141,24 @@ async fn a_killed_subscription_drops_l1_and_nothing_stale_is_served_after_it_is_
         reader.get(&env).await.unwrap().unwrap().revision(),
         Revision(1)
     );
+    // (On a Cluster, that read asked for the environment's channel; wait until it is subscribed.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reader_bus.is_watching(&env) {
+        assert!(Instant::now() < deadline, "the environment is not watched");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // This read is kept in the reader's L1.
+    assert_eq!(
+        reader.get(&env).await.unwrap().unwrap().revision(),
+        Revision(1)
+    );
 
     // Kill every subscriber connection on the server: both buses lose their subscription.
     let mut events = reader_bus.subscribe();
-    let killed = redis.command("CLIENT KILL TYPE pubsub").await.unwrap();
-    assert_ne!(killed, ":0", "no subscriber connection was killed");
+    assert!(
+        redis.kill_subscribers().await > 0,
+        "no subscriber connection was killed"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let event = tokio::time::timeout_at(deadline.into(), events.recv())
@@ -98,7 +175,7 @@ async fn a_killed_subscription_drops_l1_and_nothing_stale_is_served_after_it_is_
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // While it is lost or just back, a change whose message nobody hears...
-    let raw = RedisCache::builder(redis.url()).build().unwrap();
+    let raw = cache();
     raw.invalidate(&env, Revision(2)).await.unwrap();
     raw.set(&env, Arc::new(generation_snapshot(2, 3, 2)), TTL)
         .await
@@ -209,7 +286,7 @@ async fn three_tiered_processes_see_each_others_writes(#[values(false, true)] cl
         assert_eq!(read(reader).await, 0); // fills its in-process layer
     }
     let mut samples = Vec::new();
-    for value in 1..=200 {
+    for value in 1..=1000 {
         put(value).await;
         let written = Instant::now();
         for reader in readers {

@@ -1,0 +1,251 @@
+//! `RedisBus` on real Redis: one classic channel on a single node; on a Cluster, one sharded
+//! channel per environment, subscribed on the node that owns the environment's keys, and every
+//! one of them subscribed again after the connection is lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
+use std::time::{Duration, Instant};
+
+use flag_conformance::fixtures::{RedisCluster, RedisServer};
+use flag_core::{BusEvent, Environment, InvalidationBus, Revision};
+use flag_redis::{RedisBus, RedisCache};
+use tokio::sync::broadcast;
+
+/// How long anything asynchronous may take before the test calls it lost (a bound on a hang on
+/// a loaded machine, not a latency target).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn env(name: &str) -> Environment {
+    Environment::parse(name).unwrap()
+}
+
+fn cache(url: &str, prefix: &str) -> RedisCache {
+    RedisCache::builder(url)
+        .key_prefix(prefix)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Asks `bus` to watch `env` until it does.
+async fn watching(bus: &RedisBus, env: &Environment) {
+    bus.watch(env);
+    eventually(&format!("watching {env}"), || bus.is_watching(env)).await;
+}
+
+/// The next event that `keep` accepts.
+async fn next_event(
+    events: &mut broadcast::Receiver<BusEvent>,
+    keep: impl Fn(&BusEvent) -> bool,
+) -> BusEvent {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("no such event arrived")
+            .unwrap();
+        if keep(&event) {
+            return event;
+        }
+    }
+}
+
+/// The next invalidation.
+async fn next_invalidation(events: &mut broadcast::Receiver<BusEvent>) -> BusEvent {
+    next_event(events, |event| {
+        matches!(event, BusEvent::Invalidated { .. })
+    })
+    .await
+}
+
+fn invalidated(environment: &Environment, revision: u64) -> BusEvent {
+    BusEvent::Invalidated {
+        environment: environment.clone(),
+        revision: Revision(revision),
+    }
+}
+
+/// The first node of a `redis+cluster://` URL, as a plain `redis://` URL.
+fn first_node(cluster_url: &str) -> String {
+    let hosts = cluster_url.strip_prefix("redis+cluster://").unwrap();
+    format!("redis://{}", hosts.split(',').next().unwrap())
+}
+
+async fn integer(url: &str, command: &mut redis::Cmd) -> i64 {
+    let mut connection = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    command.query_async(&mut connection).await.unwrap()
+}
+
+/// How many sharded subscribers `channel` has across the Cluster (each node counts its own).
+async fn shard_subscribers(cluster_url: &str, channel: &str) -> i64 {
+    let mut total = 0;
+    for host in cluster_url
+        .strip_prefix("redis+cluster://")
+        .unwrap()
+        .split(',')
+    {
+        let reply: Vec<redis::Value> = {
+            let mut connection = redis::Client::open(format!("redis://{host}"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(channel)
+                .query_async(&mut connection)
+                .await
+                .unwrap()
+        };
+        if let Some(redis::Value::Int(count)) = reply.get(1) {
+            total += count;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_carries_every_environment_on_one_classic_channel() {
+    let endpoint = RedisServer::shared()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let publisher = RedisBus::start(&cache(&endpoint.url, &endpoint.key_prefix));
+    let subscriber = RedisBus::start(&cache(&endpoint.url, &endpoint.key_prefix));
+    eventually("subscribing", || subscriber.is_live()).await;
+    let (production, staging) = (env("production"), env("staging"));
+
+    assert!(!subscriber.is_sharded());
+    assert_eq!(
+        subscriber.channel(&production),
+        format!("{}:invalidations", endpoint.key_prefix)
+    );
+    assert_eq!(
+        subscriber.channel(&production),
+        subscriber.channel(&staging)
+    );
+    // One subscription covers every environment: nothing to ask for.
+    assert!(subscriber.is_watching(&production) && subscriber.is_watching(&staging));
+
+    let mut events = subscriber.subscribe();
+    publisher.publish(&staging, Revision(7)).await.unwrap();
+    assert_eq!(
+        next_invalidation(&mut events).await,
+        invalidated(&staging, 7)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_subscribes_each_watched_environment_on_its_own_slot() {
+    let endpoint = RedisServer::shared_cluster()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = cache(&endpoint.url, &endpoint.key_prefix);
+    let publisher = RedisBus::start(&cache);
+    let subscriber = RedisBus::start(&cache);
+    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    let (production, staging) = (env("production"), env("staging"));
+
+    assert!(subscriber.is_sharded());
+    let channel = subscriber.channel(&production);
+    assert_eq!(
+        channel,
+        format!("{}:{{production}}:invalidations", endpoint.key_prefix)
+    );
+    // The channel hashes to the slot of the environment's keys, so SPUBLISH and SSUBSCRIBE go to
+    // the node that holds them.
+    let node = first_node(&endpoint.url);
+    assert_eq!(
+        integer(&node, redis::cmd("CLUSTER").arg("KEYSLOT").arg(&channel)).await,
+        integer(
+            &node,
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(cache.key(&production))
+        )
+        .await
+    );
+
+    // Nothing is subscribed until an environment is watched, and then only that environment.
+    assert!(!subscriber.is_watching(&production));
+    assert_eq!(shard_subscribers(&endpoint.url, &channel).await, 0);
+    watching(&subscriber, &production).await;
+    assert_eq!(shard_subscribers(&endpoint.url, &channel).await, 1);
+    assert_eq!(
+        shard_subscribers(&endpoint.url, &subscriber.channel(&staging)).await,
+        0
+    );
+    assert!(!subscriber.is_watching(&staging));
+
+    // A publish on a watched environment arrives; one on an unwatched environment does not
+    // (the event after it is the watched one's).
+    let mut events = subscriber.subscribe();
+    publisher.publish(&staging, Revision(1)).await.unwrap();
+    publisher.publish(&production, Revision(2)).await.unwrap();
+    assert_eq!(
+        next_invalidation(&mut events).await,
+        invalidated(&production, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cluster_subscription_is_reported_and_every_environment_is_subscribed_again() {
+    let cluster = RedisCluster::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = cache(cluster.url(), "flags");
+    let publisher = RedisBus::start(&cache);
+    let subscriber = RedisBus::start(&cache);
+    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    // Enough environments that their slots land on more than one node.
+    let environments: Vec<Environment> = ["production", "staging", "qa", "eu", "us", "dev"]
+        .into_iter()
+        .map(env)
+        .collect();
+    for environment in &environments {
+        watching(&subscriber, environment).await;
+    }
+
+    let mut events = subscriber.subscribe();
+    let killed: usize = cluster
+        .command_on_every_node("CLIENT KILL TYPE pubsub")
+        .await
+        .unwrap()
+        .iter()
+        .map(|reply| reply.trim_start_matches(':').parse::<usize>().unwrap())
+        .sum();
+    assert!(killed > 0, "no subscriber connection was killed");
+    assert_eq!(
+        next_event(&mut events, |event| *event == BusEvent::Lost).await,
+        BusEvent::Lost
+    );
+    assert!(environments.iter().all(|env| !subscriber.is_watching(env)));
+    next_event(&mut events, |event| *event == BusEvent::Restored).await;
+    // Every environment is subscribed again without being asked for again...
+    assert!(
+        environments.iter().all(|env| subscriber.is_watching(env)),
+        "an environment was not subscribed again"
+    );
+    // ...and its invalidations arrive.
+    for (revision, environment) in (10..).zip(&environments) {
+        publisher
+            .publish(environment, Revision(revision))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_invalidation(&mut events).await,
+            invalidated(environment, revision)
+        );
+    }
+}
