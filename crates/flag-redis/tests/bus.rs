@@ -1,6 +1,6 @@
 //! `RedisBus` on real Redis: one classic channel on a single node; on a Cluster, one sharded
 //! channel per environment, subscribed on the node that owns the environment's keys, and every
-//! one of them subscribed again after the connection is lost.
+//! one of them subscribed again after the connection is lost or the slot moves to another node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
@@ -248,4 +248,86 @@ async fn a_lost_cluster_subscription_is_reported_and_every_environment_is_subscr
             invalidated(environment, revision)
         );
     }
+}
+
+/// The last line of a raw reply (`$40\r\n<id>` → `<id>`).
+fn last_line(reply: &str) -> &str {
+    reply.lines().last().unwrap_or_default().trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_environment_follows_its_slot_to_another_node() {
+    let cluster = RedisCluster::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = cache(cluster.url(), "flags");
+    let publisher = RedisBus::start(&cache);
+    let subscriber = RedisBus::start(&cache);
+    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    let production = env("production");
+    watching(&subscriber, &production).await;
+    let channel = subscriber.channel(&production);
+
+    // Which node owns the channel's slot: the only one that does not answer MOVED.
+    let slot = last_line(
+        &cluster
+            .command_on(0, &format!("CLUSTER KEYSLOT {channel}"))
+            .await
+            .unwrap(),
+    )
+    .trim_start_matches(':')
+    .to_owned();
+    let mut owner = None;
+    for node in 0..cluster.nodes() {
+        let reply = cluster
+            .command_on(node, &format!("GET {channel}"))
+            .await
+            .unwrap();
+        if !reply.starts_with("-MOVED") {
+            owner = Some(node);
+        }
+    }
+    let source = owner.expect("no node owns the slot");
+    let target = (source + 1) % cluster.nodes();
+    let id =
+        async |node| last_line(&cluster.command_on(node, "CLUSTER MYID").await.unwrap()).to_owned();
+    let (source_id, target_id) = (id(source).await, id(target).await);
+
+    // Move the (key-less) slot from its owner to another node, as a resharding does.
+    let mut events = subscriber.subscribe();
+    let set_slot = async |node, how: String| {
+        let reply = cluster
+            .command_on(node, &format!("CLUSTER SETSLOT {slot} {how}"))
+            .await
+            .unwrap();
+        assert_eq!(reply, "+OK", "CLUSTER SETSLOT {slot} {how} on node {node}");
+    };
+    set_slot(target, format!("IMPORTING {source_id}")).await;
+    set_slot(source, format!("MIGRATING {target_id}")).await;
+    set_slot(target, format!("NODE {target_id}")).await;
+    set_slot(source, format!("NODE {target_id}")).await;
+    for node in (0..cluster.nodes()).filter(|node| *node != source && *node != target) {
+        set_slot(node, format!("NODE {target_id}")).await;
+    }
+
+    // The old owner drops the subscription; the bus says so, and subscribes on the new owner.
+    assert_eq!(
+        next_event(&mut events, |event| *event == BusEvent::Lost).await,
+        BusEvent::Lost
+    );
+    next_event(&mut events, |event| *event == BusEvent::Restored).await;
+    assert!(subscriber.is_watching(&production));
+    let reply = cluster
+        .command_on(target, &format!("PUBSUB SHARDNUMSUB {channel}"))
+        .await
+        .unwrap();
+    assert!(
+        reply.ends_with(":1"),
+        "not subscribed on the new owner: {reply}"
+    );
+    publisher.publish(&production, Revision(5)).await.unwrap();
+    assert_eq!(
+        next_invalidation(&mut events).await,
+        invalidated(&production, 5)
+    );
 }
