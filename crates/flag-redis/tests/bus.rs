@@ -35,6 +35,15 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// A cache and two buses on it, a publisher and a subscriber, both connected.
+async fn connected_pair(url: &str, prefix: &str) -> (RedisCache, RedisBus, RedisBus) {
+    let cache = cache(url, prefix);
+    let publisher = RedisBus::start(&cache);
+    let subscriber = RedisBus::start(&cache);
+    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    (cache, publisher, subscriber)
+}
+
 /// Asks `bus` to watch `env` until it does.
 async fn watching(bus: &RedisBus, env: &Environment) {
     bus.watch(env);
@@ -151,10 +160,7 @@ async fn a_cluster_subscribes_each_watched_environment_on_its_own_slot() {
     let endpoint = RedisServer::shared_cluster()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let cache = cache(&endpoint.url, &endpoint.key_prefix);
-    let publisher = RedisBus::start(&cache);
-    let subscriber = RedisBus::start(&cache);
-    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    let (cache, publisher, subscriber) = connected_pair(&endpoint.url, &endpoint.key_prefix).await;
     let (production, staging) = (env("production"), env("staging"));
 
     assert!(subscriber.is_sharded());
@@ -204,10 +210,7 @@ async fn a_lost_cluster_subscription_is_reported_and_every_environment_is_subscr
     let cluster = RedisCluster::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let cache = cache(cluster.url(), "flags");
-    let publisher = RedisBus::start(&cache);
-    let subscriber = RedisBus::start(&cache);
-    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    let (_, publisher, subscriber) = connected_pair(cluster.url(), "flags").await;
     // Enough environments that their slots land on more than one node.
     let environments: Vec<Environment> = ["production", "staging", "qa", "eu", "us", "dev"]
         .into_iter()
@@ -260,10 +263,7 @@ async fn a_watched_environment_follows_its_slot_to_another_node() {
     let cluster = RedisCluster::start()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let cache = cache(cluster.url(), "flags");
-    let publisher = RedisBus::start(&cache);
-    let subscriber = RedisBus::start(&cache);
-    eventually("connecting", || subscriber.is_live() && publisher.is_live()).await;
+    let (_, publisher, subscriber) = connected_pair(cluster.url(), "flags").await;
     let production = env("production");
     watching(&subscriber, &production).await;
     let channel = subscriber.channel(&production);
