@@ -248,41 +248,32 @@ impl Listener {
                 .iter()
                 .cloned()
                 .collect();
+            // Each step has its own timeout, so that many environments to subscribe again
+            // never add up to one that runs out.
             let subscribed = async {
-                let Some(connection) = self
-                    .cache
-                    .shared
-                    .connector
-                    .sharded_subscriber(push_sender)
-                    .await
-                else {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "sharded pub/sub needs a Cluster",
-                    )));
-                };
-                let mut connection = connection?;
+                let connection = tokio::time::timeout(
+                    self.connect_timeout(),
+                    self.cache.shared.connector.sharded_subscriber(push_sender),
+                )
+                .await
+                .map_err(|_| "connecting timed out".to_owned())?;
+                let mut connection = connection
+                    .ok_or_else(|| "sharded pub/sub needs a Cluster".to_owned())?
+                    .map_err(|error| error.to_string())?;
                 for env in &wanted {
                     self.subscribe(&mut connection, env).await?;
                 }
-                Ok(connection)
+                Ok::<_, String>(connection)
             };
-            let mut connection =
-                match tokio::time::timeout(self.connect_timeout(), subscribed).await {
-                    Ok(Ok(connection)) => connection,
-                    Ok(Err(error)) => {
-                        debug!(%error, "subscribing to invalidations failed");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(MAX_DELAY);
-                        continue;
-                    }
-                    Err(_) => {
-                        debug!("subscribing to invalidations timed out");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(MAX_DELAY);
-                        continue;
-                    }
-                };
+            let mut connection = match subscribed.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    debug!(%error, "subscribing to invalidations failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_DELAY);
+                    continue;
+                }
+            };
             wanted.into_iter().for_each(confirmed);
             self.restored();
             debug!("subscribed to sharded invalidations");
@@ -291,10 +282,12 @@ impl Listener {
                 tokio::select! {
                     request = requests.recv() => {
                         let Some(env) = request else { return };
-                        match tokio::time::timeout(self.connect_timeout(), self.subscribe(&mut connection, &env)).await {
-                            Ok(Ok(())) => confirmed(env),
-                            Ok(Err(_)) => break "subscribing to an environment failed",
-                            Err(_) => break "subscribing to an environment timed out",
+                        match self.subscribe(&mut connection, &env).await {
+                            Ok(()) => confirmed(env),
+                            Err(error) => {
+                                debug!(%error, "subscribing to an environment failed");
+                                break "subscribing to an environment failed";
+                            }
                         }
                     }
                     push = pushes.recv() => match push {
@@ -325,14 +318,18 @@ impl Listener {
         }
     }
 
+    /// Subscribes to `env`'s channel on the node that owns its slot, within the connect timeout.
     async fn subscribe(
         &self,
         connection: &mut ClusterConnection,
         env: &Environment,
-    ) -> redis::RedisResult<()> {
-        connection
-            .ssubscribe(channel_of(&self.cache, true, env))
-            .await
+    ) -> Result<(), String> {
+        let channel = channel_of(&self.cache, true, env);
+        match tokio::time::timeout(self.connect_timeout(), connection.ssubscribe(&channel)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("SSUBSCRIBE {channel}: {error}")),
+            Err(_) => Err(format!("SSUBSCRIBE {channel} timed out")),
+        }
     }
 }
 
