@@ -115,23 +115,15 @@ impl Connector {
     }
 
     /// A connection of its own for classic pub/sub (a subscribed connection can do nothing else):
-    /// to the single node, to the first cluster seed that answers (classic pub/sub reaches every
-    /// node of a cluster), or to the master that Sentinel names.
+    /// to the single node, or to the master that Sentinel names. A Cluster has none: it uses
+    /// sharded pub/sub ([`Connector::sharded_subscriber`]).
     pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         match &self.target {
             Target::Single { url } => redis::Client::open(url.as_str())?.get_async_pubsub().await,
-            Target::Cluster { nodes } => {
-                let mut last = None;
-                for node in nodes {
-                    match redis::Client::open(node.as_str())?.get_async_pubsub().await {
-                        Ok(pubsub) => return Ok(pubsub),
-                        Err(error) => last = Some(error),
-                    }
-                }
-                Err(last.unwrap_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster node given"))
-                }))
-            }
+            Target::Cluster { .. } => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a Cluster carries invalidations on sharded pub/sub",
+            ))),
             Target::Sentinel { .. } => {
                 self.sentinel_client()?
                     .async_get_client()
@@ -145,8 +137,8 @@ impl Connector {
     /// A cluster connection of its own for sharded pub/sub (`SSUBSCRIBE`), on RESP3 so that one
     /// connection per node carries both the subscriptions and their messages, which arrive on
     /// `pushes` together with a `Disconnection` push whenever a node's connection drops. The
-    /// `redis` crate routes each `SSUBSCRIBE` to the node owning the channel's slot and follows
-    /// slot moves. `None` when the deployment is not a Cluster.
+    /// `redis` crate routes each `SSUBSCRIBE` to the node owning the channel's slot (following a
+    /// `MOVED` answer). `None` when the deployment is not a Cluster.
     pub(crate) async fn sharded_subscriber(
         &self,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,

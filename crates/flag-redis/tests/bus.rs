@@ -1,12 +1,13 @@
-//! `RedisBus` on real Redis: one classic channel on a single node; on a Cluster, one sharded
-//! channel per environment, subscribed on the node that owns the environment's keys, and every
-//! one of them subscribed again after the connection is lost or the slot moves to another node.
+//! `RedisBus` on real Redis: one classic channel on a single node (and on the master Sentinel
+//! names); on a Cluster, one sharded channel per environment, subscribed on the node that owns
+//! the environment's keys, and every one of them subscribed again after the connection is lost
+//! or the slot moves to another node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::{RedisCluster, RedisServer};
+use flag_conformance::fixtures::{RedisCluster, RedisSentinel, RedisServer};
 use flag_core::{BusEvent, Environment, InvalidationBus, Revision};
 use flag_redis::{RedisBus, RedisCache};
 use tokio::sync::broadcast;
@@ -329,5 +330,32 @@ async fn a_watched_environment_follows_its_slot_to_another_node() {
     assert_eq!(
         next_invalidation(&mut events).await,
         invalidated(&production, 5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_the_classic_channel_lives_on_the_master() {
+    let sentinel = RedisSentinel::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (_, publisher, subscriber) = connected_pair(&sentinel.url(), "flags").await;
+    assert!(!subscriber.is_sharded());
+    let production = env("production");
+    assert!(subscriber.is_watching(&production));
+    let subscribers = sentinel
+        .master()
+        .command(&format!(
+            "PUBSUB NUMSUB {}",
+            subscriber.channel(&production)
+        ))
+        .await
+        .unwrap();
+    // Both buses listen on the master.
+    assert!(subscribers.ends_with(":2"), "{subscribers}");
+    let mut events = subscriber.subscribe();
+    publisher.publish(&production, Revision(3)).await.unwrap();
+    assert_eq!(
+        next_invalidation(&mut events).await,
+        invalidated(&production, 3)
     );
 }
