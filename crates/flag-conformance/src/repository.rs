@@ -51,16 +51,28 @@ fn expect<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+/// The revision of `env`, read both ways: `revision` must agree with `snapshot`'s.
 async fn revision(
     property: &'static str,
     repository: &SharedRepository,
     env: &Environment,
 ) -> Result<Revision, Violation> {
-    Ok(repository
+    let of_snapshot = repository
         .snapshot(env)
         .await
         .map_err(|error| failed(property, "snapshot", error))?
-        .revision())
+        .revision();
+    let alone = repository
+        .revision(env)
+        .await
+        .map_err(|error| failed(property, "revision", error))?;
+    expect(
+        property,
+        "revision alone vs the snapshot's",
+        alone,
+        of_snapshot,
+    )?;
+    Ok(alone)
 }
 
 /// Rule 1: versions start at 1 and grow by 1; the stored flag is the definition plus its
@@ -137,6 +149,12 @@ pub async fn revisions_bump_once_per_write(repository: &SharedRepository) -> Res
         "snapshot of a never-written environment",
         empty,
         EnvironmentSnapshot::empty(Revision::ZERO),
+    )?;
+    expect(
+        P,
+        "revision of a never-written environment",
+        revision(P, repository, &env).await?,
+        Revision::ZERO,
     )?;
     let mut expected = 0;
     for name in ["a", "b", "a", "c"] {

@@ -1,5 +1,6 @@
 //! The repository suite against the reference `InMemoryRepository`, and proof that it catches
-//! a repository that ignores preconditions or forgets to bump revisions.
+//! a repository that ignores preconditions, forgets to bump revisions, or answers `revision`
+//! apart from `snapshot`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
@@ -8,20 +9,22 @@ use std::sync::Arc;
 use flag_conformance::{SharedRepository, repository, repository_suite};
 use flag_core::{
     Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError, Upserted,
-    async_trait,
+    FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError, Revision,
+    Upserted, async_trait,
 };
 
 repository_suite!(in_memory, || async {
     Arc::new(InMemoryRepository::new()) as SharedRepository
 });
 
-/// Writes whatever the precondition says, and reports revision 1 for every write.
+/// Writes whatever the precondition says, reports revision 1 for every write, or answers
+/// `revision` from a cache of its own that no write updates.
 #[derive(Debug, Default)]
 struct Careless {
     inner: InMemoryRepository,
     ignore_preconditions: bool,
     frozen_revision: bool,
+    revision_behind_snapshot: bool,
 }
 
 #[async_trait]
@@ -32,13 +35,18 @@ impl FeatureFlagRepository for Careless {
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
         let snapshot = self.inner.snapshot(env).await?;
         if self.frozen_revision && !snapshot.is_empty() {
-            return Ok(EnvironmentSnapshot::from_shared(
-                flag_core::Revision(1),
-                snapshot.flags().cloned(),
-            )
-            .unwrap());
+            return Ok(
+                EnvironmentSnapshot::from_shared(Revision(1), snapshot.flags().cloned()).unwrap(),
+            );
         }
         Ok(snapshot)
+    }
+    async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        let revision = self.inner.revision(env).await?;
+        if self.revision_behind_snapshot {
+            return Ok(Revision(revision.get().saturating_sub(1)));
+        }
+        Ok(revision)
     }
     async fn flag(
         &self,
@@ -123,6 +131,19 @@ async fn ignoring_preconditions_is_caught() {
 async fn a_revision_that_does_not_move_is_caught() {
     let caught = caught_by(|| Careless {
         frozen_revision: true,
+        ..Careless::default()
+    })
+    .await;
+    assert!(
+        caught.contains(&"revisions_bump_once_per_write"),
+        "{caught:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_disagrees_with_the_snapshot_is_caught() {
+    let caught = caught_by(|| Careless {
+        revision_behind_snapshot: true,
         ..Careless::default()
     })
     .await;

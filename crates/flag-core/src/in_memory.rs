@@ -81,6 +81,13 @@ impl FeatureFlagRepository for InMemoryRepository {
         })
     }
 
+    async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        Ok(self
+            .lock()
+            .get(env)
+            .map_or(Revision::ZERO, |state| state.revision))
+    }
+
     async fn flag(
         &self,
         env: &Environment,

@@ -19,8 +19,8 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 ///    previous version + 1, and returns the stored flag with its version and `updated_at`.
 /// 2. **Revisions.** Every successful write (upsert or delete) in an environment bumps that
 ///    environment's revision by exactly 1 in the same transaction; `snapshot` returns the flags
-///    and the revision of one consistent state. An environment never written is at revision 0
-///    with no flags.
+///    and the revision of one consistent state, and `revision` the same revision without the
+///    flags. An environment never written is at revision 0 with no flags.
 /// 3. **Optimistic concurrency.** [`Precondition::Version`] fails with
 ///    [`RepositoryError::VersionConflict`] (carrying the current version) unless the stored
 ///    version is exactly that; [`Precondition::Absent`] fails unless the flag does not exist.
@@ -39,6 +39,12 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
 
     /// Every flag of `env` with the environment's revision.
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError>;
+
+    /// The revision of `env` alone (what `snapshot` would carry), for callers that need no flags;
+    /// the provided method reads the whole snapshot, and adapters answer it more cheaply.
+    async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        Ok(self.snapshot(env).await?.revision())
+    }
 
     /// One flag of `env`, if it exists.
     async fn flag(
@@ -180,6 +186,10 @@ macro_rules! forward_repository {
                 env: &Environment,
             ) -> Result<EnvironmentSnapshot, RepositoryError> {
                 (**self).snapshot(env).await
+            }
+
+            async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+                (**self).revision(env).await
             }
 
             async fn flag(

@@ -504,7 +504,7 @@ impl FeatureFlagService {
     /// Drops `env` from the cache at its current revision, so the next read refills it.
     pub async fn invalidate_cache(&self, env: &Environment) -> Result<Revision, ServiceError> {
         self.inner.counters.repository_reads.increment();
-        let revision = self.inner.repository.snapshot(env).await?.revision();
+        let revision = self.inner.repository.revision(env).await?;
         self.inner.evict_flight(env);
         if let Err(error) = self.inner.cache.invalidate(env, revision).await {
             self.inner.counters.cache_errors.increment();

@@ -477,6 +477,19 @@ impl FeatureFlagRepository for SqlRepository {
         .await
     }
 
+    async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        let name = env.to_string();
+        self.bounded(async {
+            let revision: Option<i64> =
+                sqlx::query_scalar("SELECT revision FROM environments WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(revision.map_or(Revision::ZERO, |revision| Revision(to_u64(revision))))
+        })
+        .await
+    }
+
     async fn flag(
         &self,
         env: &Environment,
