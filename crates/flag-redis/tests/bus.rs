@@ -359,3 +359,32 @@ async fn through_sentinel_the_classic_channel_lives_on_the_master() {
         invalidated(&production, 3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_watches_at_most_max_watched_environments() {
+    let endpoint = RedisServer::shared_cluster()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (_, _, subscriber) = connected_pair(&endpoint.url, &endpoint.key_prefix).await;
+    let watched: Vec<Environment> = (0..flag_redis::MAX_WATCHED)
+        .map(|n| env(&format!("env-{n}")))
+        .collect();
+    watched
+        .iter()
+        .for_each(|environment| subscriber.watch(environment));
+    eventually("watching every environment up to the limit", || {
+        watched
+            .iter()
+            .all(|environment| subscriber.is_watching(environment))
+    })
+    .await;
+    // One more is refused: it is never subscribed, so it is always read from Redis.
+    let overflow = env("one-too-many");
+    subscriber.watch(&overflow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!subscriber.is_watching(&overflow));
+    assert_eq!(
+        shard_subscribers(&endpoint.url, &subscriber.channel(&overflow)).await,
+        0
+    );
+}
