@@ -49,6 +49,8 @@ struct Tiers {
     subscribed: AtomicBool,
     /// Bumped whenever L1 is dropped whole; a fill that began before a bump is not stored.
     epoch: AtomicU64,
+    /// How many times the bus reported its subscription lost.
+    losses: AtomicU64,
     /// Environments L1 may hold, with the newest revision it was given for each.
     held: Mutex<HashMap<Environment, Revision>>,
 }
@@ -71,6 +73,7 @@ impl TieredCache {
             bus,
             l1_ttl,
             epoch: AtomicU64::new(0),
+            losses: AtomicU64::new(0),
             held: Mutex::default(),
         });
         tokio::spawn(listen(Arc::downgrade(&inner), events));
@@ -80,6 +83,11 @@ impl TieredCache {
     /// Whether L1 is serving (the bus subscription is established).
     pub fn l1_serving(&self) -> bool {
         self.inner.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// How many times the bus subscription was lost since start (each loss dropped L1 whole).
+    pub fn subscription_losses(&self) -> u64 {
+        self.inner.losses.load(Ordering::SeqCst)
     }
 }
 
@@ -106,6 +114,7 @@ async fn listen(
                     "invalidation subscription lost: bypassing and dropping the in-process cache"
                 );
                 tiers.subscribed.store(false, Ordering::SeqCst);
+                tiers.losses.fetch_add(1, Ordering::SeqCst);
                 tiers.drop_l1().await;
             }
             Ok(BusEvent::Restored) => {

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use flag_core::{Environment, FeatureFlagService};
+use flag_core::{Environment, FeatureFlagService, TieredCache};
 use flag_redis::RedisCache;
 use serde_json::json;
 
@@ -52,6 +52,8 @@ pub struct AppState {
     pub client_tokens: Option<Arc<[String]>>,
     /// The Redis cache, when there is one, for readiness checks.
     pub redis: Option<RedisCache>,
+    /// The tiered cache, when that is the backend, for its metrics.
+    pub tiered: Option<TieredCache>,
     /// The bearer token of the management API.
     pub admin_token: Arc<str>,
     /// Request counts and latencies.
@@ -73,6 +75,7 @@ impl AppState {
             default_environment,
             client_tokens: None,
             redis: None,
+            tiered: None,
             admin_token,
             http_metrics: Arc::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,

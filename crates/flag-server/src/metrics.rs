@@ -88,6 +88,17 @@ pub(crate) struct Exposition<'a> {
     pub(crate) service: ServiceMetrics,
     pub(crate) cache_backend: &'static str,
     pub(crate) repository_backend: &'static str,
+    /// The tiered cache's state, when that is the backend.
+    pub(crate) tiered: Option<TieredState>,
+}
+
+/// What `/metrics` tells of a tiered cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TieredState {
+    /// Whether the in-process layer answers (the invalidation subscription is up).
+    pub(crate) l1_serving: bool,
+    /// Subscription losses since start.
+    pub(crate) subscription_losses: u64,
 }
 
 impl Exposition<'_> {
@@ -96,7 +107,36 @@ impl Exposition<'_> {
         let mut out = String::with_capacity(4096);
         self.render_http(&mut out);
         self.render_service(&mut out);
+        self.render_tiered(&mut out);
         out
+    }
+
+    fn render_tiered(&self, out: &mut String) {
+        let Some(tiered) = self.tiered else {
+            return;
+        };
+        header(
+            out,
+            "flag_tiered_l1_serving",
+            "gauge",
+            "1 while the in-process layer answers; 0 while its invalidation subscription is down and reads go to Redis.",
+        );
+        let _ = writeln!(
+            out,
+            "flag_tiered_l1_serving {}",
+            u8::from(tiered.l1_serving)
+        );
+        header(
+            out,
+            "flag_tiered_subscription_losses_total",
+            "counter",
+            "Times the invalidation subscription was lost (each drops the in-process layer whole).",
+        );
+        let _ = writeln!(
+            out,
+            "flag_tiered_subscription_losses_total {}",
+            tiered.subscription_losses
+        );
     }
 
     fn render_http(&self, out: &mut String) {
@@ -255,8 +295,13 @@ mod tests {
             service: ServiceMetrics::default(),
             cache_backend: "memory",
             repository_backend: "sqlite",
+            tiered: None,
         }
         .render();
+        assert!(
+            !text.contains("flag_tiered_"),
+            "tiered metrics without tiered"
+        );
         let labels = format!("route=\"{route}\",method=\"POST\",status=\"200\"");
         for expected in [
             format!("flag_http_requests_total{{{labels}}} 3"),

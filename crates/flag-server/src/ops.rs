@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::metrics::Exposition;
+use crate::metrics::{Exposition, TieredState};
 
 /// The OpenAPI 3 document of every route, served as written.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -34,6 +34,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         service: state.service.metrics(),
         cache_backend: state.service.cache_backend(),
         repository_backend: state.service.repository_backend(),
+        tiered: state.tiered.as_ref().map(|tiered| TieredState {
+            l1_serving: tiered.l1_serving(),
+            subscription_losses: tiered.subscription_losses(),
+        }),
     }
     .render();
     (

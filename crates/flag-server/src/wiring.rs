@@ -21,6 +21,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         .await
         .context("connecting to the database")?;
     let mut redis = None;
+    let mut tiered = None;
     let cache: Arc<DynFeatureFlagCache> = match config.effective_cache_backend() {
         CacheBackend::Memory => Arc::new(MemoryCache::new()),
         CacheBackend::None => Arc::new(NoCache),
@@ -36,12 +37,14 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
             let cache = redis_cache(config, "tiered")?;
             redis = Some(cache.clone());
             let bus = RedisBus::start(&cache);
-            Arc::new(TieredCache::start(
+            let cache = TieredCache::start(
                 Arc::new(MemoryCache::new()),
                 Arc::new(cache),
                 Arc::new(bus),
                 Duration::from_millis(config.cache_l1_ttl_ms),
-            ))
+            );
+            tiered = Some(cache.clone());
+            Arc::new(cache)
         }
     };
     let service = FeatureFlagService::builder(Arc::new(repository), cache)
@@ -65,6 +68,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     Ok(AppState {
         client_tokens,
         redis,
+        tiered,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         ..AppState::new(service, default_environment, admin_token)
     })

@@ -242,7 +242,7 @@ mod support;
 /// three-master Cluster) and one SQLite file: the readers answer from memory (Redis sees almost
 /// none of their reads), and every write through the first is answered by the other two, whose
 /// in-process layers held the old value, once its invalidation has crossed Redis pub/sub
-/// (sharded on the Cluster). Prints the propagation figures; the 50 ms target is the load-test runner's
+/// (sharded on the Cluster). A killed subscription then shows in each server's `/metrics`. Prints the propagation figures; the 50 ms target is the load-test runner's
 /// (`loadtests`, which measures 1,000 writes on a release build); the bound asserted here is the
 /// contract's: never later than the in-process TTL.
 #[rstest::rstest]
@@ -351,4 +351,26 @@ async fn three_tiered_processes_see_each_others_writes(#[values(false, true)] cl
         at(0.99),
         at(1.0)
     );
+
+    // A lost subscription shows in /metrics: the loss is counted, and the in-process layer serves
+    // again once the subscription is back.
+    let reader = readers[0].socket();
+    assert_eq!(support::metric(reader, "flag_tiered_l1_serving").await, 1.0);
+    assert_eq!(
+        support::metric(reader, "flag_tiered_subscription_losses_total").await,
+        0.0
+    );
+    assert!(redis.kill_subscribers().await > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::metric(reader, "flag_tiered_subscription_losses_total").await < 1.0
+        || support::metric(reader, "flag_tiered_l1_serving").await < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the loss was not counted, or L1 never served again"
+        );
+        // Reads keep the environment wanted, so that it is watched (and kept) again.
+        assert_eq!(read(&readers[0]).await, 1000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

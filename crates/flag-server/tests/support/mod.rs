@@ -153,16 +153,22 @@ impl TestServer {
 
     /// The value of one sample of `/metrics`, by its exact name and labels.
     pub async fn metric(&self, series: &str) -> f64 {
-        let reply = self.request("GET", "/metrics", &[], "").await;
-        assert_eq!(reply.status, 200);
-        reply
-            .body
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no sample {series} in\n{}", reply.body))
-            .parse()
-            .unwrap()
+        metric(self.address, series).await
     }
+}
+
+/// The value of one sample of the `/metrics` of the server at `address`, by its exact name and
+/// labels.
+pub async fn metric(address: std::net::SocketAddr, series: &str) -> f64 {
+    let reply = request(address, "GET", "/metrics", &[], "").await;
+    assert_eq!(reply.status, 200);
+    reply
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{}", reply.body))
+        .parse()
+        .unwrap()
 }
 
 /// A reply: status, headers (lower-case names) and body.
