@@ -670,6 +670,93 @@ pub async fn get_flag_agrees_with_get(
     Ok(())
 }
 
+/// Rule 8: `get_with_ttl` answers what `get` would, and the time it reports left, counted from
+/// when the call began, ends no later than the entry's TTL plus the slack.
+pub async fn get_with_ttl_never_outlives_get(
+    cache: &SharedCache,
+    capabilities: CacheCapabilities,
+) -> Result<(), Violation> {
+    const P: &str = "get_with_ttl_never_outlives_get";
+    let slack = capabilities.ttl_slack;
+    let env = env("ttl-report");
+    let read = |cache: &SharedCache| {
+        let cache = Arc::clone(cache);
+        let env = env.clone();
+        async move { timed(cache.get_with_ttl(&env)).await }
+    };
+    let (before, _) = read(cache).await;
+    if let Some((snapshot, _)) = before.map_err(|error| fault(P, "get_with_ttl", error))? {
+        return Err(Violation::new(
+            P,
+            format!(
+                "get_with_ttl of a never-set environment answered {}",
+                describe(Some(&snapshot))
+            ),
+        ));
+    }
+    for (revision, ttl_ms) in [(1, 60_000), (2, 400), (3, 40)] {
+        let ttl = Duration::from_millis(ttl_ms);
+        let snapshot = generation_snapshot(revision, 3, revision);
+        let (outcome, set_window) = timed(cache.set(&env, Arc::new(snapshot.clone()), ttl)).await;
+        let outcome = outcome.map_err(|error| fault(P, "set", error))?;
+        expect_outcome(P, &format!("set r{revision}"), outcome, SetOutcome::Stored)?;
+        // Right after the set and, for short TTLs, half-way through and around the end.
+        let waits = if ttl > Duration::from_secs(1) {
+            vec![Duration::ZERO]
+        } else {
+            vec![Duration::ZERO, ttl / 2, ttl.saturating_sub(slack)]
+        };
+        for wait in waits {
+            tokio::time::sleep_until((set_window.ended + wait).into()).await;
+            let (got, window) = read(cache).await;
+            let got = got.map_err(|error| fault(P, "get_with_ttl", error))?;
+            let since_set = window.started.saturating_duration_since(set_window.started);
+            match (got, Expectation::judge(set_window, ttl, slack, window)) {
+                (Some((got, _)), _) if *got != snapshot => {
+                    return Err(Violation::new(
+                        P,
+                        format!("get_with_ttl returned {}", describe(Some(&got))),
+                    ));
+                }
+                (Some((_, Some(remaining))), _)
+                    if window.started + remaining > set_window.ended + ttl + slack =>
+                {
+                    return Err(Violation::new(
+                        P,
+                        format!(
+                            "{since_set:?} after a set with TTL {ttl:?}, get_with_ttl reported \
+                             {remaining:?} left (slack {slack:?})"
+                        ),
+                    ));
+                }
+                (Some(_), Expectation::Miss) => {
+                    return Err(Violation::new(
+                        P,
+                        format!(
+                            "get_with_ttl {since_set:?} after a set with TTL {ttl:?} still hit"
+                        ),
+                    ));
+                }
+                (None, Expectation::Hit) => {
+                    return Err(Violation::new(
+                        P,
+                        format!("get_with_ttl {since_set:?} after a set with TTL {ttl:?} missed"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    invalidate(P, cache, &env, 4).await?;
+    match read(cache).await.0 {
+        Ok(None) => Ok(()),
+        other => Err(Violation::new(
+            P,
+            format!("get_with_ttl after invalidate answered {other:?}"),
+        )),
+    }
+}
+
 /// Maximum-length names and Unicode or large values come back exactly as stored.
 pub async fn unusual_keys_and_values_round_trip(
     cache: &SharedCache,
@@ -776,6 +863,7 @@ where
         stale_set_after_invalidate,
         environments_are_isolated,
         get_flag_agrees_with_get,
+        get_with_ttl_never_outlives_get,
         unusual_keys_and_values_round_trip,
         large_environment_round_trips,
     );

@@ -1,9 +1,14 @@
-//! The behaviour suite that every cache adapter of `flag-core` must pass, so that swapping one
-//! backend for another changes nothing a user can observe (TTL to the millisecond included).
+//! The behaviour suites that every adapter of a `flag-core` port must pass (cache, repository,
+//! invalidation bus), so that swapping one backend for another changes nothing a user can
+//! observe (TTL to the millisecond included).
 //!
 //! Every property is a plain async function over the port that returns `Result<(), Violation>`,
-//! so the suite can also be run against a deliberately broken adapter and be seen to fail.
-//! Adapters declare their differences in [`CacheCapabilities`]; nothing is ever skipped.
+//! so a suite can also be run against a deliberately broken adapter and be seen to fail (the
+//! "teeth" tests of `flag-memory` and of this crate do exactly that). Adapters declare their
+//! differences in [`CacheCapabilities`] and [`BusCapabilities`]; nothing is ever skipped. The
+//! numbers in brackets are the rules of each port's `# Contract` that the property proves.
+//!
+//! The cache suite ([`cache`], [`cache_suite!`]):
 //!
 //! | property | what it proves (rule of `FeatureFlagCache`'s contract) |
 //! |---|---|
@@ -15,14 +20,34 @@
 //! | [`cache::revision_never_goes_back`] | an older set is `Stale` and changes nothing (4) |
 //! | [`cache::stale_set_after_invalidate`] | after `invalidate(r)`, sets older than `r` are `Stale` (4) |
 //! | [`cache::environments_are_isolated`] | look-alike environments never collide (5) |
-//! | [`cache::get_flag_agrees_with_get`] | `get_flag` is `Hit`, `Absent` or `Miss` exactly as `get` says |
-//! | [`cache::unusual_keys_and_values_round_trip`] | maximum-length and Unicode keys and values survive |
-//! | [`cache::large_environment_round_trips`] | a 10,000-flag environment survives |
+//! | [`cache::get_flag_agrees_with_get`] | `get_flag` is `Hit`, `Absent` or `Miss` exactly as `get` says (7) |
+//! | [`cache::get_with_ttl_never_outlives_get`] | the time `get_with_ttl` reports left ends no later than the entry (8) |
+//! | [`cache::unusual_keys_and_values_round_trip`] | maximum-length and Unicode keys and values survive (9) |
+//! | [`cache::large_environment_round_trips`] | a 10,000-flag environment survives (9) |
 //! | [`model::check_against_model`] | random sequences of every operation agree with a reference model |
 //!
-//! The repository suite ([`repository`], [`repository_suite!`]) does the same for
-//! `FeatureFlagRepository`: versions, revisions, optimistic concurrency (50 concurrent
-//! read-modify-write writers lose nothing), deletes, isolation and listing.
+//! The repository suite ([`repository`], [`repository_suite!`]):
+//!
+//! | property | what it proves (rule of `FeatureFlagRepository`'s contract) |
+//! |---|---|
+//! | [`repository::versions_start_at_one_and_grow`] | versions start at 1 and grow by 1 (1) |
+//! | [`repository::revisions_bump_once_per_write`] | one revision bump per write, none per failed write; `revision` agrees with `snapshot` (2) |
+//! | [`repository::optimistic_concurrency_is_enforced`] | every `Precondition` is checked in the write; a failed one changes nothing (3) |
+//! | [`repository::concurrent_writers_never_lose_updates`] | 50 concurrent read-modify-write writers lose nothing (3) |
+//! | [`repository::deletes_remove_and_restart_versions`] | deletes, `NotFound`, re-creation at version 1 (4) |
+//! | [`repository::environments_are_isolated`] | look-alike environments never collide (5) |
+//! | [`repository::environments_are_listed`] | every written environment listed with revision and count (6) |
+//! | [`repository::unusual_flags_round_trip`], [`repository::ping_answers`] | round trips and ping (7) |
+//!
+//! The bus suite ([`bus`], [`bus_suite!`]) runs on a [`BusMedium`] (what the buses of one
+//! deployment share: one Redis, one process), which each property gets fresh:
+//!
+//! | property | what it proves (rule of `InvalidationBus`'s contract) |
+//! |---|---|
+//! | [`bus::publish_reaches_every_subscriber`] | one publish reaches every receiver of every bus, the publisher's own included, once (1) |
+//! | [`bus::a_loss_is_followed_by_a_restore`] | an interrupted subscription is `Lost`, then `Restored` once it watches again (2) |
+//! | [`bus::watch_is_idempotent_and_bounded`] | watching twice is once; no more environments watched than declared (3) |
+//! | [`bus::a_watched_environment_is_delivered`] | once `is_watching` says so, publishes arrive (4) |
 //!
 //! Running the suite for a new adapter takes one macro call in its tests (the crate needs
 //! `tokio` and `rstest` as dev-dependencies):
@@ -43,8 +68,8 @@
 //!
 //! The model test runs 256 cases by default; `PROPTEST_CASES` changes that.
 
+pub mod bus;
 pub mod cache;
-pub mod fixtures;
 pub mod model;
 pub mod repository;
 mod sample;
@@ -53,6 +78,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use bus::{BusCapabilities, BusMedium, SharedBus, SharedMedium};
 pub use flag_core;
 pub use repository::SharedRepository;
 pub use sample::{flag_with_value, generation_snapshot};
@@ -148,6 +174,7 @@ macro_rules! cache_suite {
             $crate::__cache_property!(stale_set_after_invalidate);
             $crate::__cache_property!(environments_are_isolated);
             $crate::__cache_property!(get_flag_agrees_with_get);
+            $crate::__cache_property!(get_with_ttl_never_outlives_get);
             $crate::__cache_property!(unusual_keys_and_values_round_trip);
             $crate::__cache_property!(large_environment_round_trips);
 
@@ -217,6 +244,48 @@ macro_rules! __repository_property {
         async fn $property() {
             let repository = repository().await;
             if let Err(violation) = $crate::repository::$property(&repository).await {
+                panic!("{violation}");
+            }
+        }
+    };
+}
+
+/// Turns the whole bus suite into `#[tokio::test]`s for one backend.
+///
+/// `$factory` is a closure returning a future of a fresh [`SharedMedium`]; every test gets its
+/// own. `$capabilities` is the backend's [`BusCapabilities`].
+#[macro_export]
+macro_rules! bus_suite {
+    ($name:ident, $factory:expr, $capabilities:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn medium() -> $crate::SharedMedium {
+                ($factory)().await
+            }
+
+            fn capabilities() -> $crate::BusCapabilities {
+                $capabilities
+            }
+
+            $crate::__bus_property!(publish_reaches_every_subscriber);
+            $crate::__bus_property!(a_loss_is_followed_by_a_restore);
+            $crate::__bus_property!(watch_is_idempotent_and_bounded);
+            $crate::__bus_property!(a_watched_environment_is_delivered);
+        }
+    };
+}
+
+/// One property of [`bus_suite!`] as a test; expands inside the suite's module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __bus_property {
+    ($property:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $property() {
+            let medium = medium().await;
+            if let Err(violation) = $crate::bus::$property(&*medium, capabilities()).await {
                 panic!("{violation}");
             }
         }

@@ -216,8 +216,8 @@ pub async fn revisions_bump_once_per_write(repository: &SharedRepository) -> Res
     )
 }
 
-/// Rule 3: preconditions are checked in the write's transaction; a failed one reports the
-/// current version and changes nothing.
+/// Rule 3: every precondition (`Version`, `Absent`, `Exists`) is checked in the write's
+/// transaction; a failed one reports the current version and changes nothing.
 pub async fn optimistic_concurrency_is_enforced(
     repository: &SharedRepository,
 ) -> Result<(), Violation> {
@@ -311,7 +311,44 @@ pub async fn optimistic_concurrency_is_enforced(
         "a stale If-Match on delete reports",
         delete_stale,
         Some(2),
-    )
+    )?;
+    let missing_any = conflict(
+        repository
+            .upsert(&env, definition("g", json!({})), Precondition::Exists)
+            .await
+            .map(|_| ()),
+    )?;
+    expect(
+        P,
+        "If-Match: * on a missing flag reports",
+        missing_any,
+        None,
+    )?;
+    if repository
+        .flag(&env, &key("g"))
+        .await
+        .map_err(|error| failed(P, "flag", error))?
+        .is_some()
+    {
+        return Err(Violation::new(
+            P,
+            "If-Match: * on a missing flag created it",
+        ));
+    }
+    let any = repository
+        .upsert(
+            &env,
+            definition("f", json!({"enabled": true})),
+            Precondition::Exists,
+        )
+        .await
+        .map_err(|error| failed(P, "If-Match: * on an existing flag", error))?;
+    expect(P, "version after If-Match: *", any.flag.version(), 3)?;
+    let deleted = repository
+        .delete(&env, &key("f"), Precondition::Exists)
+        .await
+        .map_err(|error| failed(P, "delete with If-Match: *", error))?;
+    expect(P, "version deleted with If-Match: *", deleted.version, 3)
 }
 
 /// Rule 3: fifty writers doing read-modify-write with expected versions on one flag, retrying

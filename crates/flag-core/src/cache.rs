@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::flag::FeatureFlag;
 use crate::names::{Environment, FlagKey};
-use crate::snapshot::{EnvironmentSnapshot, Revision};
+use crate::snapshot::{EnvironmentSnapshot, FlagLookup, Revision};
 
 /// A cache of whole environment snapshots, shared as `Arc<dyn FeatureFlagCache>`.
 ///
@@ -32,10 +31,23 @@ use crate::snapshot::{EnvironmentSnapshot, Revision};
 ///    (`prod` / `prod-eu`) never collide. (proven by `environments_are_isolated`)
 /// 6. **Failures are values.** A backend fault is a [`CacheError`] returned within the adapter's
 ///    configured timeout, never a panic or a hang. (proven by each adapter's fault tests)
+/// 7. **`get_flag` agrees with `get`.** [`FlagLookup::Hit`] when the cached snapshot has the
+///    flag, [`FlagLookup::Absent`] when the environment is cached without it, [`FlagLookup::Miss`]
+///    when the environment is not cached. (proven by `get_flag_agrees_with_get`)
+/// 8. **`get_with_ttl` never promises more than `get` serves.** It answers what `get` would, and
+///    the time it reports left, counted from when the call began, ends no later than the entry's
+///    TTL plus the slack: a layer in front of this cache that keeps an answer for that long never
+///    outlives it. Reporting less, or `None` (cannot tell), is allowed.
+///    (proven by `get_with_ttl_never_outlives_get`)
+/// 9. **Round trips.** Maximum-length and Unicode keys, large values and a 10,000-flag
+///    environment come back exactly as stored.
+///    (proven by `unusual_keys_and_values_round_trip`, `large_environment_round_trips`)
 ///
-/// `get_flag` agrees with `get`: [`FlagLookup::Hit`] when the cached snapshot has the flag,
-/// [`FlagLookup::Absent`] when the environment is cached without it, [`FlagLookup::Miss`] when
-/// the environment is not cached. (proven by `get_flag_agrees_with_get`)
+/// The model test (`model_test`) drives random sequences of every operation against a reference
+/// model of rules 1 to 8 at once.
+///
+/// Health and status are provided methods, so the server asks the port and never knows the
+/// adapter: [`Self::ping`] for readiness, [`Self::tier_status`] for a layered cache's metrics.
 ///
 /// # Why `#[async_trait]`
 ///
@@ -74,28 +86,29 @@ pub trait FeatureFlagCache: Send + Sync + fmt::Debug {
     ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
         Ok(self.get(env).await?.map(|snapshot| (snapshot, None)))
     }
+
+    /// Succeeds when the backend answers, for readiness checks; an in-process cache always does.
+    async fn ping(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    /// How the in-process layer of a layered cache is doing, for metrics; `None` for a cache of
+    /// one layer.
+    fn tier_status(&self) -> Option<TierStatus> {
+        None
+    }
 }
 
 /// The trait object the service and server hold.
 pub type DynFeatureFlagCache = dyn FeatureFlagCache;
 
-/// What `get_flag` found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FlagLookup {
-    /// The environment is cached and has the flag.
-    Hit {
-        /// The flag.
-        flag: Arc<FeatureFlag>,
-        /// The revision of the cached snapshot it belongs to.
-        revision: Revision,
-    },
-    /// The environment is cached and has no such flag.
-    Absent {
-        /// The revision of the cached snapshot.
-        revision: Revision,
-    },
-    /// The environment is not cached.
-    Miss,
+/// What a layered cache (an in-process layer kept fresh by an invalidation bus) tells of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierStatus {
+    /// Whether the in-process layer answers reads (its bus subscription is established).
+    pub l1_serving: bool,
+    /// How many times the subscription was lost since start (each loss drops the layer whole).
+    pub subscription_losses: u64,
 }
 
 /// What `set` did.
@@ -207,6 +220,14 @@ macro_rules! forward_cache {
                 env: &Environment,
             ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
                 (**self).get_with_ttl(env).await
+            }
+
+            async fn ping(&self) -> Result<(), CacheError> {
+                (**self).ping().await
+            }
+
+            fn tier_status(&self) -> Option<TierStatus> {
+                (**self).tier_status()
             }
         }
     };

@@ -40,29 +40,6 @@ impl InMemoryRepository {
     }
 }
 
-fn check(
-    env: &Environment,
-    key: &FlagKey,
-    precondition: Precondition,
-    current: Option<u64>,
-) -> Result<(), RepositoryError> {
-    let holds = match precondition {
-        Precondition::None => true,
-        Precondition::Version(version) => current == Some(version),
-        Precondition::Absent => current.is_none(),
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(RepositoryError::VersionConflict {
-            environment: env.clone(),
-            key: key.clone(),
-            expected: precondition,
-            current,
-        })
-    }
-}
-
 #[async_trait]
 impl FeatureFlagRepository for InMemoryRepository {
     fn backend(&self) -> &'static str {
@@ -110,7 +87,7 @@ impl FeatureFlagRepository for InMemoryRepository {
             .get(env)
             .and_then(|state| state.flags.get(flag.key()))
             .map(FeatureFlag::version);
-        check(env, flag.key(), precondition, current)?;
+        precondition.check(env, flag.key(), current)?;
         let state = environments.entry(env.clone()).or_default();
         state.revision = Revision(state.revision.get() + 1);
         let stored = flag.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
@@ -139,7 +116,7 @@ impl FeatureFlagRepository for InMemoryRepository {
             .get(key)
             .map(FeatureFlag::version)
             .ok_or_else(not_found)?;
-        check(env, key, precondition, Some(current))?;
+        precondition.check(env, key, Some(current))?;
         state.flags.remove(key);
         state.revision = Revision(state.revision.get() + 1);
         Ok(Deleted {

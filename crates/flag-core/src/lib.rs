@@ -1,18 +1,20 @@
-//! The core of the feature-flag service: what a flag is, how it is evaluated, the two ports that
-//! adapters implement, and the service that joins them.
+//! The core of the feature-flag service: what a flag is, how it is evaluated, the three ports
+//! that adapters implement, and the service that joins them. It knows no adapter.
 //!
-//! - Domain ([`Environment`], [`FlagKey`], [`FeatureFlag`], [`EnvironmentSnapshot`]): parsed, not
-//!   validated later; a value of these types is valid by construction.
+//! - Domain ([`Environment`], [`FlagKey`], [`FeatureFlag`], [`EnvironmentSnapshot`],
+//!   [`FlagLookup`]): parsed, not validated later; a value of these types is valid by
+//!   construction.
 //! - Evaluation ([`evaluate`], [`Evaluation`], [`EvaluationContext`]): every operator, reason and
 //!   error of the design contract; percentage rollouts bucketed exactly like flagd.
-//! - Ports: [`FeatureFlagCache`] (memory, Redis, ...) and [`FeatureFlagRepository`] (SQL), both
-//!   object-safe and documented with a `# Contract` that `flag-conformance` proves per adapter.
+//! - Ports, each object-safe and documented with a `# Contract` whose every rule names the
+//!   `flag-conformance` property that proves it for every adapter:
+//!   [`FeatureFlagCache`] (adapters: `flag-memory`'s `MemoryCache`, `TieredCache`, `NoCache`;
+//!   `flag-redis`'s `RedisCache`), [`FeatureFlagRepository`] (`flag-sql`'s `SqlRepository`, and
+//!   [`InMemoryRepository`] here, the reference the repository suite is checked against) and
+//!   [`InvalidationBus`] (`flag-memory`'s `LocalBus`, `flag-redis`'s `RedisBus`).
 //! - [`FeatureFlagService`]: read-through caching with single-flight fills, fallback to the
-//!   repository when the cache fails, read-your-writes after every write, and last-known-good
-//!   answers (reason `CACHED`) when the cache and the repository both fail.
-//! - [`InvalidationBus`] (a third port: instances telling each other an environment changed, with
-//!   [`LocalBus`] in process) and [`TieredCache`], an in-process L1 over any shared L2 that the
-//!   bus keeps coherent; itself a [`FeatureFlagCache`].
+//!   repository when the cache fails, read-your-writes after every write, retried invalidations,
+//!   and last-known-good answers (reason `CACHED`) when the cache and the repository both fail.
 //!
 //! ```
 //! use flag_core::{EvaluationContext, FeatureFlag, FlagKey, Reason, evaluate};
@@ -39,18 +41,16 @@ mod context;
 mod evaluation;
 mod flag;
 mod in_memory;
-mod last_good;
 mod metrics;
 mod names;
 mod repository;
 mod secrets;
 mod service;
 mod snapshot;
-mod tiered;
 
 pub use bucketing::{bucket, murmur3_x86_32};
-pub use bus::{BUS_CAPACITY, BusError, BusEvent, DynInvalidationBus, InvalidationBus, LocalBus};
-pub use cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, FlagLookup, SetOutcome};
+pub use bus::{BUS_CAPACITY, BusError, BusEvent, DynInvalidationBus, InvalidationBus};
+pub use cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, SetOutcome, TierStatus};
 pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
 pub use evaluation::{
     ErrorCode, Evaluation, EvaluationError, Reason, Resolution, evaluate, matches,
@@ -71,8 +71,7 @@ pub use service::{
     BulkEvaluation, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, FeatureFlagService, RetryPolicy,
     ServiceBuilder, ServiceConfigError, ServiceError,
 };
-pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, Revision};
-pub use tiered::{DEFAULT_L1_TTL, TieredCache};
+pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision};
 
 /// Re-exported so adapters implement the ports with the same macro version.
 pub use async_trait::async_trait;

@@ -13,25 +13,35 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 ///
 /// # Contract
 ///
-/// `flag-conformance`'s repository suite proves each rule for every adapter.
+/// Every adapter obeys these rules; `flag-conformance`'s repository suite proves each of them
+/// (the property that does so is named after the rule).
 ///
 /// 1. **Versions.** A flag's first write stores version 1; every later write of it stores the
 ///    previous version + 1, and returns the stored flag with its version and `updated_at`.
+///    (proven by `versions_start_at_one_and_grow`)
 /// 2. **Revisions.** Every successful write (upsert or delete) in an environment bumps that
-///    environment's revision by exactly 1 in the same transaction; `snapshot` returns the flags
-///    and the revision of one consistent state, and `revision` the same revision without the
-///    flags. An environment never written is at revision 0 with no flags.
-/// 3. **Optimistic concurrency.** [`Precondition::Version`] fails with
-///    [`RepositoryError::VersionConflict`] (carrying the current version) unless the stored
-///    version is exactly that; [`Precondition::Absent`] fails unless the flag does not exist.
-///    A failed write changes nothing. Concurrent read-modify-write cycles never lose an update.
+///    environment's revision by exactly 1 in the same transaction; a failed write bumps nothing;
+///    `snapshot` returns the flags and the revision of one consistent state, and `revision` the
+///    same revision without the flags. An environment never written is at revision 0 with no
+///    flags. (proven by `revisions_bump_once_per_write`)
+/// 3. **Optimistic concurrency.** A [`Precondition`] is checked inside the write's transaction
+///    ([`Precondition::check`] is the rule); a failed one is
+///    [`RepositoryError::VersionConflict`] carrying the current version, and changes nothing.
+///    Concurrent read-modify-write cycles never lose an update.
+///    (proven by `optimistic_concurrency_is_enforced`, `concurrent_writers_never_lose_updates`)
 /// 4. **Deletes.** Deleting a missing flag is [`RepositoryError::NotFound`] and bumps nothing.
-///    A re-created flag starts again at version 1.
+///    A re-created flag starts again at version 1. (proven by `deletes_remove_and_restart_versions`)
 /// 5. **Isolation.** Nothing done in one environment is visible in another.
+///    (proven by `environments_are_isolated`)
 /// 6. **Listing.** `environments` lists every environment that has had a write, by name, with its
 ///    revision and current flag count (0 after its last flag was deleted).
-/// 7. **Failures are values.** An unreachable store is [`RepositoryError::Unavailable`] or
+///    (proven by `environments_are_listed`)
+/// 7. **Round trips.** Maximum-length keys, Unicode and large values come back exactly as
+///    written, and `ping` answers while the store does.
+///    (proven by `unusual_flags_round_trip`, `ping_answers`)
+/// 8. **Failures are values.** An unreachable store is [`RepositoryError::Unavailable`] or
 ///    [`RepositoryError::Timeout`] within the adapter's timeout, never a hang.
+///    (proven by each adapter's fault tests)
 #[async_trait]
 pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
     /// A short, stable name of the backend (`sqlite`, `postgres`, ...) for metrics and logs.
@@ -89,6 +99,39 @@ pub enum Precondition {
     Version(u64),
     /// Write only if the flag does not exist (HTTP `If-None-Match: *`).
     Absent,
+    /// Write only if the flag exists, at any version (HTTP `If-Match: *`).
+    Exists,
+}
+
+impl Precondition {
+    /// Whether the precondition holds for a flag stored at `current` (`None`: no such flag).
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::Version(expected) => current == Some(expected),
+            Precondition::Absent => current.is_none(),
+            Precondition::Exists => current.is_some(),
+        }
+    }
+
+    /// `Ok` when the precondition holds for `key` of `env` stored at `current`, else the
+    /// [`RepositoryError::VersionConflict`] a repository answers.
+    pub fn check(
+        self,
+        env: &Environment,
+        key: &FlagKey,
+        current: Option<u64>,
+    ) -> Result<(), RepositoryError> {
+        if self.holds(current) {
+            return Ok(());
+        }
+        Err(RepositoryError::VersionConflict {
+            environment: env.clone(),
+            key: key.clone(),
+            expected: self,
+            current,
+        })
+    }
 }
 
 /// A successful upsert.
@@ -231,3 +274,36 @@ macro_rules! forward_repository {
 
 forward_repository!(std::sync::Arc<T>);
 forward_repository!(Box<T>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preconditions_hold_as_their_headers_say() {
+        assert!(Precondition::None.holds(None) && Precondition::None.holds(Some(4)));
+        assert!(Precondition::Version(3).holds(Some(3)));
+        assert!(!Precondition::Version(3).holds(Some(4)));
+        assert!(!Precondition::Version(3).holds(None));
+        assert!(Precondition::Absent.holds(None));
+        assert!(!Precondition::Absent.holds(Some(1)));
+        assert!(Precondition::Exists.holds(Some(1)));
+        assert!(!Precondition::Exists.holds(None));
+    }
+
+    #[test]
+    fn a_failed_check_names_what_was_expected_and_what_is_stored() {
+        let env = Environment::parse("production").unwrap();
+        let key = FlagKey::parse("checkout").unwrap();
+        assert_eq!(
+            Precondition::Exists.check(&env, &key, None),
+            Err(RepositoryError::VersionConflict {
+                environment: env.clone(),
+                key: key.clone(),
+                expected: Precondition::Exists,
+                current: None,
+            })
+        );
+        assert_eq!(Precondition::Version(2).check(&env, &key, Some(2)), Ok(()));
+    }
+}

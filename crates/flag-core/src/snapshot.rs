@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::FlagLookup;
 use crate::flag::FeatureFlag;
 use crate::names::{Environment, FlagKey};
 
@@ -147,6 +146,25 @@ impl<'de> Deserialize<'de> for EnvironmentSnapshot {
         let shape = Shape::deserialize(deserializer)?;
         Self::new(shape.revision, shape.flags).map_err(serde::de::Error::custom)
     }
+}
+
+/// What `get_flag` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlagLookup {
+    /// The environment is cached and has the flag.
+    Hit {
+        /// The flag.
+        flag: Arc<FeatureFlag>,
+        /// The revision of the cached snapshot it belongs to.
+        revision: Revision,
+    },
+    /// The environment is cached and has no such flag.
+    Absent {
+        /// The revision of the cached snapshot.
+        revision: Revision,
+    },
+    /// The environment is not cached.
+    Miss,
 }
 
 /// One line of the environment listing.

@@ -1,5 +1,6 @@
-//! Proof that the conformance suite has teeth: deliberately broken wrappers around `MemoryCache`
-//! each fail it, and the test names the property that caught each one.
+//! Proof that the cache conformance suite has teeth: deliberately broken wrappers around
+//! `MemoryCache` each fail it, and the test names the property that caught each one. (The bus
+//! suite's teeth are in `bus.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
@@ -275,4 +276,56 @@ impl FeatureFlagCache for LeaksBetweenEnvironments {
 fn leaking_between_environments_is_caught() {
     let caught = caught_by(LeaksBetweenEnvironments::default);
     assert_caught(&caught, &["environments_are_isolated", "model_test"]);
+}
+
+/// Reports twice the time an entry has left, and a second more: a layer in front of it that
+/// keeps what it read for that long would serve it after it expired.
+#[derive(Debug, Default)]
+struct OverReportsTtl {
+    inner: MemoryCache,
+}
+
+#[async_trait]
+impl FeatureFlagCache for OverReportsTtl {
+    fn backend(&self) -> &'static str {
+        "over-reports-ttl"
+    }
+    async fn get(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        self.inner.get(env).await
+    }
+    async fn get_with_ttl(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        Ok(self
+            .inner
+            .get_with_ttl(env)
+            .await?
+            .map(|(snapshot, remaining)| {
+                (
+                    snapshot,
+                    remaining.map(|left| left * 2 + Duration::from_secs(1)),
+                )
+            }))
+    }
+    async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
+        self.inner.get_flag(env, key).await
+    }
+    async fn set(
+        &self,
+        env: &Environment,
+        snapshot: Arc<EnvironmentSnapshot>,
+        ttl: Duration,
+    ) -> Result<SetOutcome, CacheError> {
+        self.inner.set(env, snapshot, ttl).await
+    }
+    async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
+        self.inner.invalidate(env, revision).await
+    }
+}
+
+#[test]
+fn over_reporting_the_time_left_is_caught() {
+    let caught = caught_by(OverReportsTtl::default);
+    assert_caught(&caught, &["get_with_ttl_never_outlives_get", "model_test"]);
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use flag_conformance::{CacheCapabilities, SharedCache, cache_suite, generation_snapshot};
 use flag_core::{
-    BusError, BusEvent, Environment, FeatureFlagCache, InvalidationBus, LocalBus, Revision,
-    SetOutcome, TieredCache, async_trait,
+    BusError, BusEvent, Environment, FeatureFlagCache, InvalidationBus, Revision, SetOutcome,
+    TierStatus, async_trait,
 };
-use flag_memory::{MemoryCache, TTL_SLACK};
+use flag_memory::{LocalBus, MemoryCache, TTL_SLACK, TieredCache};
 use tokio::sync::broadcast;
 
 fn tiered_over(l2: Arc<MemoryCache>, bus: &LocalBus, l1_ttl: Duration) -> TieredCache {
@@ -113,6 +113,41 @@ async fn a_lost_subscription_bypasses_l1_and_drops_it_and_never_serves_stale_aft
     assert_eq!(
         cache.get(&env).await.unwrap().unwrap().revision(),
         Revision(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_reports_whether_l1_serves_and_how_often_the_subscription_was_lost() {
+    let bus = LocalBus::new();
+    let cache: Arc<dyn FeatureFlagCache> = Arc::new(tiered_over(
+        Arc::new(MemoryCache::new()),
+        &bus,
+        Duration::from_secs(5),
+    ));
+    let status = || {
+        cache
+            .tier_status()
+            .expect("a tiered cache reports its tiers")
+    };
+    assert_eq!(
+        status(),
+        TierStatus {
+            l1_serving: true,
+            subscription_losses: 0
+        }
+    );
+    bus.lose();
+    eventually("L1 bypassed", async || !status().l1_serving).await;
+    assert_eq!(status().subscription_losses, 1);
+    bus.restore();
+    eventually("L1 serving again", async || status().l1_serving).await;
+    assert_eq!(status().subscription_losses, 1);
+    // An in-process L2 always answers, so the tiered cache does.
+    cache.ping().await.unwrap();
+    assert_eq!(
+        MemoryCache::new().tier_status(),
+        None,
+        "one layer has no tiers"
     );
 }
 

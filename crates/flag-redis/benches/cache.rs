@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use flag_conformance::fixtures::RedisServer;
 use flag_conformance::generation_snapshot;
 use flag_core::{Environment, FeatureFlagCache, FlagKey};
+use flag_fixtures::RedisServer;
 use flag_redis::RedisCache;
 
 const SIZES: [usize; 3] = [10, 100, 1_000];

@@ -13,7 +13,8 @@
 //!   others are always read from Redis. Subscriptions last as long as the bus: environments
 //!   are few, and unsubscribing when an entry expires would churn.
 //!
-//! Publishing goes through the cache's shared connection (with its timeout). Receiving needs a
+//! Publishing goes through the shared connection of the client the bus shares with its cache
+//! (with its timeout). Receiving needs a
 //! connection of its own: a task keeps it subscribed. When it drops (Redis restarted,
 //! `CLIENT KILL TYPE pubsub`, a failover; on a Cluster, any node's connection, or the server
 //! unsubscribing a channel whose slot moved) the task reports [`BusEvent::Lost`], connects again
@@ -28,8 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flag_core::{
-    BUS_CAPACITY, BusError, BusEvent, CacheError, Environment, InvalidationBus, Revision,
-    async_trait,
+    BUS_CAPACITY, BusError, BusEvent, Environment, InvalidationBus, Revision, async_trait,
 };
 use futures_util::StreamExt;
 use redis::cluster_async::ClusterConnection;
@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
-use crate::RedisCache;
+use crate::cache::RedisCache;
+use crate::client::RedisClient;
 
 /// The most environments a bus on a Cluster watches; the others are always read from Redis.
 pub const MAX_WATCHED: usize = 1024;
@@ -63,7 +64,7 @@ pub struct RedisBus {
 }
 
 struct BusShared {
-    cache: RedisCache,
+    client: RedisClient,
     /// Sharded pub/sub (a Cluster) rather than one classic channel.
     sharded: bool,
     sender: broadcast::Sender<BusEvent>,
@@ -92,7 +93,7 @@ impl Drop for BusShared {
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus")
-            .field("cache", &self.shared.cache)
+            .field("client", &self.shared.client)
             .field("sharded", &self.shared.sharded)
             .field("live", &self.shared.live.load(Ordering::SeqCst))
             .finish()
@@ -104,13 +105,14 @@ impl RedisBus {
     /// at once (in the background: a Redis that is down now is subscribed to when it is up).
     /// Call it inside a Tokio runtime, which runs the subscriber task.
     pub fn start(cache: &RedisCache) -> Self {
-        let sharded = cache.shared.connector.is_cluster();
+        let client = cache.client().clone();
+        let sharded = client.connector().is_cluster();
         let sender = broadcast::channel(BUS_CAPACITY).0;
         let live = Arc::new(AtomicBool::new(false));
         let watched = Arc::new(Mutex::new(Watched::default()));
         let (requests, requested) = mpsc::unbounded_channel();
         let listener = Listener {
-            cache: cache.clone(),
+            client: client.clone(),
             sender: sender.clone(),
             live: Arc::clone(&live),
         };
@@ -122,7 +124,7 @@ impl RedisBus {
         .abort_handle();
         Self {
             shared: Arc::new(BusShared {
-                cache: cache.clone(),
+                client,
                 sharded,
                 sender,
                 live,
@@ -135,7 +137,7 @@ impl RedisBus {
 
     /// The channel that carries `env`'s invalidations.
     pub fn channel(&self, env: &Environment) -> String {
-        channel_of(&self.shared.cache, self.shared.sharded, env)
+        channel_of(&self.shared.client, self.shared.sharded, env)
     }
 
     /// Whether the bus uses sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, on a Cluster).
@@ -153,17 +155,17 @@ impl RedisBus {
 
 /// `<prefix>:{<env>}:invalidations` when sharded: it begins with the environment's key, so it
 /// has the key's hash tag and slot whatever the prefix holds. `<prefix>:invalidations` otherwise.
-fn channel_of(cache: &RedisCache, sharded: bool, env: &Environment) -> String {
+fn channel_of(client: &RedisClient, sharded: bool, env: &Environment) -> String {
     if sharded {
-        format!("{}:invalidations", cache.key(env))
+        format!("{}:invalidations", client.key(env))
     } else {
-        format!("{}:invalidations", cache.shared.prefix)
+        format!("{}:invalidations", client.prefix())
     }
 }
 
 /// What a subscriber task needs: where to connect, and where to report.
 struct Listener {
-    cache: RedisCache,
+    client: RedisClient,
     sender: broadcast::Sender<BusEvent>,
     live: Arc<AtomicBool>,
 }
@@ -171,7 +173,7 @@ struct Listener {
 impl Listener {
     /// How long one attempt to connect and subscribe may take.
     fn connect_timeout(&self) -> Duration {
-        self.cache.shared.timeout.max(Duration::from_secs(1))
+        self.client.timeout().max(Duration::from_secs(1))
     }
 
     fn restored(&self) {
@@ -196,11 +198,11 @@ impl Listener {
 
     /// Keeps the one classic subscription up, forwarding what arrives, until aborted.
     async fn keep_classic(self) {
-        let channel = format!("{}:invalidations", self.cache.shared.prefix);
+        let channel = format!("{}:invalidations", self.client.prefix());
         let mut delay = FIRST_DELAY;
         loop {
             let subscribed = async {
-                let mut pubsub = self.cache.shared.connector.pubsub().await?;
+                let mut pubsub = self.client.connector().pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -253,7 +255,7 @@ impl Listener {
             let subscribed = async {
                 let connection = tokio::time::timeout(
                     self.connect_timeout(),
-                    self.cache.shared.connector.sharded_subscriber(push_sender),
+                    self.client.connector().sharded_subscriber(push_sender),
                 )
                 .await
                 .map_err(|_| "connecting timed out".to_owned())?;
@@ -324,7 +326,7 @@ impl Listener {
         connection: &mut ClusterConnection,
         env: &Environment,
     ) -> Result<(), String> {
-        let channel = channel_of(&self.cache, true, env);
+        let channel = channel_of(&self.client, true, env);
         match tokio::time::timeout(self.connect_timeout(), connection.ssubscribe(&channel)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("SSUBSCRIBE {channel}: {error}")),
@@ -362,7 +364,7 @@ impl InvalidationBus for RedisBus {
             "PUBLISH"
         };
         self.shared
-            .cache
+            .client
             .call(|mut link| async move {
                 redis::cmd(command)
                     .arg(&channel)
@@ -372,12 +374,7 @@ impl InvalidationBus for RedisBus {
             })
             .await
             .map(drop)
-            .map_err(|error| match error {
-                CacheError::Timeout { after } => BusError::Timeout { after },
-                other => BusError::Unavailable {
-                    message: other.to_string(),
-                },
-            })
+            .map_err(BusError::from)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BusEvent> {

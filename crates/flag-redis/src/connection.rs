@@ -1,4 +1,5 @@
-//! One shared, self-healing connection per `RedisCache`, whatever the deployment.
+//! One shared, self-healing connection per client, whatever the deployment, and the connections
+//! of their own that pub/sub needs.
 //!
 //! - Single node: redis' `ConnectionManager`, a multiplexed connection that reconnects by itself.
 //! - Cluster: redis' cluster connection, which follows slot moves and reconnects per node.

@@ -1,12 +1,5 @@
-//! Which Redis to talk to, parsed from one URL.
-//!
-//! | URL | deployment |
-//! |---|---|
-//! | `redis://[user[:password]@]host[:port][/db]` | single node |
-//! | `rediss://…` | single node over TLS |
-//! | `redis+unix:///path/to/redis.sock[?db=N]` (or `unix://`) | single node on a unix socket |
-//! | `redis+cluster://[user[:password]@]host:port[,host:port…]` (`rediss+cluster://` for TLS) | Redis Cluster, any seed nodes |
-//! | `redis+sentinel://[user[:password]@]host:port[,host:port…]/<master>[/db]` (`rediss+sentinel://`) | Sentinel: the master of `<master>`; the credentials and TLS apply to the master |
+//! Which Redis to talk to, parsed from one URL (the schemes are tabled in the crate docs, under
+//! "Connection").
 
 use flag_core::redact_url;
 

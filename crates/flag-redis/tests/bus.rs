@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::{RedisCluster, RedisSentinel, RedisServer};
 use flag_core::{BusEvent, Environment, InvalidationBus, Revision};
+use flag_fixtures::{RedisCluster, RedisSentinel, RedisServer};
 use flag_redis::{RedisBus, RedisCache};
 use tokio::sync::broadcast;
 

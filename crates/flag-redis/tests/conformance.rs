@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flag_conformance::fixtures::{RedisEndpoint, RedisServer};
 use flag_conformance::{CacheCapabilities, SharedCache, cache_suite};
+use flag_fixtures::{RedisEndpoint, RedisServer};
 use flag_redis::{RedisCache, TTL_SLACK};
 
 const CAPABILITIES: CacheCapabilities = CacheCapabilities {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flag_conformance::fixtures::{RedisProcess, ScratchDir};
 use flag_conformance::generation_snapshot;
 use flag_core::{CacheError, Environment, FeatureFlagCache};
+use flag_fixtures::{RedisProcess, ScratchDir};
 use flag_redis::RedisCache;
 
 async fn round_trip(cache: &RedisCache) -> Result<(), CacheError> {

@@ -8,12 +8,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::RedisProcess;
 use flag_conformance::generation_snapshot;
 use flag_core::{
     CacheError, Environment, EvaluationContext, FeatureFlag, FeatureFlagCache, FeatureFlagService,
     FlagKey, FlagLookup, InMemoryRepository, Precondition, Revision, SetOutcome,
 };
+use flag_fixtures::RedisProcess;
 use flag_redis::{DEFAULT_TIMEOUT, RedisCache};
 use serde_json::{Value, json};
 

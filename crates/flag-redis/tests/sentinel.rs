@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flag_conformance::fixtures::RedisSentinel;
 use flag_conformance::generation_snapshot;
 use flag_core::{Environment, FeatureFlagCache, FlagKey, FlagLookup, Revision, SetOutcome};
+use flag_fixtures::RedisSentinel;
 use flag_redis::RedisCache;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

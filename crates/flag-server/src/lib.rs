@@ -1,10 +1,19 @@
 //! The feature-flag HTTP service: OFREP evaluation, the management API, health, metrics and the
 //! OpenAPI document.
 //!
-//! `app::router` builds the whole API from an `AppState`; `wiring::state_from` builds that state
-//! from `Config`; the binary (`main.rs`) adds logging, signals and graceful shutdown. Routers are
-//! per area (`ofrep`, `admin`, `ops`), merged in one place behind one layer that times requests
-//! out and records them in the metrics.
+//! `app::router` builds the whole API from a `state::AppState`; `wiring::state_from` builds that
+//! state from `config::Config` (the only module that names adapters: the state holds the service,
+//! which holds the ports); the binary (`main.rs`) adds logging, signals and graceful shutdown.
+//!
+//! | module | job |
+//! |---|---|
+//! | `app` | the route table and the one router made of the areas' routers |
+//! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
+//! | `auth` | admin and client authentication, as extractors |
+//! | `errors` | the management and OFREP error bodies, each built once |
+//! | `tracking` | the layer that times requests out and records them |
+//! | `metrics` | HTTP metrics and the Prometheus exposition |
+//! | `state`, `config`, `wiring` | what handlers reach, the settings, and how one becomes the other |
 //!
 //! Decisions where the design contract is silent:
 //! - Every route is listed in [`app::ROUTES`]; the metrics label requests with the route's
@@ -20,17 +29,20 @@
 //!   `RUST_LOG=debug` adds one event per request (route, method, status, microseconds).
 //! - `CACHE_BACKEND=tiered` is `TieredCache` (an in-process `MemoryCache` over `RedisCache`,
 //!   invalidated through `RedisBus`); `CACHE_L1_TTL_MS=0` is a start-up error.
+//! - `If-Match: *` on a PUT or DELETE of a missing flag is `412`, checked in the write's own
+//!   transaction (`Precondition::Exists`), so it never races a concurrent write.
 //! - `/readyz` answers `200 degraded` while the database is down but last-known-good flags can
 //!   still be served (`FLAG_STALE_IF_ERROR_MS` > 0), so a load balancer keeps sending traffic
 //!   that will be answered.
 
 mod admin;
 pub mod app;
+mod auth;
 pub mod config;
+mod errors;
 pub mod metrics;
-mod no_cache;
 mod ofrep;
 mod ops;
+pub mod state;
+mod tracking;
 pub mod wiring;
-
-pub use no_cache::NoCache;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use flag_core::ServiceMetrics;
+use flag_core::{ServiceMetrics, TierStatus};
 
 /// Upper bounds of the latency histogram's buckets, in seconds: 50 µs to 10 s.
 const BUCKETS: [f64; 16] = [
@@ -89,16 +89,7 @@ pub(crate) struct Exposition<'a> {
     pub(crate) cache_backend: &'static str,
     pub(crate) repository_backend: &'static str,
     /// The tiered cache's state, when that is the backend.
-    pub(crate) tiered: Option<TieredState>,
-}
-
-/// What `/metrics` tells of a tiered cache.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TieredState {
-    /// Whether the in-process layer answers (the invalidation subscription is up).
-    pub(crate) l1_serving: bool,
-    /// Subscription losses since start.
-    pub(crate) subscription_losses: u64,
+    pub(crate) tiered: Option<TierStatus>,
 }
 
 impl Exposition<'_> {

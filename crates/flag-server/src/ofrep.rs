@@ -1,5 +1,6 @@
 //! The OpenFeature Remote Evaluation Protocol: single and bulk evaluation.
 //!
+//! Every handler takes [`Client`], so OFREP needs a client token when `FLAG_CLIENT_TOKENS` is set.
 //! Decisions where the protocol leaves room: a flag key outside the key grammar is
 //! `404 FLAG_NOT_FOUND` (no such flag can exist); an invalid `X-Environment` is `400 GENERAL`;
 //! a store outage is `503 GENERAL`. The bulk `ETag` is derived from the environment, its revision
@@ -13,84 +14,19 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flag_core::{
-    Environment, ErrorCode, Evaluation, EvaluationContext, EvaluationError, FlagKey, ServiceError,
-    murmur3_x86_32,
-};
+use flag_core::{Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, murmur3_x86_32};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::app::{AppState, constant_time_eq};
+use crate::auth::Client;
+use crate::errors::OfrepError;
+use crate::state::AppState;
 
 /// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
         .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
-}
-
-/// An OFREP error: status, code and details (and the flag key for single evaluations).
-struct OfrepError {
-    status: StatusCode,
-    code: ErrorCode,
-    details: String,
-    key: Option<String>,
-}
-
-impl OfrepError {
-    fn new(status: StatusCode, code: ErrorCode, details: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            details: details.into(),
-            key: None,
-        }
-    }
-
-    fn for_key(mut self, key: &str) -> Self {
-        self.key = Some(key.to_owned());
-        self
-    }
-}
-
-impl IntoResponse for OfrepError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"errorCode": self.code.as_str(), "errorDetails": self.details});
-        if let Some(key) = self.key {
-            body["key"] = Value::String(key);
-        }
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), OfrepError> {
-    let Some(tokens) = &state.client_tokens else {
-        return Ok(());
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .or_else(|| {
-            headers
-                .get("x-api-key")
-                .and_then(|value| value.to_str().ok())
-        });
-    let accepted = presented.is_some_and(|presented| {
-        // Check every token, so the time taken does not tell which one was close.
-        tokens.iter().fold(false, |found, token| {
-            found | constant_time_eq(token.as_bytes(), presented.as_bytes())
-        })
-    });
-    if accepted {
-        Ok(())
-    } else {
-        Err(OfrepError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::General,
-            "a valid client token is required (Authorization: Bearer <token> or X-API-Key)",
-        ))
-    }
 }
 
 fn environment(state: &AppState, headers: &HeaderMap) -> Result<Environment, OfrepError> {
@@ -110,21 +46,10 @@ fn environment(state: &AppState, headers: &HeaderMap) -> Result<Environment, Ofr
     }
 }
 
-fn readable(body: Result<Bytes, BytesRejection>) -> Result<Bytes, OfrepError> {
-    body.map_err(|rejection| {
-        let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::General
-        } else {
-            ErrorCode::ParseError
-        };
-        OfrepError::new(status, code, rejection.body_text())
-    })
-}
-
-/// The request's `context`.
-fn context(body: &Bytes) -> Result<EvaluationContext, OfrepError> {
-    let request: Value = serde_json::from_slice(body).map_err(|error| {
+/// The request's `context`, from a body that could be read.
+fn context(body: Result<Bytes, BytesRejection>) -> Result<EvaluationContext, OfrepError> {
+    let body = body.map_err(|rejection| OfrepError::unreadable_body(&rejection))?;
+    let request: Value = serde_json::from_slice(&body).map_err(|error| {
         OfrepError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::ParseError,
@@ -214,38 +139,15 @@ enum BulkEntry<'a> {
     },
 }
 
-fn evaluation_error(error: &EvaluationError) -> OfrepError {
-    let status = match error {
-        EvaluationError::FlagNotFound { .. } => StatusCode::NOT_FOUND,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    OfrepError::new(status, error.code(), error.to_string()).for_key(error.key().as_str())
-}
-
-fn service_error(error: ServiceError) -> OfrepError {
-    match error {
-        ServiceError::Evaluation(error) => evaluation_error(&error),
-        other => {
-            tracing::warn!(error = %other, "evaluation failed: flag store unavailable");
-            OfrepError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::General,
-                "the flag store is unavailable; retry later",
-            )
-        }
-    }
-}
-
 async fn evaluate_one(
+    _: Client,
     State(state): State<AppState>,
     Path(key): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
-    authorize(&state, &headers)?;
     let env = environment(&state, &headers)?;
-    let body = readable(body).map_err(|error| error.for_key(&key))?;
-    let context = context(&body).map_err(|error| error.for_key(&key))?;
+    let context = context(body).map_err(|error| error.for_key(&key))?;
     let Ok(flag_key) = FlagKey::parse(&key) else {
         return Err(OfrepError::new(
             StatusCode::NOT_FOUND,
@@ -258,24 +160,19 @@ async fn evaluate_one(
         .service
         .evaluate(&env, &flag_key, &context)
         .await
-        .map_err(|error| service_error(error).for_key(&key))?;
+        .map_err(|error| OfrepError::from(error).for_key(&key))?;
     Ok(axum::Json(Success::of(&evaluation)).into_response())
 }
 
 async fn evaluate_all(
+    _: Client,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
-    authorize(&state, &headers)?;
     let env = environment(&state, &headers)?;
-    let body = readable(body)?;
-    let context = context(&body)?;
-    let bulk = state
-        .service
-        .evaluate_all(&env, &context)
-        .await
-        .map_err(service_error)?;
+    let context = context(body)?;
+    let bulk = state.service.evaluate_all(&env, &context).await?;
     let etag = etag(&env, bulk.revision.get(), context.attributes());
     let matches = headers
         .get(header::IF_NONE_MATCH)

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::metrics::{Exposition, TieredState};
+use crate::metrics::Exposition;
+use crate::state::AppState;
 
 /// The OpenAPI 3 document of every route, served as written.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -34,10 +34,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         service: state.service.metrics(),
         cache_backend: state.service.cache_backend(),
         repository_backend: state.service.repository_backend(),
-        tiered: state.tiered.as_ref().map(|tiered| TieredState {
-            l1_serving: tiered.l1_serving(),
-            subscription_losses: tiered.subscription_losses(),
-        }),
+        tiered: state.service.cache_tier_status(),
     }
     .render();
     (
@@ -70,12 +67,12 @@ async fn healthz() -> Response {
 /// `200` while the repository answers (`degraded` when the cache does not), `200 degraded` while
 /// it fails but last-known-good flags can still be served, else `503`.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let repository = tokio::time::timeout(PROBE_TIMEOUT, state.service.ping_repository()).await;
+    let (repository, cache) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, state.service.ping_repository()),
+        tokio::time::timeout(PROBE_TIMEOUT, state.service.ping_cache()),
+    );
     let repository_ok = matches!(repository, Ok(Ok(())));
-    let cache_ok = match &state.redis {
-        None => true,
-        Some(redis) => redis.ping().await.is_ok(),
-    };
+    let cache_ok = matches!(cache, Ok(Ok(())));
     let (status, word) = match (repository_ok, cache_ok) {
         (true, true) => (StatusCode::OK, "ready"),
         (true, false) => (StatusCode::OK, "degraded"),

@@ -1,17 +1,17 @@
-//! From configuration to a running application: repository, cache, service.
+//! From configuration to a running application: repository, cache, service. The only module
+//! that names adapters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService, TieredCache};
-use flag_memory::MemoryCache;
+use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService};
+use flag_memory::{MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 use flag_sql::SqlRepository;
 
-use crate::app::AppState;
 use crate::config::{CacheBackend, Config};
-use crate::no_cache::NoCache;
+use crate::state::AppState;
 
 /// Connects the stores the configuration names (migrating the database) and builds the state.
 pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
@@ -20,31 +20,22 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     let repository = SqlRepository::connect(&config.database_url)
         .await
         .context("connecting to the database")?;
-    let mut redis = None;
-    let mut tiered = None;
     let cache: Arc<DynFeatureFlagCache> = match config.effective_cache_backend() {
         CacheBackend::Memory => Arc::new(MemoryCache::new()),
         CacheBackend::None => Arc::new(NoCache),
-        CacheBackend::Redis => {
-            let cache = redis_cache(config, "redis")?;
-            redis = Some(cache.clone());
-            Arc::new(cache)
-        }
+        CacheBackend::Redis => Arc::new(redis_cache(config, "redis")?),
         CacheBackend::Tiered => {
             if config.cache_l1_ttl_ms == 0 {
                 bail!("CACHE_L1_TTL_MS must be at least 1");
             }
             let cache = redis_cache(config, "tiered")?;
-            redis = Some(cache.clone());
             let bus = RedisBus::start(&cache);
-            let cache = TieredCache::start(
+            Arc::new(TieredCache::start(
                 Arc::new(MemoryCache::new()),
                 Arc::new(cache),
                 Arc::new(bus),
                 Duration::from_millis(config.cache_l1_ttl_ms),
-            );
-            tiered = Some(cache.clone());
-            Arc::new(cache)
+            ))
         }
     };
     let service = FeatureFlagService::builder(Arc::new(repository), cache)
@@ -67,8 +58,6 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     }
     Ok(AppState {
         client_tokens,
-        redis,
-        tiered,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         ..AppState::new(service, default_environment, admin_token)
     })

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use flag_conformance::fixtures::ScratchDir;
+use flag_fixtures::ScratchDir;
 
 mod support;
 

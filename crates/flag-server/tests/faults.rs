@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::{PostgresDatabase, RedisProcess};
+use flag_fixtures::{PostgresDatabase, RedisProcess};
 use flag_server::config::CacheBackend;
 use serde_json::json;
 use support::{Backend, TestServer};

@@ -10,12 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::{
-    FixtureError, RedisCluster, RedisEndpoint, RedisProcess, RedisServer,
-};
 use flag_conformance::{CacheCapabilities, SharedCache, cache_suite, generation_snapshot};
-use flag_core::{BusEvent, Environment, FeatureFlagCache, InvalidationBus, Revision, TieredCache};
-use flag_memory::MemoryCache;
+use flag_core::{BusEvent, Environment, FeatureFlagCache, InvalidationBus, Revision};
+use flag_fixtures::{FixtureError, RedisCluster, RedisEndpoint, RedisProcess, RedisServer};
+use flag_memory::{MemoryCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 
 fn tiered(cache: RedisCache, l1_ttl: Duration) -> (TieredCache, RedisBus) {
@@ -251,7 +249,7 @@ async fn three_tiered_processes_see_each_others_writes(#[values(false, true)] cl
     // A Redis of its own, so that the commands it serves are the three servers' alone.
     let redis = Deployment::start(cluster).await;
     let url = redis.url();
-    let data = flag_conformance::fixtures::ScratchDir::new().unwrap();
+    let data = flag_fixtures::ScratchDir::new().unwrap();
     let database = format!(
         "sqlite://{}?mode=rwc",
         data.path().join("flags.db").display()
@@ -263,9 +261,7 @@ async fn three_tiered_processes_see_each_others_writes(#[values(false, true)] cl
         ("RUST_LOG", "warn"),
     ];
     let servers: Vec<support::Running> = (0..3)
-        .map(|_| {
-            support::Running::start_in(flag_conformance::fixtures::ScratchDir::new().unwrap(), &env)
-        })
+        .map(|_| support::Running::start_in(flag_fixtures::ScratchDir::new().unwrap(), &env))
         .collect();
     let [writer, readers @ ..] = &servers[..] else {
         unreachable!()
@@ -332,7 +328,7 @@ async fn three_tiered_processes_see_each_others_writes(#[values(false, true)] cl
         for reader in readers {
             while read(reader).await < value {
                 assert!(
-                    written.elapsed() < flag_core::DEFAULT_L1_TTL,
+                    written.elapsed() < flag_memory::DEFAULT_L1_TTL,
                     "write {value} not seen after the in-process TTL"
                 );
             }

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use flag_conformance::fixtures::{PostgresDatabase, ScratchDir};
 use flag_conformance::flag_with_value;
 use flag_core::{Environment, FeatureFlagRepository, Precondition};
+use flag_fixtures::{PostgresDatabase, ScratchDir};
 use flag_sql::SqlRepository;
 use serde_json::json;
 

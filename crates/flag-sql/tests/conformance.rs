@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use flag_conformance::fixtures::{PostgresDatabase, ScratchDir, WithFixture};
 use flag_conformance::{SharedRepository, repository_suite};
+use flag_fixtures::{PostgresDatabase, ScratchDir, WithFixture};
 use flag_sql::SqlRepository;
 
 async fn sqlite() -> SharedRepository {

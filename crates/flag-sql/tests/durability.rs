@@ -8,12 +8,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flag_conformance::fixtures::{PostgresDatabase, ScratchDir};
 use flag_conformance::flag_with_value;
 use flag_core::{
     Environment, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, RepositoryError,
     Revision,
 };
+use flag_fixtures::{PostgresDatabase, ScratchDir};
 use flag_sql::{SqlError, SqlRepository};
 use serde_json::json;
 

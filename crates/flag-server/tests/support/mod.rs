@@ -8,10 +8,11 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use flag_conformance::fixtures::{PostgresDatabase, RedisServer, ScratchDir};
 use flag_core::{Environment, FeatureFlag, FeatureFlagService, FlagKey, Precondition};
-use flag_server::app::{AppState, router};
+use flag_fixtures::{PostgresDatabase, RedisServer, ScratchDir};
+use flag_server::app::router;
 use flag_server::config::{CacheBackend, Config, LogFormat};
+use flag_server::state::AppState;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -110,20 +110,33 @@ impl LastKnownGood {
         }
     }
 
-    /// The snapshot to serve for `env` while the stores fail, if one is young enough.
-    pub(crate) fn fallback(&self, env: &Environment) -> Option<Arc<EnvironmentSnapshot>> {
-        if !self.enabled() {
-            return None;
+    /// What a read that goes to the repository needs of last-known-good for `env`, looked up
+    /// once: whether to answer at once while the repository rests, what to answer if it fails,
+    /// and where to record what it answered.
+    pub(crate) fn consult<'a>(&'a self, env: &'a Environment) -> Consulted<'a> {
+        let kept = if self.enabled() {
+            self.read().get(env).map(|entry| Kept {
+                snapshot: Arc::clone(&entry.snapshot),
+                confirmed: entry.confirmed,
+            })
+        } else {
+            None
+        };
+        Consulted {
+            last_good: self,
+            env,
+            kept,
         }
-        self.read()
-            .get(env)
-            .filter(|entry| entry.confirmed.elapsed() <= self.bound)
-            .map(|entry| Arc::clone(&entry.snapshot))
+    }
+
+    /// Whether a snapshot confirmed at `confirmed` may still be served.
+    fn servable(&self, confirmed: Instant) -> bool {
+        confirmed.elapsed() <= self.bound
     }
 
     /// Whether a read that has a fallback should skip the repository now. When a rest has just
     /// ended, the caller is the one probe: the rest is extended for everyone else meanwhile.
-    pub(crate) fn skip_repository(&self) -> bool {
+    fn skip_repository(&self) -> bool {
         let mut resting = self
             .repository_resting_until
             .lock()
@@ -150,7 +163,7 @@ impl LastKnownGood {
     }
 
     /// The repository failed: reads that have a fallback skip it for a while.
-    pub(crate) fn repository_failed(&self) {
+    fn repository_failed(&self) {
         if self.enabled() {
             *self
                 .repository_resting_until
@@ -165,7 +178,7 @@ impl LastKnownGood {
             && self
                 .read()
                 .values()
-                .any(|entry| entry.confirmed.elapsed() <= self.bound)
+                .any(|entry| self.servable(entry.confirmed))
     }
 
     /// Claims the catch-up fetch of `env`; `false` when one is already running.
@@ -189,6 +202,50 @@ impl LastKnownGood {
     }
 }
 
+/// A kept snapshot and when the stores last confirmed it.
+#[derive(Debug)]
+struct Kept {
+    snapshot: Arc<EnvironmentSnapshot>,
+    confirmed: Instant,
+}
+
+/// Last-known-good as one read that goes to the repository sees it.
+#[derive(Debug)]
+pub(crate) struct Consulted<'a> {
+    last_good: &'a LastKnownGood,
+    env: &'a Environment,
+    kept: Option<Kept>,
+}
+
+impl Consulted<'_> {
+    /// The snapshot to answer at once, without asking the repository, while the repository rests
+    /// after a failure; never one older than `floor` (a write this server made, which proved the
+    /// repository back anyway).
+    pub(crate) fn resting_answer(&self, floor: Revision) -> Option<Arc<EnvironmentSnapshot>> {
+        let kept = self.kept.as_ref()?;
+        (kept.snapshot.revision() >= floor
+            && self.last_good.servable(kept.confirmed)
+            && self.last_good.skip_repository())
+        .then(|| Arc::clone(&kept.snapshot))
+    }
+
+    /// The repository answered `snapshot`: reads stop resting it, and the snapshot is kept.
+    pub(crate) fn answered(&self, snapshot: &Arc<EnvironmentSnapshot>) {
+        self.last_good.repository_answered();
+        self.last_good.confirm(self.env, snapshot);
+    }
+
+    /// The repository failed: reads that have a fallback rest it for a while, and this one gets
+    /// the kept snapshot if it is young enough.
+    pub(crate) fn failed(self) -> Option<Arc<EnvironmentSnapshot>> {
+        self.last_good.repository_failed();
+        let kept = self.kept?;
+        self.last_good
+            .servable(kept.confirmed)
+            .then_some(kept.snapshot)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,15 +258,15 @@ mod tests {
     fn keeps_the_newest_revision_and_forgets_past_the_bound() {
         let env = Environment::parse("production").unwrap();
         let kept = LastKnownGood::new(Duration::from_millis(300));
-        assert!(kept.fallback(&env).is_none());
+        assert!(kept.consult(&env).failed().is_none());
         kept.confirm(&env, &snapshot(2));
         kept.confirm(&env, &snapshot(1));
-        assert_eq!(kept.fallback(&env).unwrap().revision(), Revision(2));
+        assert_eq!(kept.consult(&env).failed().unwrap().revision(), Revision(2));
         assert!(kept.confirm_revision(&env, Revision(2)));
         assert!(!kept.confirm_revision(&env, Revision(3)));
         assert!(kept.can_serve());
         std::thread::sleep(Duration::from_millis(350));
-        assert!(kept.fallback(&env).is_none(), "past the bound");
+        assert!(kept.consult(&env).failed().is_none(), "past the bound");
         assert!(!kept.can_serve());
     }
 
@@ -218,7 +275,7 @@ mod tests {
         let env = Environment::parse("production").unwrap();
         let kept = LastKnownGood::new(Duration::ZERO);
         kept.confirm(&env, &snapshot(1));
-        assert!(kept.fallback(&env).is_none());
+        assert!(kept.consult(&env).failed().is_none());
         assert!(!kept.can_serve());
     }
 }

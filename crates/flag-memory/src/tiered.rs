@@ -21,14 +21,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use flag_core::async_trait;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
 
-use crate::bus::{BusEvent, DynInvalidationBus};
-use crate::cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, FlagLookup, SetOutcome};
-use crate::names::{Environment, FlagKey};
-use crate::snapshot::{EnvironmentSnapshot, Revision};
+use flag_core::{
+    BusEvent, CacheError, DynFeatureFlagCache, DynInvalidationBus, Environment,
+    EnvironmentSnapshot, FeatureFlagCache, FlagKey, FlagLookup, Revision, SetOutcome, TierStatus,
+};
 
 /// The L1 TTL when none is configured: five seconds.
 pub const DEFAULT_L1_TTL: Duration = Duration::from_secs(5);
@@ -82,7 +82,7 @@ impl TieredCache {
 
     /// Whether L1 is serving (the bus subscription is established).
     pub fn l1_serving(&self) -> bool {
-        self.inner.subscribed.load(Ordering::SeqCst)
+        self.inner.serving()
     }
 
     /// How many times the bus subscription was lost since start (each loss dropped L1 whole).
@@ -306,5 +306,17 @@ impl FeatureFlagCache for TieredCache {
                 .await;
         }
         Ok(found)
+    }
+
+    /// L2's health is the tiered cache's: L1 only ever holds what L2 answered.
+    async fn ping(&self) -> Result<(), CacheError> {
+        self.inner.l2.ping().await
+    }
+
+    fn tier_status(&self) -> Option<TierStatus> {
+        Some(TierStatus {
+            l1_serving: self.l1_serving(),
+            subscription_losses: self.subscription_losses(),
+        })
     }
 }

@@ -1,5 +1,9 @@
 //! `FeatureFlagService`: reads through the cache, writes through the repository.
 //!
+//! This module is the service's public API and its read path; `single_flight` shares concurrent
+//! repository reads, `invalidation` retries failed invalidations, and `last_good` keeps what to
+//! answer when the stores fail.
+//!
 //! Guarantees, each proven by a test in `tests/service.rs`:
 //! - **Single flight.** Concurrent cache misses on one environment cause one repository read.
 //! - **A cache never fails a read.** A cache error is logged and counted, and the read is
@@ -20,26 +24,31 @@
 //!   reads served from the cache only see a revision, so when that revision is newer than the
 //!   kept snapshot the whole snapshot is fetched from the cache in the background.
 
+mod invalidation;
+mod last_good;
+mod single_flight;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
-use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, warn};
 
-use crate::cache::{CacheError, DynFeatureFlagCache, FlagLookup, SetOutcome};
+use crate::cache::{CacheError, DynFeatureFlagCache, SetOutcome, TierStatus};
 use crate::context::EvaluationContext;
-use crate::evaluation::Reason;
-use crate::evaluation::{Evaluation, EvaluationError};
+use crate::evaluation::{Evaluation, EvaluationError, Reason};
 use crate::flag::FeatureFlag;
-use crate::last_good::LastKnownGood;
 use crate::metrics::{Counters, ServiceMetrics};
 use crate::names::{Environment, FlagKey};
 use crate::repository::{
     Deleted, DynFeatureFlagRepository, Precondition, RepositoryError, Upserted,
 };
-use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
+use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision};
+
+use invalidation::PendingInvalidations;
+pub use invalidation::RetryPolicy;
+use last_good::LastKnownGood;
+use single_flight::Flights;
 
 /// The cache TTL used when none is configured: five minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_millis(300_000);
@@ -73,27 +82,6 @@ const MAX_LOAD_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct FeatureFlagService {
     inner: Arc<Inner>,
-}
-
-/// How failed invalidations are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// The wait before the first retry; it doubles after each failure.
-    pub first_delay: Duration,
-    /// The longest wait between two retries.
-    pub max_delay: Duration,
-    /// When to give up; `None` gives up once the cache TTL has passed.
-    pub give_up_after: Option<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            first_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(5),
-            give_up_after: None,
-        }
-    }
 }
 
 /// A service configuration that cannot work.
@@ -177,17 +165,15 @@ impl ServiceBuilder {
                 cache: self.cache,
                 ttl: self.ttl,
                 retry: self.retry,
-                flights: Mutex::new(HashMap::new()),
+                flights: Flights::default(),
                 floors: RwLock::new(HashMap::new()),
-                pending_invalidations: Mutex::new(HashMap::new()),
+                invalidations: PendingInvalidations::default(),
                 last_good: LastKnownGood::new(self.stale_if_error),
                 counters: Counters::default(),
             }),
         }
     }
 }
-
-type Flight = OnceCell<Result<Arc<EnvironmentSnapshot>, RepositoryError>>;
 
 #[derive(Debug)]
 struct Inner {
@@ -196,11 +182,11 @@ struct Inner {
     ttl: Duration,
     retry: RetryPolicy,
     /// Repository reads in progress, one per environment, joined by concurrent misses.
-    flights: Mutex<HashMap<Environment, Arc<Flight>>>,
+    flights: Flights,
     /// The newest revision this service wrote per environment: nothing older may be served.
     floors: RwLock<HashMap<Environment, Revision>>,
     /// Environments whose invalidation failed, with the revision still to invalidate.
-    pending_invalidations: Mutex<HashMap<Environment, Revision>>,
+    invalidations: PendingInvalidations,
     /// What to serve when the cache cannot answer and the repository fails.
     last_good: LastKnownGood,
     counters: Counters,
@@ -377,35 +363,29 @@ impl FeatureFlagService {
         });
     }
 
-    /// [`Self::load`], or the last-known-good snapshot when the repository fails.
+    /// [`Self::load`], or the last-known-good snapshot when the repository fails or rests.
     async fn load_or_last_good(
         &self,
         env: &Environment,
         floor: Revision,
         fill: bool,
     ) -> Result<(Arc<EnvironmentSnapshot>, Freshness), ServiceError> {
-        let last_good = &self.inner.last_good;
-        // While the repository rests after a failure, answer at once, but never with a snapshot
-        // older than a write this server made (the write proved the repository back anyway).
-        if let Some(snapshot) = last_good.fallback(env)
-            && snapshot.revision() >= floor
-            && last_good.skip_repository()
-        {
-            self.inner.counters.stale_answers.increment();
+        let inner = &self.inner;
+        let last_good = inner.last_good.consult(env);
+        if let Some(snapshot) = last_good.resting_answer(floor) {
+            inner.counters.stale_answers.increment();
             return Ok((snapshot, Freshness::LastKnownGood));
         }
         match self.load(env, floor, fill).await {
             Ok(snapshot) => {
-                last_good.repository_answered();
-                last_good.confirm(env, &snapshot);
+                last_good.answered(&snapshot);
                 Ok((snapshot, Freshness::Current))
             }
             Err(error) => {
-                last_good.repository_failed();
-                let Some(snapshot) = last_good.fallback(env) else {
+                let Some(snapshot) = last_good.failed() else {
                     return Err(error);
                 };
-                self.inner.counters.stale_answers.increment();
+                inner.counters.stale_answers.increment();
                 warn!(%env, revision = %snapshot.revision(), %error,
                     "cache and repository failed; answering from the last-known-good snapshot");
                 Ok((snapshot, Freshness::LastKnownGood))
@@ -424,10 +404,7 @@ impl FeatureFlagService {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let flight = inner.join_flight(env);
-            let result = flight.get_or_init(|| inner.fetch(env, fill)).await.clone();
-            inner.land_flight(env, &flight);
-            let snapshot = result?;
+            let snapshot = inner.flights.share(env, || inner.fetch(env, fill)).await?;
             if snapshot.revision() >= floor || attempt >= MAX_LOAD_ATTEMPTS {
                 if snapshot.revision() < floor {
                     warn!(%env, revision = %snapshot.revision(), %floor,
@@ -471,6 +448,16 @@ impl FeatureFlagService {
         Ok(self.inner.repository.ping().await?)
     }
 
+    /// Succeeds while the cache answers (an in-process cache always does).
+    pub async fn ping_cache(&self) -> Result<(), ServiceError> {
+        Ok(self.inner.cache.ping().await?)
+    }
+
+    /// How the in-process layer of a layered cache is doing; `None` for a cache of one layer.
+    pub fn cache_tier_status(&self) -> Option<TierStatus> {
+        self.inner.cache.tier_status()
+    }
+
     // ----- writes ------------------------------------------------------------------------------
 
     /// Creates or replaces a flag, then invalidates the cache of `env`.
@@ -505,7 +492,7 @@ impl FeatureFlagService {
     pub async fn invalidate_cache(&self, env: &Environment) -> Result<Revision, ServiceError> {
         self.inner.counters.repository_reads.increment();
         let revision = self.inner.repository.revision(env).await?;
-        self.inner.evict_flight(env);
+        self.inner.flights.detach(env);
         if let Err(error) = self.inner.cache.invalidate(env, revision).await {
             self.inner.counters.cache_errors.increment();
             return Err(error.into());
@@ -543,27 +530,6 @@ impl Inner {
         refill
     }
 
-    fn join_flight(&self, env: &Environment) -> Arc<Flight> {
-        let mut flights = lock(&self.flights);
-        Arc::clone(flights.entry(env.clone()).or_default())
-    }
-
-    /// Forgets a finished flight, unless a newer one already took its place.
-    fn land_flight(&self, env: &Environment, flight: &Arc<Flight>) {
-        let mut flights = lock(&self.flights);
-        if flights
-            .get(env)
-            .is_some_and(|current| Arc::ptr_eq(current, flight))
-        {
-            flights.remove(env);
-        }
-    }
-
-    /// Detaches the flight in progress, so that readers arriving from now on start a new one.
-    fn evict_flight(&self, env: &Environment) {
-        lock(&self.flights).remove(env);
-    }
-
     /// One repository read, and the cache fill that follows it.
     async fn fetch(
         &self,
@@ -595,72 +561,7 @@ impl Inner {
         // The repository just answered: reads stop resting it.
         self.last_good.repository_answered();
         self.raise_floor(env, revision);
-        self.evict_flight(env);
-        if let Err(error) = self.cache.invalidate(env, revision).await {
-            self.counters.cache_errors.increment();
-            warn!(%env, %revision, backend = self.cache.backend(), %error,
-                "cache invalidation failed; retrying in the background");
-            self.schedule_invalidation_retry(env, revision);
-        }
-    }
-
-    fn schedule_invalidation_retry(self: &Arc<Self>, env: &Environment, revision: Revision) {
-        {
-            let mut pending = lock(&self.pending_invalidations);
-            if let Some(target) = pending.get_mut(env) {
-                // A retry task for this environment is running; it will pick the newer revision up.
-                *target = (*target).max(revision);
-                return;
-            }
-            pending.insert(env.clone(), revision);
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let inner = Arc::clone(self);
-                let env = env.clone();
-                runtime.spawn(async move { inner.retry_invalidation(env).await });
-            }
-            Err(_) => {
-                lock(&self.pending_invalidations).remove(env);
-                self.counters.invalidations_abandoned.increment();
-                error!(%env, %revision, "no Tokio runtime to retry a failed invalidation; the TTL bounds staleness");
-            }
-        }
-    }
-
-    async fn retry_invalidation(self: Arc<Self>, env: Environment) {
-        let deadline = Instant::now() + self.retry.give_up_after.unwrap_or(self.ttl);
-        let mut delay = self.retry.first_delay;
-        loop {
-            tokio::time::sleep(delay).await;
-            let Some(target) = lock(&self.pending_invalidations).get(&env).copied() else {
-                return;
-            };
-            self.counters.invalidation_retries.increment();
-            match self.cache.invalidate(&env, target).await {
-                Ok(()) => {
-                    let mut pending = lock(&self.pending_invalidations);
-                    if pending.get(&env) == Some(&target) {
-                        pending.remove(&env);
-                        info!(%env, revision = %target, "cache invalidation succeeded on retry");
-                        return;
-                    }
-                    // A newer write failed to invalidate meanwhile: go on with its revision.
-                    delay = self.retry.first_delay;
-                }
-                Err(error) => {
-                    self.counters.cache_errors.increment();
-                    if Instant::now() >= deadline {
-                        lock(&self.pending_invalidations).remove(&env);
-                        self.counters.invalidations_abandoned.increment();
-                        error!(%env, revision = %target, %error,
-                            "giving up on cache invalidation; entries expire with their TTL");
-                        return;
-                    }
-                    warn!(%env, revision = %target, %error, "cache invalidation retry failed");
-                    delay = (delay * 2).min(self.retry.max_delay);
-                }
-            }
-        }
+        self.flights.detach(env);
+        self.invalidate_after_write(env, revision).await;
     }
 }

@@ -1,4 +1,5 @@
-//! `CACHE_BACKEND=none`: every read goes to the database.
+//! `NoCache`: a cache that holds nothing (`CACHE_BACKEND=none`), so every read goes to the
+//! repository.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,428 @@
+//! `RedisCache`: the cache port on Redis hashes (layout in the crate docs), with the snapshot it
+//! last decoded per environment remembered.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use flag_core::{
+    CacheError, Environment, EnvironmentSnapshot, FeatureFlagCache, FlagKey, FlagLookup, Revision,
+    SetOutcome, async_trait, redact_url,
+};
+
+use crate::client::RedisClient;
+use crate::codec::{
+    META_FIELD, decode_hash, encode, now_ms, pairs_to_fields, parse_flag, parse_meta,
+    remaining_time, whole_ms,
+};
+use crate::connection::Link;
+use crate::scripts::Scripts;
+use crate::target::UrlError;
+
+/// The timeout of every Redis call unless configured otherwise: 100 ms.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The key prefix unless configured otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "feature_flags";
+/// The TTL slack this adapter declares: Redis keeps expiry times in whole milliseconds.
+pub const TTL_SLACK: Duration = Duration::from_millis(2);
+/// How many environments' decoded snapshots a cache remembers; past that it forgets them all and
+/// starts again (a deployment with more environments than this pays the full decode more often).
+pub const DECODED_ENVIRONMENTS: usize = 1024;
+
+/// A cache of environment snapshots in Redis, shared by every server instance that uses it.
+#[derive(Clone)]
+pub struct RedisCache {
+    client: RedisClient,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The last snapshot `get` decoded per environment, with the `__meta` text it came with.
+    decoded: Mutex<HashMap<Environment, Decoded>>,
+    tombstone_ttl: Duration,
+    scripts: Scripts,
+}
+
+/// A snapshot `get` decoded, and the exact `__meta` text that came with it.
+struct Decoded {
+    meta: String,
+    snapshot: Arc<EnvironmentSnapshot>,
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("client", &self.client)
+            .field("tombstone_ttl", &self.shared.tombstone_ttl)
+            .finish()
+    }
+}
+
+/// Configures a [`RedisCache`].
+#[derive(Clone)]
+pub struct RedisCacheBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    tombstone_ttl: Duration,
+}
+
+impl fmt::Debug for RedisCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisCacheBuilder {
+    /// The prefix of every key (`<prefix>:{<env>}`).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The timeout of every call (connecting included).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long an invalidation's revision is remembered.
+    #[must_use]
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// The cache; no connection is made until the first call.
+    pub fn build(self) -> Result<RedisCache, UrlError> {
+        Ok(RedisCache {
+            client: RedisClient::new(&self.url, self.prefix, self.timeout)?,
+            shared: Arc::new(Shared {
+                decoded: Mutex::default(),
+                tombstone_ttl: self.tombstone_ttl,
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+}
+
+/// A clone of the shared connection; usable with any `redis` command or script.
+#[derive(Clone)]
+pub struct RedisConnection(Link);
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedisConnection")
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+impl RedisCache {
+    /// A builder with the defaults: prefix `feature_flags`, 100 ms timeout, 10-minute tombstones.
+    pub fn builder(url: impl Into<String>) -> RedisCacheBuilder {
+        RedisCacheBuilder {
+            url: url.into(),
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            tombstone_ttl: Duration::from_secs(600),
+        }
+    }
+
+    /// A cache with the defaults at `url`; no connection is made until the first call.
+    pub fn from_url(url: impl Into<String>) -> Result<Self, UrlError> {
+        Self::builder(url).build()
+    }
+
+    /// The hash key of an environment: `<prefix>:{<env>}`.
+    pub fn key(&self, env: &Environment) -> String {
+        self.client.key(env)
+    }
+
+    /// The cache's shared, self-healing connection, for other parts of the server that talk to
+    /// the same Redis (one connection per process instead of one per component). Calls made on
+    /// it are not bounded by the cache's timeout: wrap them in one of your own.
+    pub async fn connection(&self) -> Result<RedisConnection, CacheError> {
+        self.client
+            .call(|link| async move { Ok(RedisConnection(link)) })
+            .await
+            .map_err(CacheError::from)
+    }
+
+    /// The client the cache talks through, shared with a bus on the same Redis.
+    pub(crate) fn client(&self) -> &RedisClient {
+        &self.client
+    }
+
+    /// One call of the client, failing as the cache port does.
+    async fn call<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(Link) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.client.call(operation).await.map_err(CacheError::from)
+    }
+
+    fn decoded(&self) -> MutexGuard<'_, HashMap<Environment, Decoded>> {
+        self.shared
+            .decoded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a decoded snapshot of `env` is remembered (worth asking Redis for `__meta` only).
+    fn has_decoded(&self, env: &Environment) -> bool {
+        self.decoded().contains_key(env)
+    }
+
+    /// The remembered snapshot of `env`, if it came with exactly this `__meta` text.
+    fn decoded_with(&self, env: &Environment, meta: &str) -> Option<Arc<EnvironmentSnapshot>> {
+        self.decoded()
+            .get(env)
+            .filter(|decoded| decoded.meta == meta)
+            .map(|decoded| Arc::clone(&decoded.snapshot))
+    }
+
+    fn remember_decoded(
+        &self,
+        env: &Environment,
+        meta: String,
+        snapshot: Arc<EnvironmentSnapshot>,
+    ) {
+        let mut decoded = self.decoded();
+        if decoded.len() >= DECODED_ENVIRONMENTS && !decoded.contains_key(env) {
+            decoded.clear();
+        }
+        decoded.insert(env.clone(), Decoded { meta, snapshot });
+    }
+
+    /// The snapshot last decoded for `env`, when Redis still holds the very fill it came from
+    /// (one `HGET` of `__meta`); `None` sends the caller down the full `HGETALL` path.
+    async fn unchanged_since_decoded(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        if !self.has_decoded(env) {
+            return Ok(None);
+        }
+        let key = self.key(env);
+        let meta: Option<String> = self
+            .call(|mut link| async move {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(META_FIELD)
+                    .query_async(&mut link)
+                    .await
+            })
+            .await?;
+        Ok(meta.and_then(|meta| self.decoded_with(env, &meta)))
+    }
+
+    /// Decodes a whole hash read from Redis and remembers the snapshot with its `__meta`.
+    fn decode_and_remember(
+        &self,
+        env: &Environment,
+        fields: HashMap<String, String>,
+    ) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        let Some((raw_meta, snapshot)) = decode_hash(env, fields)? else {
+            return Ok(None);
+        };
+        self.remember_decoded(env, raw_meta, Arc::clone(&snapshot));
+        Ok(Some(snapshot))
+    }
+}
+
+#[async_trait]
+impl FeatureFlagCache for RedisCache {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        if let Some(snapshot) = self.unchanged_since_decoded(env).await? {
+            return Ok(Some(snapshot));
+        }
+        let key = self.key(env);
+        let fields: HashMap<String, String> =
+            self.call(|mut link| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut link).await
+            })
+            .await?;
+        self.decode_and_remember(env, fields)
+    }
+
+    async fn get_with_ttl(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        // One script each, so what is read and its remaining time are read at the same instant.
+        let scripts = &self.shared.scripts;
+        if self.has_decoded(env) {
+            let key = self.key(env);
+            let (meta, pttl): (Option<String>, i64) = self
+                .call(|mut link| async move {
+                    scripts
+                        .meta_with_ttl
+                        .key(&key)
+                        .invoke_async(&mut link)
+                        .await
+                })
+                .await?;
+            if let Some(snapshot) = meta.and_then(|meta| self.decoded_with(env, &meta)) {
+                return Ok(Some((snapshot, remaining_time(pttl))));
+            }
+        }
+        let key = self.key(env);
+        let (flat, pttl): (Vec<String>, i64) = self
+            .call(|mut link| async move {
+                scripts
+                    .read_with_ttl
+                    .key(&key)
+                    .invoke_async(&mut link)
+                    .await
+            })
+            .await?;
+        Ok(self
+            .decode_and_remember(env, pairs_to_fields(flat))?
+            .map(|snapshot| (snapshot, remaining_time(pttl))))
+    }
+
+    async fn get_flag(
+        &self,
+        env: &Environment,
+        flag_key: &FlagKey,
+    ) -> Result<FlagLookup, CacheError> {
+        let key = self.key(env);
+        let field = flag_key.as_str().to_owned();
+        let (raw_flag, raw_meta): (Option<String>, Option<String>) = self
+            .call(|mut link| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&field)
+                    .arg(META_FIELD)
+                    .query_async(&mut link)
+                    .await
+            })
+            .await?;
+        let Some(raw_meta) = raw_meta else {
+            return Ok(FlagLookup::Miss);
+        };
+        let meta = parse_meta(env, &raw_meta)?;
+        if meta.tombstone {
+            return Ok(FlagLookup::Miss);
+        }
+        let revision = Revision(meta.revision);
+        Ok(match raw_flag {
+            None => FlagLookup::Absent { revision },
+            Some(raw) => FlagLookup::Hit {
+                flag: Arc::new(parse_flag(env, flag_key.as_str(), &raw)?),
+                revision,
+            },
+        })
+    }
+
+    async fn set(
+        &self,
+        env: &Environment,
+        snapshot: Arc<EnvironmentSnapshot>,
+        ttl: Duration,
+    ) -> Result<SetOutcome, CacheError> {
+        if ttl.is_zero() {
+            return Err(CacheError::ZeroTtl);
+        }
+        let encoded = encode(&snapshot)?;
+        let key = self.key(env);
+        let revision = snapshot.revision().get().to_string();
+        let ttl_ms = whole_ms(ttl);
+        let script = &self.shared.scripts.set;
+        let stored: i64 = self
+            .call(|mut link| async move {
+                script
+                    .key(&key)
+                    .arg(&revision)
+                    .arg(ttl_ms)
+                    .arg(&encoded.meta)
+                    .arg(&encoded.pairs)
+                    .invoke_async(&mut link)
+                    .await
+            })
+            .await?;
+        Ok(if stored == 1 {
+            SetOutcome::Stored
+        } else {
+            SetOutcome::Stale
+        })
+    }
+
+    async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
+        let key = self.key(env);
+        let revision = revision.get().to_string();
+        let tombstone_ms = whole_ms(self.shared.tombstone_ttl);
+        let now = now_ms();
+        let script = &self.shared.scripts.invalidate;
+        let _: i64 = self
+            .call(|mut link| async move {
+                script
+                    .key(&key)
+                    .arg(&revision)
+                    .arg(tombstone_ms)
+                    .arg(now)
+                    .invoke_async(&mut link)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        self.client.ping().await.map_err(CacheError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_hash_tag() {
+        let cache = RedisCache::from_url("redis://127.0.0.1:1").unwrap();
+        let env = Environment::parse("production").unwrap();
+        assert_eq!(cache.key(&env), "feature_flags:{production}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let cache = RedisCache::from_url("rediss://:secret@host:6380/0").unwrap();
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("rediss://:***@host:6380/0"), "{shown}");
+    }
+}

@@ -1,0 +1,53 @@
+//! How values cross the SQL boundary: integers (SQL's are signed), stored definitions, times, and
+//! driver errors told as the repository port's.
+
+use std::time::Duration;
+
+use flag_core::time::OffsetDateTime;
+use flag_core::time::format_description::well_known::Rfc3339;
+use flag_core::{FeatureFlag, RepositoryError};
+
+/// A version or revision as a column; saturates at `i64::MAX` (no write ever gets there).
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A version or revision column as a number; a negative one (never written) reads as 0.
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A stored definition, read back as the flag it is.
+pub(crate) fn parse_stored(definition: &str) -> Result<FeatureFlag, sqlx::Error> {
+    serde_json::from_str(definition).map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}
+
+/// Now, and now as RFC 3339 text for the `updated_at` and `at` columns.
+pub(crate) fn now_rfc3339() -> (OffsetDateTime, String) {
+    let now = OffsetDateTime::now_utc();
+    let shown = now
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
+    (now, shown)
+}
+
+/// A driver error as the repository port tells it.
+pub(crate) fn map_error(error: &sqlx::Error, timeout: Duration) -> RepositoryError {
+    match error {
+        sqlx::Error::PoolTimedOut => RepositoryError::Timeout { after: timeout },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => RepositoryError::Unavailable {
+            message: error.to_string(),
+        },
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => RepositoryError::Corrupt {
+            message: error.to_string(),
+        },
+        _ => RepositoryError::Backend {
+            message: error.to_string(),
+        },
+    }
+}
