@@ -1,16 +1,103 @@
-//! `RedisBus` on real Redis: one classic channel on a single node (and on the master Sentinel
-//! names); on a Cluster, one sharded channel per environment, subscribed on the node that owns
-//! the environment's keys, and every one of them subscribed again after the connection is lost
-//! or the slot moves to another node.
+//! `RedisBus` on real Redis: the whole bus suite on a single node, a Cluster and through
+//! Sentinel (each property on servers of its own, which it interrupts with `CLIENT KILL TYPE
+//! pubsub`); and what only Redis does: one classic channel on a single node (and on the master
+//! Sentinel names); on a Cluster, one sharded channel per environment, subscribed on the node that
+//! owns the environment's keys, and every one of them subscribed again after the connection is
+//! lost or the slot moves to another node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flag_core::{BusEvent, Environment, InvalidationBus, Revision};
-use flag_fixtures::{RedisCluster, RedisSentinel, RedisServer};
-use flag_redis::{RedisBus, RedisCache};
+use flag_conformance::{BusCapabilities, BusMedium, SharedBus, SharedMedium, bus_suite};
+use flag_core::{BusEvent, Environment, InvalidationBus, Revision, async_trait};
+use flag_fixtures::{RedisCluster, RedisProcess, RedisSentinel, RedisServer};
+use flag_redis::{MAX_WATCHED, RedisBus, RedisCache};
 use tokio::sync::broadcast;
+
+/// The servers a bus suite property runs on: its own, so that killing their subscriber
+/// connections disturbs no other test.
+enum Servers {
+    Node(RedisProcess),
+    Cluster(RedisCluster),
+    Sentinel(RedisSentinel),
+}
+
+/// Buses on servers of their own: every bus opened is a server instance on the same Redis and
+/// key prefix; an interruption kills every subscriber connection on every node.
+struct RedisMedium {
+    servers: Servers,
+}
+
+impl RedisMedium {
+    async fn node() -> SharedMedium {
+        let process = RedisProcess::spawn(&[])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        Arc::new(Self {
+            servers: Servers::Node(process),
+        })
+    }
+
+    async fn cluster() -> SharedMedium {
+        let cluster = RedisCluster::start()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        Arc::new(Self {
+            servers: Servers::Cluster(cluster),
+        })
+    }
+
+    async fn sentinel() -> SharedMedium {
+        let sentinel = RedisSentinel::start()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        Arc::new(Self {
+            servers: Servers::Sentinel(sentinel),
+        })
+    }
+
+    fn url(&self) -> String {
+        match &self.servers {
+            Servers::Node(process) => process.url(),
+            Servers::Cluster(cluster) => cluster.url().to_owned(),
+            Servers::Sentinel(sentinel) => sentinel.url(),
+        }
+    }
+}
+
+#[async_trait]
+impl BusMedium for RedisMedium {
+    async fn open(&self) -> SharedBus {
+        Arc::new(RedisBus::start(&cache(&self.url(), "suite")))
+    }
+
+    async fn interrupt(&self) -> Result<(), String> {
+        const KILL: &str = "CLIENT KILL TYPE pubsub";
+        match &self.servers {
+            Servers::Node(process) => process.command(KILL).await.map(drop),
+            Servers::Cluster(cluster) => cluster.command_on_every_node(KILL).await.map(drop),
+            Servers::Sentinel(sentinel) => sentinel.master().command(KILL).await.map(drop),
+        }
+    }
+}
+
+const CLASSIC: BusCapabilities = BusCapabilities {
+    max_watched: None,
+    patience: PATIENCE,
+};
+
+bus_suite!(single_node, RedisMedium::node, CLASSIC);
+bus_suite!(
+    cluster,
+    RedisMedium::cluster,
+    BusCapabilities {
+        max_watched: Some(MAX_WATCHED),
+        ..CLASSIC
+    }
+);
+bus_suite!(sentinel, RedisMedium::sentinel, CLASSIC);
 
 /// How long anything asynchronous may take before the test calls it lost (a bound on a hang on
 /// a loaded machine, not a latency target).
@@ -366,9 +453,7 @@ async fn a_cluster_watches_at_most_max_watched_environments() {
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     let (_, _, subscriber) = connected_pair(&endpoint.url, &endpoint.key_prefix).await;
-    let watched: Vec<Environment> = (0..flag_redis::MAX_WATCHED)
-        .map(|n| env(&format!("env-{n}")))
-        .collect();
+    let watched: Vec<Environment> = (0..MAX_WATCHED).map(|n| env(&format!("env-{n}"))).collect();
     watched
         .iter()
         .for_each(|environment| subscriber.watch(environment));

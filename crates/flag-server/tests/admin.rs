@@ -260,3 +260,57 @@ async fn explicit_cache_invalidation_answers_the_revision(
         json!({"environment": "production", "revision": 1})
     );
 }
+
+/// `If-Match: *` is checked inside the write's own transaction: a PUT carrying it and a plain PUT
+/// sent at the same moment both succeed, one after the other, where a read of the version
+/// followed by a conditional write would let the plain PUT slip in between and fail the first.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_any_never_races_a_concurrent_write(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    let path = "/v1/environments/production/flags/contended";
+    assert_eq!(server.admin("PUT", path, &[], "{}").await.status, 201);
+    for round in 0..25u64 {
+        let (any, plain) = tokio::join!(
+            server.admin(
+                "PUT",
+                path,
+                &[("If-Match", "*")],
+                r#"{"description": "any"}"#
+            ),
+            server.admin("PUT", path, &[], r#"{"description": "plain"}"#),
+        );
+        assert_eq!(
+            (any.status, plain.status),
+            (200, 200),
+            "round {round}: {} / {}",
+            any.body,
+            plain.body
+        );
+        let mut versions = [
+            any.json()["version"].clone(),
+            plain.json()["version"].clone(),
+        ];
+        versions.sort_by_key(|version| version.as_u64());
+        assert_eq!(versions, [json!(2 + 2 * round), json!(3 + 2 * round)]);
+    }
+
+    // On a missing flag, `If-Match: *` fails as a precondition, and creates nothing.
+    let missing = "/v1/environments/production/flags/missing";
+    let put = server
+        .admin("PUT", missing, &[("If-Match", "*")], "{}")
+        .await;
+    assert_eq!((put.status, put.code()), (412, json!("version_conflict")));
+    let delete = server
+        .admin("DELETE", missing, &[("If-Match", "*")], "")
+        .await;
+    assert_eq!(
+        (delete.status, delete.code()),
+        (412, json!("version_conflict"))
+    );
+    assert_eq!(server.admin("GET", missing, &[], "").await.status, 404);
+    let deleted = server.admin("DELETE", path, &[("If-Match", "*")], "").await;
+    assert_eq!(deleted.status, 204);
+}
