@@ -322,3 +322,22 @@ pub(crate) fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
         .context("the runner is not inside a target directory")?;
     Ok(target.join("release").join(name))
 }
+
+/// Builds flag-server (and the ceiling, for `wrk`) in release mode; returns flag-server's path.
+pub(crate) fn build_release(with_ceiling: bool) -> anyhow::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command
+        .args(["build", "--release", "--manifest-path"])
+        .arg(&manifest)
+        .args(["-p", "flag-server", "--bin", "flag-server"]);
+    if with_ceiling {
+        command.args(["-p", "loadtests", "--bin", "ceiling"]);
+    }
+    println!("== building flag-server in release mode");
+    let status = command.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    release_binary("flag-server")
+}

@@ -139,6 +139,27 @@ fn requests_per_second(report: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// The ceiling rows as a Markdown table.
+pub(crate) fn table(rows: &[CeilingRow]) -> String {
+    let mut out = String::from(
+        "\nwrk -t2 -c50 (POST with a Lua script) against flag-server and the trivial `ceiling` server (same answer size):\n\n\
+         | scenario | backend | answer bytes | flag-server requests/s | ceiling requests/s | share of ceiling |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} % |\n",
+            row.scenario,
+            row.backend,
+            row.response_bytes,
+            row.flag_server_rps,
+            row.ceiling_rps,
+            row.ratio() * 100.0
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::requests_per_second;

@@ -21,16 +21,16 @@ mod scenarios;
 mod seed;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::backend::{Backend, Stores, release_binary};
+use crate::backend::{Backend, Server, Stores, build_release, release_binary};
 use crate::ceiling::CeilingRow;
+use crate::propagation::Propagation;
 use crate::report::{Row, table};
 use crate::scenarios::{Attack, Mode, Plan, ScenarioKind};
-use crate::seed::{Admin, MIXED_ENVIRONMENT, counter_definition, counter_key};
+use crate::seed::Admin;
 
 /// Load scenarios against flag-server, per backend, with one table of results.
 #[derive(Parser)]
@@ -80,71 +80,141 @@ struct Cli {
     out: Option<PathBuf>,
 }
 
+impl Cli {
+    /// The command line with `--smoke` applied: the single scenario on the embedded default,
+    /// paced, for at most 5 s.
+    fn resolved(mut self) -> Self {
+        if self.smoke {
+            self.duration = self.duration.min(5);
+            self.backends = vec![Backend::Memory];
+            self.scenarios = vec![ScenarioKind::Single];
+            self.modes = vec![Mode::Paced];
+        }
+        self
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
-    if cli.smoke {
-        cli.duration = cli.duration.min(5);
-        cli.backends = vec![Backend::Memory];
-        cli.scenarios = vec![ScenarioKind::Single];
-        cli.modes = vec![Mode::Paced];
+    let cli = Cli::parse().resolved();
+    let mut run = Run::prepare(cli)?;
+    for backend in or_all(&run.cli.backends, &Backend::ALL) {
+        run.backend(backend).await?;
     }
-    let backends = or_all(&cli.backends, &Backend::ALL);
-    let scenarios = or_all(&cli.scenarios, &ScenarioKind::ALL);
-    let modes = or_all(&cli.modes, &[Mode::Paced, Mode::Saturated]);
-    if cli.wrk {
-        ceiling::require_wrk()?;
-    }
-    let out = match &cli.out {
-        Some(out) => out.clone(),
-        None => release_binary("flag-server")?
-            .parent()
-            .and_then(Path::parent)
-            .context("locating the target directory")?
-            .join("loadtests"),
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let binary = match &cli.server_binary {
-        Some(binary) => binary.clone(),
-        None => build_release(cli.wrk)?,
-    };
-    let database_url = cli
-        .database_url
-        .clone()
-        .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"));
-    let want_redis = backends.iter().any(|backend| backend.needs_redis());
-    let stores = Stores::discover(cli.redis_url.clone(), database_url, want_redis);
-    let token = format!("loadtests-{}", std::process::id());
-
-    let mut rows = Vec::new();
-    let mut ceilings = Vec::new();
-    let mut skipped = Vec::new();
-    let mut spread: Option<propagation::Propagation> = None;
-    for backend in backends {
-        if let Some(reason) = stores.missing(backend) {
-            println!("skipping {}: {reason}", backend.name());
-            skipped.push(format!("{}: {reason}", backend.name()));
-            continue;
+    let summary = run.summary();
+    println!("\n{summary}");
+    run.write_reports(&summary)?;
+    let problems = run.problems()?;
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("FAILED: {problem}");
         }
-        let directory = out.join(backend.name());
-        println!("== {}: starting {}", backend.name(), binary.display());
-        let server = stores
-            .start_server(&binary, backend, &directory.join("data"), &token)
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// One run of the runner: what it was asked, where it writes, what it found so far.
+struct Run {
+    cli: Cli,
+    out: PathBuf,
+    binary: PathBuf,
+    stores: Stores,
+    token: String,
+    rows: Vec<Row>,
+    ceilings: Vec<CeilingRow>,
+    skipped: Vec<String>,
+    spread: Option<Propagation>,
+}
+
+impl Run {
+    /// Checks the tools, builds the server (unless one is given) and finds the stores.
+    fn prepare(cli: Cli) -> anyhow::Result<Self> {
+        if cli.wrk {
+            ceiling::require_wrk()?;
+        }
+        let out = match &cli.out {
+            Some(out) => out.clone(),
+            None => release_binary("flag-server")?
+                .parent()
+                .and_then(Path::parent)
+                .context("locating the target directory")?
+                .join("loadtests"),
+        };
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let binary = match &cli.server_binary {
+            Some(binary) => binary.clone(),
+            None => build_release(cli.wrk)?,
+        };
+        let database_url = cli
+            .database_url
+            .clone()
+            .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"));
+        let want_redis = or_all(&cli.backends, &Backend::ALL)
+            .iter()
+            .any(|backend| backend.needs_redis());
+        let stores = Stores::discover(cli.redis_url.clone(), database_url, want_redis);
+        Ok(Self {
+            out,
+            binary,
+            stores,
+            token: format!("loadtests-{}", std::process::id()),
+            rows: Vec::new(),
+            ceilings: Vec::new(),
+            skipped: Vec::new(),
+            spread: None,
+            cli,
+        })
+    }
+
+    /// Everything on one backend: a server seeded and warmed, every attack, the `wrk` ceiling
+    /// when asked, and the propagation run on `tiered`.
+    async fn backend(&mut self, backend: Backend) -> anyhow::Result<()> {
+        if let Some(reason) = self.stores.missing(backend) {
+            println!("skipping {}: {reason}", backend.name());
+            self.skipped.push(format!("{}: {reason}", backend.name()));
+            return Ok(());
+        }
+        let directory = self.out.join(backend.name());
+        println!("== {}: starting {}", backend.name(), self.binary.display());
+        let server = self
+            .stores
+            .start_server(&self.binary, backend, &directory.join("data"), &self.token)
             .await?;
-        let admin = Admin::new(&server.base_url, &token);
+        let admin = Admin::new(&server.base_url, &self.token);
         // SQLite takes one writer at a time; more concurrent writers only queue.
         let concurrency = if backend == Backend::RedisPostgres {
             16
         } else {
             4
         };
-        let seeded = admin.seed(cli.users, concurrency).await?;
+        let seeded = admin.seed(self.cli.users, concurrency).await?;
         seed::warm(&server.base_url).await?;
         println!("   seeded {seeded} flags, warmed the cache");
-        for &scenario in &scenarios {
-            for &mode in &modes {
+        self.attacks(backend, &server, &admin, &directory).await?;
+        if self.cli.wrk {
+            self.ceiling(backend, &server, &directory).await?;
+        }
+        drop(server);
+        if backend == Backend::Tiered && self.cli.propagation_writes > 0 {
+            self.propagation(&directory).await?;
+        }
+        Ok(())
+    }
+
+    /// Every chosen scenario in every chosen mode against `server`.
+    async fn attacks(
+        &mut self,
+        backend: Backend,
+        server: &Server,
+        admin: &Admin,
+        directory: &Path,
+    ) -> anyhow::Result<()> {
+        let cli = &self.cli;
+        for scenario in or_all(&cli.scenarios, &ScenarioKind::ALL) {
+            for mode in or_all(&cli.modes, &[Mode::Paced, Mode::Saturated]) {
                 if scenario == ScenarioKind::Mixed {
-                    reset_counters(&admin, cli.users).await?;
+                    admin.reset_counters(cli.users).await?;
                 }
                 let reports = directory.join(format!("{}-{}", scenario.name(), mode.name()));
                 let attack = Attack {
@@ -163,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
                     cli.duration,
                     cli.users
                 );
-                let metrics = scenarios::run(&attack, Plan::new(cli.users, &token)).await?;
+                let metrics = scenarios::run(&attack, Plan::new(cli.users, &self.token)).await?;
                 let row = Row::from_metrics(scenario, backend, mode, &metrics);
                 println!(
                     "     {:.0} requests/s, P95 {}, {} errors",
@@ -171,91 +241,115 @@ async fn main() -> anyhow::Result<()> {
                     report::micros(row.p95_us),
                     row.errors
                 );
-                rows.push(row);
+                self.rows.push(row);
             }
         }
-        if cli.wrk {
-            for scenario in [ScenarioKind::Single, ScenarioKind::Bulk] {
-                println!(
-                    "   wrk {} against flag-server and the ceiling",
-                    scenario.name()
-                );
-                let row = ceiling::measure(
-                    &server.base_url,
-                    backend,
-                    scenario,
-                    cli.wrk_duration,
-                    &directory,
-                )
-                .await?;
-                ceilings.push(row);
-            }
-        }
-        drop(server);
-        if backend == Backend::Tiered && cli.propagation_writes > 0 {
+        Ok(())
+    }
+
+    /// The `wrk` throughput of flag-server and of the trivial ceiling server, single and bulk.
+    async fn ceiling(
+        &mut self,
+        backend: Backend,
+        server: &Server,
+        directory: &Path,
+    ) -> anyhow::Result<()> {
+        for scenario in [ScenarioKind::Single, ScenarioKind::Bulk] {
             println!(
-                "   propagation: {} writes through one of three tiered instances",
-                cli.propagation_writes
+                "   wrk {} against flag-server and the ceiling",
+                scenario.name()
             );
-            let measured = propagation::measure(
-                &stores,
-                &binary,
-                &directory.join("propagation"),
-                &token,
-                cli.propagation_writes,
+            let row = ceiling::measure(
+                &server.base_url,
+                backend,
+                scenario,
+                self.cli.wrk_duration,
+                directory,
             )
             .await?;
-            println!("{}", measured.line().trim());
-            spread = Some(measured);
+            self.ceilings.push(row);
         }
+        Ok(())
     }
 
-    let mut summary = format!(
-        "{} cores; load generator on the same machine; {} users; {} s per attack; paced = {} requests/s\n\n{}",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        cli.users,
-        cli.duration,
-        cli.paced_rate,
-        table(&rows, !cli.smoke)
-    );
-    if !ceilings.is_empty() {
-        summary.push_str(&ceiling_table(&ceilings));
+    /// How fast a write through one of three tiered instances reaches the other two.
+    async fn propagation(&mut self, directory: &Path) -> anyhow::Result<()> {
+        println!(
+            "   propagation: {} writes through one of three tiered instances",
+            self.cli.propagation_writes
+        );
+        let measured = propagation::measure(
+            &self.stores,
+            &self.binary,
+            &directory.join("propagation"),
+            &self.token,
+            self.cli.propagation_writes,
+        )
+        .await?;
+        println!("{}", measured.line().trim());
+        self.spread = Some(measured);
+        Ok(())
     }
-    if let Some(measured) = &spread {
-        summary.push_str(&measured.line());
-    }
-    println!("\n{summary}");
-    std::fs::write(out.join("summary.md"), &summary).context("writing summary.md")?;
-    let json = serde_json::json!({"rows": rows, "ceiling": ceilings, "propagation": spread, "skipped": skipped});
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&json).context("encoding summary.json")?,
-    )
-    .context("writing summary.json")?;
-    println!("reports: {}", out.display());
 
-    let mut problems: Vec<String> = rows
-        .iter()
-        .flat_map(|row| row.problems(!cli.smoke))
-        .collect();
-    if let Some(measured) = &spread
-        && !measured.within_target()
-    {
-        problems.push(format!(
-            "propagation: a write took {} to reach another instance",
-            report::micros(measured.max_us)
-        ));
-    }
-    if rows.is_empty() {
-        bail!("no attack ran");
-    }
-    if !problems.is_empty() {
-        for problem in &problems {
-            eprintln!("FAILED: {problem}");
+    /// The one table of every attack, then the ceiling and propagation figures.
+    fn summary(&self) -> String {
+        let cli = &self.cli;
+        let mut summary = format!(
+            "{} cores; load generator on the same machine; {} users; {} s per attack; paced = {} requests/s\n\n{}",
+            std::thread::available_parallelism().map_or(0, usize::from),
+            cli.users,
+            cli.duration,
+            cli.paced_rate,
+            table(&self.rows, !cli.smoke)
+        );
+        if !self.ceilings.is_empty() {
+            summary.push_str(&ceiling::table(&self.ceilings));
         }
-        std::process::exit(1);
+        if let Some(measured) = &self.spread {
+            summary.push_str(&measured.line());
+        }
+        summary
     }
-    Ok(())
+
+    /// `summary.md` and `summary.json` beside goose's reports.
+    fn write_reports(&self, summary: &str) -> anyhow::Result<()> {
+        let out = &self.out;
+        std::fs::write(out.join("summary.md"), summary).context("writing summary.md")?;
+        let json = serde_json::json!({
+            "rows": self.rows,
+            "ceiling": self.ceilings,
+            "propagation": self.spread,
+            "skipped": self.skipped,
+        });
+        std::fs::write(
+            out.join("summary.json"),
+            serde_json::to_string_pretty(&json).context("encoding summary.json")?,
+        )
+        .context("writing summary.json")?;
+        println!("reports: {}", out.display());
+        Ok(())
+    }
+
+    /// Every error and missed target; an error when nothing ran at all.
+    fn problems(&self) -> anyhow::Result<Vec<String>> {
+        if self.rows.is_empty() {
+            bail!("no attack ran");
+        }
+        let mut problems: Vec<String> = self
+            .rows
+            .iter()
+            .flat_map(|row| row.problems(!self.cli.smoke))
+            .collect();
+        if let Some(measured) = &self.spread
+            && !measured.within_target()
+        {
+            problems.push(format!(
+                "propagation: a write took {} to reach another instance",
+                report::micros(measured.max_us)
+            ));
+        }
+        Ok(problems)
+    }
 }
 
 /// `chosen`, or every one of `all` when nothing was chosen.
@@ -265,57 +359,4 @@ fn or_all<T: Copy>(chosen: &[T], all: &[T]) -> Vec<T> {
     } else {
         chosen.to_vec()
     }
-}
-
-/// Builds flag-server (and the ceiling, for `wrk`) in release mode; returns flag-server's path.
-fn build_release(with_ceiling: bool) -> anyhow::Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    command
-        .args(["build", "--release", "--manifest-path"])
-        .arg(&manifest)
-        .args(["-p", "flag-server", "--bin", "flag-server"]);
-    if with_ceiling {
-        command.args(["-p", "loadtests", "--bin", "ceiling"]);
-    }
-    println!("== building flag-server in release mode");
-    let status = command.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
-    release_binary("flag-server")
-}
-
-/// Puts every counter of the mixed scenario back to 0, so each attack starts from a known state.
-async fn reset_counters(admin: &Admin, users: usize) -> anyhow::Result<()> {
-    for user in 0..users {
-        admin
-            .put(
-                MIXED_ENVIRONMENT,
-                &counter_key(user),
-                &counter_definition(0),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-fn ceiling_table(rows: &[CeilingRow]) -> String {
-    let mut out = String::from(
-        "\nwrk -t2 -c50 (POST with a Lua script) against flag-server and the trivial `ceiling` server (same answer size):\n\n\
-         | scenario | backend | answer bytes | flag-server requests/s | ceiling requests/s | share of ceiling |\n\
-         |---|---|---:|---:|---:|---:|\n",
-    );
-    for row in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} % |\n",
-            row.scenario,
-            row.backend,
-            row.response_bytes,
-            row.flag_server_rps,
-            row.ceiling_rps,
-            row.ratio() * 100.0
-        ));
-    }
-    out
 }

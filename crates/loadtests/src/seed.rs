@@ -96,6 +96,20 @@ impl Admin {
         }
     }
 
+    /// Puts every counter of the mixed scenario back to 0, so each attack starts from a known
+    /// state.
+    pub(crate) async fn reset_counters(&self, users: usize) -> anyhow::Result<()> {
+        for user in 0..users {
+            self.put(
+                MIXED_ENVIRONMENT,
+                &counter_key(user),
+                &counter_definition(0),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// `PUT` one flag; fails unless the server answers `200` or `201`.
     pub(crate) async fn put(&self, env: &str, key: &str, flag: &Value) -> anyhow::Result<()> {
         let response = self
