@@ -131,6 +131,18 @@ impl fmt::Display for Violation {
 
 impl std::error::Error for Violation {}
 
+/// The properties `violations` were caught by, each violation printed first so a teeth test's
+/// log says what was seen.
+pub fn caught_by(violations: &[Violation]) -> Vec<&'static str> {
+    for violation in violations {
+        println!("{violation}");
+    }
+    violations
+        .iter()
+        .map(|violation| violation.property)
+        .collect()
+}
+
 /// Turns the whole cache suite into `#[tokio::test]`s for one backend.
 ///
 /// `$factory` is a closure returning a future of a fresh [`SharedCache`]; every test gets its

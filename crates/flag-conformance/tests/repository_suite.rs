@@ -92,13 +92,7 @@ impl FeatureFlagRepository for Careless {
 async fn caught_by(make: fn() -> Careless) -> Vec<&'static str> {
     let violations =
         repository::check_all(|| async move { Arc::new(make()) as SharedRepository }).await;
-    violations
-        .iter()
-        .for_each(|violation| println!("{violation}"));
-    violations
-        .iter()
-        .map(|violation| violation.property)
-        .collect()
+    flag_conformance::caught_by(&violations)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,13 +243,7 @@ async fn caught_by(
     capabilities: BusCapabilities,
 ) -> Vec<&'static str> {
     let violations = bus::check_all(|| async move { medium() }, capabilities).await;
-    for violation in &violations {
-        println!("{violation}");
-    }
-    violations
-        .iter()
-        .map(|violation| violation.property)
-        .collect()
+    flag_conformance::caught_by(&violations)
 }
 
 const PER_ENVIRONMENT: BusCapabilities = BusCapabilities {

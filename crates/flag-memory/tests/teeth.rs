@@ -39,13 +39,7 @@ fn caught_by<C: FeatureFlagCache + 'static>(make: fn() -> C) -> Vec<&'static str
     if let Err(violation) = check_against_model(factory, CAPABILITIES, model) {
         violations.push(violation);
     }
-    for violation in &violations {
-        println!("{violation}");
-    }
-    violations
-        .iter()
-        .map(|violation| violation.property)
-        .collect()
+    flag_conformance::caught_by(&violations)
 }
 
 fn assert_caught(caught: &[&str], by: &[&str]) {

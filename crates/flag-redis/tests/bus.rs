@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flag_conformance::{BusCapabilities, BusMedium, SharedBus, SharedMedium, bus_suite};
 use flag_core::{BusEvent, Environment, InvalidationBus, Revision, async_trait};
-use flag_fixtures::{RedisCluster, RedisProcess, RedisSentinel, RedisServer};
+use flag_fixtures::{FixtureError, RedisCluster, RedisProcess, RedisSentinel, RedisServer};
 use flag_redis::{MAX_WATCHED, RedisBus, RedisCache};
 use tokio::sync::broadcast;
 
@@ -31,31 +31,22 @@ struct RedisMedium {
 }
 
 impl RedisMedium {
-    async fn node() -> SharedMedium {
-        let process = RedisProcess::spawn(&[])
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
+    fn on(servers: Result<Servers, FixtureError>) -> SharedMedium {
         Arc::new(Self {
-            servers: Servers::Node(process),
+            servers: servers.unwrap_or_else(|error| panic!("{error}")),
         })
+    }
+
+    async fn node() -> SharedMedium {
+        Self::on(RedisProcess::spawn(&[]).await.map(Servers::Node))
     }
 
     async fn cluster() -> SharedMedium {
-        let cluster = RedisCluster::start()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        Arc::new(Self {
-            servers: Servers::Cluster(cluster),
-        })
+        Self::on(RedisCluster::start().await.map(Servers::Cluster))
     }
 
     async fn sentinel() -> SharedMedium {
-        let sentinel = RedisSentinel::start()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        Arc::new(Self {
-            servers: Servers::Sentinel(sentinel),
-        })
+        Self::on(RedisSentinel::start().await.map(Servers::Sentinel))
     }
 
     fn url(&self) -> String {

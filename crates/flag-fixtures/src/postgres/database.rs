@@ -2,13 +2,13 @@
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use testcontainers::core::{IntoContainerPort, WaitFor};
-use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 use flag_core::redact_url;
 
 use super::server::PostgresServer;
 use super::{SERVICE, wait_until_ready, with_database};
+use crate::container::{self, Published};
 use crate::{FixtureError, Source, docker_answers, unique_name};
 
 /// A database of its own for one test; dropped (best effort) with the fixture.
@@ -49,23 +49,17 @@ impl PostgresDatabase {
             source_kind: Source::Container,
             message,
         };
-        let container = GenericImage::new("postgres", "16-alpine")
+        let image = GenericImage::new("postgres", "16-alpine")
             .with_exposed_port(5432.tcp())
             .with_wait_for(WaitFor::message_on_stderr(
                 "database system is ready to accept connections",
             ))
-            .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
-            .start()
-            .await
-            .map_err(|error| failed(error.to_string()))?;
-        let host = container
-            .get_host()
-            .await
-            .map_err(|error| failed(error.to_string()))?;
-        let port = container
-            .get_host_port_ipv4(5432)
-            .await
-            .map_err(|error| failed(error.to_string()))?;
+            .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust");
+        let Published {
+            container,
+            host,
+            port,
+        } = container::start(SERVICE, image, 5432).await?;
         let admin = format!("postgres://postgres@{host}:{port}/postgres");
         wait_until_ready(&admin).await.map_err(failed)?;
         Self::on_server(admin, Source::Container, None, Some(container)).await

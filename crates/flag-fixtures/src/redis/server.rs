@@ -1,12 +1,12 @@
 //! A Redis for one test (its own key prefix), or one shared by a whole test process.
 
 use testcontainers::core::{IntoContainerPort, WaitFor};
-use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage};
 
 use super::cluster::{RedisCluster, start_cluster};
 use super::process::RedisProcess;
 use super::{SERVICE, start_on_free_port};
+use crate::container::{self, Published};
 use crate::process::OwnedProcess;
 use crate::{FixtureError, Source, docker_answers, unique_name};
 
@@ -53,25 +53,14 @@ impl RedisServer {
 
     /// A Redis in a container started through testcontainers.
     pub async fn from_container() -> Result<Self, FixtureError> {
-        let failed = |message: String| FixtureError::Failed {
-            service: SERVICE,
-            source_kind: Source::Container,
-            message,
-        };
-        let container = GenericImage::new("redis", "7.2-alpine")
+        let image = GenericImage::new("redis", "7.2-alpine")
             .with_exposed_port(6379.tcp())
-            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-            .start()
-            .await
-            .map_err(|error| failed(error.to_string()))?;
-        let host = container
-            .get_host()
-            .await
-            .map_err(|error| failed(error.to_string()))?;
-        let port = container
-            .get_host_port_ipv4(6379)
-            .await
-            .map_err(|error| failed(error.to_string()))?;
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"));
+        let Published {
+            container,
+            host,
+            port,
+        } = container::start(SERVICE, image, 6379).await?;
         Ok(Self {
             url: format!("redis://{host}:{port}"),
             key_prefix: unique_name("test-"),
