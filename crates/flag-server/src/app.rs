@@ -1,5 +1,5 @@
-//! The application: the route table, and one router made of the per-area routers (`ofrep`,
-//! `admin`, `ops`) behind the tracking layer and the body limit.
+//! The application: one router made of the per-area routers (`ofrep`, `admin`, `ops`) behind
+//! the tracking layer and the body limit, with JSON answers for unknown routes and methods.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -8,29 +8,9 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 
 use crate::errors::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, MAX_BODY_BYTES};
 use crate::tracking::{Tracking, track};
 use crate::{admin, ofrep, ops};
-
-/// The largest request body accepted: 1 MiB.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
-
-/// Every route the API serves, as `(method, path template)`: the metrics' route labels and the
-/// OpenAPI document are both checked against this table.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/ofrep/v1/evaluate/flags/{key}"),
-    ("POST", "/ofrep/v1/evaluate/flags"),
-    ("GET", "/v1/environments"),
-    ("GET", "/v1/environments/{env}/flags"),
-    ("GET", "/v1/environments/{env}/flags/{key}"),
-    ("PUT", "/v1/environments/{env}/flags/{key}"),
-    ("DELETE", "/v1/environments/{env}/flags/{key}"),
-    ("POST", "/v1/environments/{env}/cache/invalidate"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-];
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {

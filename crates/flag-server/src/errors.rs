@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use flag_core::{ErrorCode, EvaluationError, RepositoryError, ServiceError};
 use serde_json::{Value, json};
 
-use crate::app::MAX_BODY_BYTES;
+use crate::state::MAX_BODY_BYTES;
 
 /// A management API error: `{"error": {"code", "message"}}`.
 #[derive(Debug)]

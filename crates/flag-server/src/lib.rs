@@ -7,7 +7,8 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | `app` | the route table and the one router made of the areas' routers |
+//! | `app` | the one router made of the areas' routers |
+//! | `routes` | the route table the metrics and the OpenAPI document are held to |
 //! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
 //! | `auth` | admin and client authentication, as extractors |
 //! | `errors` | the management and OFREP error bodies, each built once |
@@ -16,7 +17,7 @@
 //! | `state`, `config`, `wiring` | what handlers reach, the settings, and how one becomes the other |
 //!
 //! Decisions where the design contract is silent:
-//! - Every route is listed in [`app::ROUTES`]; the metrics label requests with the route's
+//! - Every route is listed in [`routes::ROUTES`]; the metrics label requests with the route's
 //!   template from there (never a user's key or environment, so label cardinality is bounded) and
 //!   a test holds `/openapi.json` equal to it.
 //! - A request still running after `FLAG_REQUEST_TIMEOUT_MS` (default 5 s) is answered `503` with
@@ -43,6 +44,7 @@ mod errors;
 pub mod metrics;
 mod ofrep;
 mod ops;
+pub mod routes;
 pub mod state;
 mod tracking;
 pub mod wiring;

@@ -2,7 +2,7 @@
 //! counters.
 //!
 //! Series are keyed by `(route, method, status)` where the route is the route's template (from
-//! [`crate::app::ROUTES`], so a label never carries a user's flag key or environment) or
+//! [`crate::routes::ROUTES`], so a label never carries a user's flag key or environment) or
 //! `unmatched`. A request's series is found under a read lock; the write lock is taken only the
 //! first time a combination is seen, so steady traffic never serializes on it.
 

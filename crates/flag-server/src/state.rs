@@ -8,6 +8,9 @@ use flag_core::{Environment, FeatureFlagService};
 
 use crate::metrics::HttpMetrics;
 
+/// The largest request body accepted: 1 MiB.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
 /// How long a request may take when the configuration does not say.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 

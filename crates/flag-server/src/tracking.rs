@@ -11,9 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
 
-use crate::app::ROUTES;
 use crate::errors::{ApiError, OfrepError};
 use crate::metrics::HttpMetrics;
+use crate::routes::ROUTES;
 
 /// What the tracking layer needs: small, so cloning it per request costs one reference count.
 #[derive(Clone)]

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use clap::CommandFactory;
 use flag_core::Operator;
-use flag_server::app::ROUTES;
 use flag_server::config::{CacheBackend, Cli};
+use flag_server::routes::ROUTES;
 use support::{Backend, TestServer};
 
 /// A page of `docs/`.

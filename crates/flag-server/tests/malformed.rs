@@ -7,7 +7,7 @@
 
 mod support;
 
-use flag_server::app::ROUTES;
+use flag_server::routes::ROUTES;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};

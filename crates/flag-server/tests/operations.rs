@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use flag_server::app::ROUTES;
+use flag_server::routes::ROUTES;
 use rstest::rstest;
 use serde_json::{Value, json};
 use support::{Backend, TestServer};

@@ -1,0 +1,19 @@
+//! The route table: every route the API serves, as the metrics label it and the OpenAPI
+//! document describes it.
+
+/// Every route the API serves, as `(method, path template)`: the metrics' route labels and the
+/// OpenAPI document are both checked against this table.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/ofrep/v1/evaluate/flags/{key}"),
+    ("POST", "/ofrep/v1/evaluate/flags"),
+    ("GET", "/v1/environments"),
+    ("GET", "/v1/environments/{env}/flags"),
+    ("GET", "/v1/environments/{env}/flags/{key}"),
+    ("PUT", "/v1/environments/{env}/flags/{key}"),
+    ("DELETE", "/v1/environments/{env}/flags/{key}"),
+    ("POST", "/v1/environments/{env}/cache/invalidate"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+];
