@@ -10,7 +10,8 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +36,28 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/environments/{env}/cache/invalidate", post(invalidate))
 }
 
+/// Path parameters; a path the router cannot decode (not UTF-8) is a JSON `404 not_found`.
+struct Segments<T>(T);
+
+impl<T, S> FromRequestParts<S> for Segments<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Segments(value)),
+            Err(rejection) => Err(ApiError::not_found(format!(
+                "no route for {}: {}",
+                parts.uri.path(),
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
 fn environment(name: &str) -> Result<Environment, ApiError> {
     Environment::parse(name).map_err(|error| ApiError::invalid_request(error.to_string()))
 }
@@ -56,7 +79,7 @@ async fn list_environments(_: Admin, State(state): State<AppState>) -> Result<Re
 async fn list_flags(
     _: Admin,
     State(state): State<AppState>,
-    Path(env): Path<String>,
+    Segments(env): Segments<String>,
 ) -> Result<Response, ApiError> {
     let env = environment(&env)?;
     let snapshot = state.service.stored_flags(&env).await?;
@@ -70,7 +93,7 @@ async fn list_flags(
 async fn get_flag(
     _: Admin,
     State(state): State<AppState>,
-    Path((env, key)): Path<(String, String)>,
+    Segments((env, key)): Segments<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (env, key) = (environment(&env)?, flag_key(&key)?);
     let flag = state
@@ -119,7 +142,7 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
 async fn put_flag(
     _: Admin,
     State(state): State<AppState>,
-    Path((env, key)): Path<(String, String)>,
+    Segments((env, key)): Segments<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -164,7 +187,7 @@ async fn put_flag(
 async fn delete_flag(
     _: Admin,
     State(state): State<AppState>,
-    Path((env, key)): Path<(String, String)>,
+    Segments((env, key)): Segments<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (env, key) = (environment(&env)?, flag_key(&key)?);
@@ -192,7 +215,7 @@ async fn delete_flag(
 async fn invalidate(
     _: Admin,
     State(state): State<AppState>,
-    Path(env): Path<String>,
+    Segments(env): Segments<String>,
 ) -> Result<Response, ApiError> {
     let env = environment(&env)?;
     let revision = state.service.invalidate_cache(&env).await?;

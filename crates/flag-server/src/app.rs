@@ -1,15 +1,24 @@
 //! The application: one router made of the per-area routers (`ofrep`, `admin`, `ops`) behind
-//! the tracking layer and the body limit, with JSON answers for unknown routes and methods.
+//! the tracking layer and the body limits, with JSON answers for unknown routes and methods.
+//!
+//! The API routes (OFREP and management) sit behind tower's global concurrency limit with load
+//! shedding: past `FLAG_MAX_IN_FLIGHT` requests in flight, one more is answered `503` with
+//! `Retry-After: 1` at once instead of queueing. The operations routes (`/healthz`, `/readyz`,
+//! `/metrics`, `/openapi.json`) are outside that limit, so probes answer under overload.
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
+use flag_core::ErrorCode;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, ServiceBuilder};
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, OfrepError, is_ofrep};
 use crate::state::{AppState, MAX_BODY_BYTES};
-use crate::tracking::{Tracking, track};
+use crate::tracking::{Tracking, track, unavailable};
 use crate::{admin, ofrep, ops};
 
 /// The whole HTTP API.
@@ -18,9 +27,16 @@ pub fn router(state: AppState) -> Router {
         metrics: state.http_metrics.clone(),
         timeout: state.request_timeout,
     };
-    Router::new()
-        .merge(ofrep::router())
+    let shedding = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(shed))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(state.max_in_flight));
+    let api = Router::new()
+        .merge(ofrep::router(state.max_context_bytes))
         .merge(admin::router())
+        .route_layer(shedding);
+    Router::new()
+        .merge(api)
         .merge(ops::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -29,17 +45,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A request refused because too many are in flight.
+async fn shed(uri: Uri, error: BoxError) -> Response {
+    tracing::debug!(path = uri.path(), %error, "request shed");
+    unavailable(
+        &uri,
+        "too many requests in flight; retry in a second".to_owned(),
+    )
+}
+
 /// Unmatched routes: `404` with the management API's error shape.
 async fn not_found(method: Method, uri: Uri) -> Response {
     ApiError::not_found(format!("no route for {method} {}", uri.path())).into_response()
 }
 
-/// A known path with a method it does not serve: `405` with the management API's error shape.
+/// A known path with a method it does not serve: `405` in the shape of the path's API.
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request",
-        format!("{} does not answer {method}", uri.path()),
-    )
-    .into_response()
+    let message = format!("{} does not answer {method}", uri.path());
+    if is_ofrep(uri.path()) {
+        OfrepError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::General, message)
+            .about(&uri)
+            .into_response()
+    } else {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", message).into_response()
+    }
 }

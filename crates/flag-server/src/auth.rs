@@ -1,16 +1,141 @@
 //! Authentication as extractors: a handler that takes [`Admin`] or [`Client`] runs only for a
-//! request that carries a valid token, and the check runs before the body is read.
+//! request that carries a valid token, and the check runs before the body is read (extractors of
+//! the request's head run before the one that reads the body).
 //!
-//! Tokens are compared in time that does not tell how close a wrong one was, and are never
-//! logged.
+//! Decisions:
+//! - Tokens are kept as SHA-256 digests and a presented token is hashed before it is compared
+//!   (with `subtle`), so the time taken tells neither the stored token's length nor how much of it
+//!   a guess got right; every client token is compared, so it does not tell which one was close.
+//! - The scheme of `Authorization` is case-insensitive (`Bearer`, `bearer`, `BEARER`), as RFC 9110
+//!   says of every auth scheme.
+//! - An entry of `FLAG_CLIENT_TOKENS` is `TOKEN` (every environment) or `ENV|ENV...:TOKEN` (those
+//!   environments only); the part before the first `:` must be valid environment names, so a token
+//!   containing `:` is written with its scope (`production:ab:cd`). A token valid for other
+//!   environments only is `403`; a token scoped to exactly one environment selects it when the
+//!   request has no `X-Environment`.
+//! - Every `401` carries `WWW-Authenticate: Bearer`.
+
+use std::fmt;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
-use flag_core::ErrorCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use flag_core::{Environment, ErrorCode};
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::errors::{ApiError, OfrepError};
 use crate::state::AppState;
+
+/// A secret kept as its SHA-256 digest, compared in constant time.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    /// The secret `token`.
+    pub fn new(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `presented` is this secret, in time independent of both.
+    fn matches(&self, presented: &str) -> Choice {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&presented)
+    }
+}
+
+/// Never shows the digest.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The environments a client token is valid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every environment (an unscoped token, or OFREP left open).
+    Every,
+    /// These environments only.
+    Only(Vec<Environment>),
+}
+
+impl Scope {
+    fn allows(&self, env: &Environment) -> bool {
+        match self {
+            Scope::Every => true,
+            Scope::Only(environments) => environments.contains(env),
+        }
+    }
+}
+
+/// The tokens OFREP clients must present, each with its scope.
+#[derive(Debug, Clone)]
+pub struct ClientTokens {
+    entries: Vec<(Secret, Scope)>,
+}
+
+/// An entry of `FLAG_CLIENT_TOKENS` that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("FLAG_CLIENT_TOKENS entry {position}: {reason}")]
+pub struct TokenError {
+    /// The entry's position, from 1.
+    pub position: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ClientTokens {
+    /// The tokens of `entries` (`TOKEN` or `ENV|ENV:TOKEN`; blank entries are skipped), `None`
+    /// when no entry holds a token (OFREP stays open).
+    pub fn parse(entries: &[String]) -> Result<Option<Self>, TokenError> {
+        let mut parsed = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let error = |reason: String| TokenError {
+                position: index + 1,
+                reason,
+            };
+            let (scope, token) = match entry.split_once(':') {
+                None => (Scope::Every, entry),
+                Some((environments, token)) => {
+                    let environments = environments
+                        .split('|')
+                        .map(|name| {
+                            Environment::parse(name.trim()).map_err(|_| {
+                                error(format!(
+                                    "{name:?} is not an environment name (the part before `:` \
+                                     lists the token's environments, separated by `|`)"
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (Scope::Only(environments), token.trim())
+                }
+            };
+            if token.is_empty() {
+                return Err(error("the token after `:` is empty".to_owned()));
+            }
+            parsed.push((Secret::new(token), scope));
+        }
+        Ok((!parsed.is_empty()).then_some(Self { entries: parsed }))
+    }
+
+    /// The scope of `presented`, if it is one of the tokens. Every token is compared.
+    fn scope_of(&self, presented: &str) -> Option<Scope> {
+        let mut found = None;
+        for (secret, scope) in &self.entries {
+            let matched: bool = secret.matches(presented).into();
+            if matched && found.is_none() {
+                found = Some(scope.clone());
+            }
+        }
+        found
+    }
+}
 
 /// A management request that presented the admin token (`Authorization: Bearer <token>`).
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +146,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(&parts.headers).unwrap_or_default();
-        if constant_time_eq(state.admin_token.as_bytes(), presented.as_bytes()) {
+        if bool::from(state.admin_token.matches(presented)) {
             Ok(Admin)
         } else {
             Err(ApiError::new(
@@ -34,63 +159,138 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// An OFREP request that presented a client token (`Authorization: Bearer` or `X-API-Key`), or
-/// any OFREP request when no client tokens are configured.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Client;
+/// any OFREP request when no client tokens are configured, with the environment it asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    /// The environment of the request, allowed by the token.
+    pub(crate) environment: Environment,
+}
 
 impl FromRequestParts<AppState> for Client {
     type Rejection = OfrepError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, OfrepError> {
-        let Some(tokens) = &state.client_tokens else {
-            return Ok(Client);
+        let scope = match &state.client_tokens {
+            None => Scope::Every,
+            Some(tokens) => {
+                let presented = bearer(&parts.headers).or_else(|| {
+                    parts
+                        .headers
+                        .get("x-api-key")
+                        .and_then(|value| value.to_str().ok())
+                });
+                presented
+                    .and_then(|presented| tokens.scope_of(presented))
+                    .ok_or_else(|| {
+                        OfrepError::new(
+                            StatusCode::UNAUTHORIZED,
+                            ErrorCode::General,
+                            "a valid client token is required (Authorization: Bearer <token> \
+                             or X-API-Key)",
+                        )
+                        .about(&parts.uri)
+                    })?
+            }
         };
-        let presented = bearer(&parts.headers).or_else(|| {
-            parts
-                .headers
-                .get("x-api-key")
-                .and_then(|value| value.to_str().ok())
-        });
-        let accepted = presented.is_some_and(|presented| {
-            // Check every token, so the time taken does not tell which one was close.
-            tokens.iter().fold(false, |found, token| {
-                found | constant_time_eq(token.as_bytes(), presented.as_bytes())
-            })
-        });
-        if accepted {
-            Ok(Client)
-        } else {
-            Err(OfrepError::new(
-                StatusCode::UNAUTHORIZED,
+        let environment = requested_environment(state, &parts.headers, &scope)
+            .map_err(|error| error.about(&parts.uri))?;
+        if !scope.allows(&environment) {
+            return Err(OfrepError::new(
+                StatusCode::FORBIDDEN,
                 ErrorCode::General,
-                "a valid client token is required (Authorization: Bearer <token> or X-API-Key)",
-            ))
+                format!("this client token is not valid for environment {environment}"),
+            )
+            .about(&parts.uri));
         }
+        Ok(Client { environment })
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+/// `X-Environment`; else the only environment of a token scoped to one; else the default.
+fn requested_environment(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: &Scope,
+) -> Result<Environment, OfrepError> {
+    match headers.get("x-environment") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|name| Environment::parse(name).ok())
+            .ok_or_else(|| {
+                OfrepError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::General,
+                    "X-Environment must match ^[a-z0-9][a-z0-9_-]{0,63}$",
+                )
+            }),
+        None => Ok(match scope {
+            Scope::Only(environments) if environments.len() == 1 => environments[0].clone(),
+            _ => state.default_environment.clone(),
+        }),
+    }
 }
 
-/// Compares two secrets in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` header (scheme in any case).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
+
+/// The challenge every `401` carries.
+pub(crate) const CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer");
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
     fn secrets_compare_exactly() {
-        assert!(constant_time_eq(b"token", b"token"));
-        assert!(!constant_time_eq(b"token", b"tokem"));
-        assert!(!constant_time_eq(b"token", b"token2"));
-        assert!(!constant_time_eq(b"", b"x"));
+        let secret = Secret::new("token");
+        assert!(bool::from(secret.matches("token")));
+        assert!(!bool::from(secret.matches("tokem")));
+        assert!(!bool::from(secret.matches("token2")));
+        assert!(!bool::from(secret.matches("")));
+        assert!(!format!("{secret:?}").contains("token"));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for value in ["Bearer t", "bearer t", "BEARER t", "  bEaReR   t "] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            assert_eq!(bearer(&headers), Some("t"), "{value:?}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic t"));
+        assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn entries_carry_their_scopes() {
+        let entries: Vec<String> = ["all", "staging|dev:st", " ", "production:a:b"]
+            .iter()
+            .map(|entry| (*entry).to_owned())
+            .collect();
+        let tokens = ClientTokens::parse(&entries).unwrap().unwrap();
+        let env = |name: &str| Environment::parse(name).unwrap();
+        assert_eq!(tokens.scope_of("all"), Some(Scope::Every));
+        assert_eq!(
+            tokens.scope_of("st"),
+            Some(Scope::Only(vec![env("staging"), env("dev")]))
+        );
+        assert_eq!(
+            tokens.scope_of("a:b"),
+            Some(Scope::Only(vec![env("production")]))
+        );
+        assert_eq!(tokens.scope_of("staging|dev:st"), None);
+        assert_eq!(tokens.scope_of("nope"), None);
+        assert!(ClientTokens::parse(&[" ".to_owned()]).unwrap().is_none());
+        let bad = ClientTokens::parse(&["ok".to_owned(), "Prod:x".to_owned()]).unwrap_err();
+        assert_eq!(bad.position, 2);
+        assert!(ClientTokens::parse(&["production:".to_owned()]).is_err());
     }
 }

@@ -139,6 +139,55 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub request_timeout_ms: u64,
+    /// The largest OFREP request body, in bytes (`413` past it).
+    #[arg(
+        long = "flag-max-context-bytes",
+        env = "FLAG_MAX_CONTEXT_BYTES",
+        default_value_t = 65_536
+    )]
+    pub max_context_bytes: u64,
+    /// How many API requests may be in flight; more are answered `503` at once.
+    #[arg(
+        long = "flag-max-in-flight",
+        env = "FLAG_MAX_IN_FLIGHT",
+        default_value_t = 4_096
+    )]
+    pub max_in_flight: u64,
+    /// How long a client may take to send a request's headers, in ms.
+    #[arg(
+        long = "flag-header-timeout-ms",
+        env = "FLAG_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_timeout_ms: u64,
+    /// How long a keep-alive connection may stay idle, in ms.
+    #[arg(
+        long = "flag-idle-timeout-ms",
+        env = "FLAG_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_timeout_ms: u64,
+    /// How many connections may be held at once.
+    #[arg(
+        long = "flag-max-connections",
+        env = "FLAG_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_connections: u64,
+    /// How many environments may exist; creating one more is `409 limit_exceeded`.
+    #[arg(
+        long = "flag-max-environments",
+        env = "FLAG_MAX_ENVIRONMENTS",
+        default_value_t = 1_000
+    )]
+    pub max_environments: u64,
+    /// How many flags an environment may hold; one more is `409 limit_exceeded`.
+    #[arg(
+        long = "flag-max-flags",
+        env = "FLAG_MAX_FLAGS",
+        default_value_t = 10_000
+    )]
+    pub max_flags: u64,
     /// Log format: `text` or `json`.
     #[arg(
         long = "log-format",
@@ -149,7 +198,90 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// The longest time-to-live or age accepted: one year, far below what Redis and moka accept.
+pub const MAX_TTL_MS: u64 = 365 * 24 * 3_600_000;
+
+/// The longest request, header, idle or shutdown timeout accepted: one day.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 3_600_000;
+
+/// The largest count limit accepted (connections, requests in flight, ...).
+pub const MAX_COUNT: u64 = 1_000_000;
+
+/// A setting outside its range, named as the environment variable that sets it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} must be between {min} and {max}, got {value}")]
+pub struct OutOfRange {
+    /// The environment variable.
+    pub name: &'static str,
+    /// What was given.
+    pub value: u64,
+    /// The smallest value accepted.
+    pub min: u64,
+    /// The largest value accepted.
+    pub max: u64,
+}
+
 impl Config {
+    /// Checks every numeric setting against its range; the first one outside it is the error.
+    pub fn validate(&self) -> Result<(), OutOfRange> {
+        let checks: [(&'static str, u64, u64, u64); 13] = [
+            ("CACHE_TTL_MS", self.cache_ttl_ms, 1, MAX_TTL_MS),
+            ("CACHE_L1_TTL_MS", self.cache_l1_ttl_ms, 1, MAX_TTL_MS),
+            (
+                "FLAG_STALE_IF_ERROR_MS",
+                self.stale_if_error_ms,
+                0,
+                MAX_TTL_MS,
+            ),
+            ("REDIS_TIMEOUT_MS", self.redis_timeout_ms, 1, MAX_TIMEOUT_MS),
+            (
+                "FLAG_SHUTDOWN_GRACE_MS",
+                self.shutdown_grace_ms,
+                0,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "FLAG_REQUEST_TIMEOUT_MS",
+                self.request_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "FLAG_HEADER_TIMEOUT_MS",
+                self.header_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "FLAG_IDLE_TIMEOUT_MS",
+                self.idle_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "FLAG_MAX_CONTEXT_BYTES",
+                self.max_context_bytes,
+                1,
+                crate::state::MAX_BODY_BYTES as u64,
+            ),
+            ("FLAG_MAX_IN_FLIGHT", self.max_in_flight, 1, MAX_COUNT),
+            ("FLAG_MAX_CONNECTIONS", self.max_connections, 1, MAX_COUNT),
+            ("FLAG_MAX_ENVIRONMENTS", self.max_environments, 1, MAX_COUNT),
+            ("FLAG_MAX_FLAGS", self.max_flags, 1, MAX_COUNT),
+        ];
+        for (name, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(OutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The cache backend in effect, after applying the default rule.
     pub fn effective_cache_backend(&self) -> CacheBackend {
         choose_cache_backend(self.cache_backend, self.redis_url.as_deref())
@@ -184,6 +316,13 @@ impl fmt::Debug for Config {
             .field("default_environment", &self.default_environment)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_context_bytes", &self.max_context_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("header_timeout_ms", &self.header_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_connections", &self.max_connections)
+            .field("max_environments", &self.max_environments)
+            .field("max_flags", &self.max_flags)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -255,6 +394,13 @@ mod tests {
             "FLAG_REQUEST_TIMEOUT_MS",
         );
         expect("log_format", Some("text"), "FLAG_LOG_FORMAT");
+        expect("max_context_bytes", Some("65536"), "FLAG_MAX_CONTEXT_BYTES");
+        expect("max_in_flight", Some("4096"), "FLAG_MAX_IN_FLIGHT");
+        expect("header_timeout_ms", Some("10000"), "FLAG_HEADER_TIMEOUT_MS");
+        expect("idle_timeout_ms", Some("60000"), "FLAG_IDLE_TIMEOUT_MS");
+        expect("max_connections", Some("10000"), "FLAG_MAX_CONNECTIONS");
+        expect("max_environments", Some("1000"), "FLAG_MAX_ENVIRONMENTS");
+        expect("max_flags", Some("10000"), "FLAG_MAX_FLAGS");
     }
 
     // These tests must not depend on the environment (CI exports REDIS_URL and DATABASE_URL), so
@@ -273,6 +419,38 @@ mod tests {
         let cli =
             Cli::try_parse_from(["flag-server", "--redis-url", "redis://127.0.0.1:6379"]).unwrap();
         assert_eq!(cli.config.effective_cache_backend(), CacheBackend::Redis);
+    }
+
+    #[test]
+    fn values_out_of_range_are_named() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["flag-server"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().config.validate()
+        };
+        assert_eq!(parse(&[]), Ok(()));
+        let error = parse(&["--cache-ttl-ms", "9223372036854775807"]).unwrap_err();
+        assert_eq!(error.name, "CACHE_TTL_MS");
+        assert!(
+            error
+                .to_string()
+                .starts_with("CACHE_TTL_MS must be between 1 and")
+        );
+        assert_eq!(
+            parse(&["--cache-ttl-ms", "0"]).unwrap_err().name,
+            "CACHE_TTL_MS"
+        );
+        assert_eq!(
+            parse(&["--flag-max-in-flight", "0"]).unwrap_err().name,
+            "FLAG_MAX_IN_FLIGHT"
+        );
+        assert_eq!(
+            parse(&["--flag-max-context-bytes", "2000000"])
+                .unwrap_err()
+                .name,
+            "FLAG_MAX_CONTEXT_BYTES"
+        );
+        assert_eq!(parse(&["--flag-stale-if-error-ms", "0"]), Ok(()));
     }
 
     #[test]

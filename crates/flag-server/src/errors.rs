@@ -4,12 +4,31 @@
 //! failure or an unreadable body.
 
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{ErrorCode, EvaluationError, RepositoryError, ServiceError};
 use serde_json::{Value, json};
 
+use crate::auth::CHALLENGE;
 use crate::state::MAX_BODY_BYTES;
+
+/// The path of single-flag evaluations, up to the key.
+const SINGLE_FLAG_PREFIX: &str = "/ofrep/v1/evaluate/flags/";
+
+/// Whether `path` belongs to OFREP (whose errors have OFREP's shape).
+pub(crate) fn is_ofrep(path: &str) -> bool {
+    path.starts_with("/ofrep/")
+}
+
+/// Adds the headers a status needs: `WWW-Authenticate: Bearer` on every `401`.
+fn challenge(status: StatusCode, mut response: Response) -> Response {
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, CHALLENGE);
+    }
+    response
+}
 
 /// A management API error: `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -38,6 +57,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// `408 request_timeout`: the body did not arrive in time.
+    pub(crate) fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
     /// A body that could not be read: `413 payload_too_large` past the limit, else `400`.
     pub(crate) fn unreadable_body(rejection: &BytesRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -55,7 +79,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        challenge(self.status, (self.status, axum::Json(body)).into_response())
     }
 }
 
@@ -112,6 +136,15 @@ impl OfrepError {
         self
     }
 
+    /// The same error, about the flag of `uri` when it is a single-flag evaluation (whose error
+    /// bodies must carry `key`), its key percent-decoded as the router decodes it.
+    pub(crate) fn about(self, uri: &Uri) -> Self {
+        match single_flag_key(uri.path()) {
+            Some(key) => self.for_key(&key),
+            None => self,
+        }
+    }
+
     /// A failed evaluation: `404` for a missing flag, `400` for the others.
     pub(crate) fn evaluation(error: &EvaluationError) -> Self {
         let status = match error {
@@ -121,15 +154,21 @@ impl OfrepError {
         Self::new(status, error.code(), error.to_string()).for_key(error.key().as_str())
     }
 
-    /// A body that could not be read: `413 GENERAL` past the limit, else `400 PARSE_ERROR`.
-    pub(crate) fn unreadable_body(rejection: &BytesRejection) -> Self {
+    /// A body that could not be read: `413 GENERAL` past `limit` bytes, else `400 PARSE_ERROR`.
+    pub(crate) fn unreadable_body(rejection: &BytesRejection, limit: usize) -> Self {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::General
-        } else {
-            ErrorCode::ParseError
-        };
-        Self::new(status, code, rejection.body_text())
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                status,
+                ErrorCode::General,
+                format!("evaluation request bodies are limited to {limit} bytes"),
+            );
+        }
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ParseError,
+            rejection.body_text(),
+        )
     }
 }
 
@@ -139,7 +178,7 @@ impl IntoResponse for OfrepError {
         if let Some(key) = self.key {
             body["key"] = Value::String(key);
         }
-        (self.status, axum::Json(body)).into_response()
+        challenge(self.status, (self.status, axum::Json(body)).into_response())
     }
 }
 
@@ -156,5 +195,43 @@ impl From<ServiceError> for OfrepError {
                 )
             }
         }
+    }
+}
+
+/// The key of a single-flag evaluation path, percent-decoded (lossily: a key that is not UTF-8
+/// cannot exist, and its error still names what was asked).
+fn single_flag_key(path: &str) -> Option<String> {
+    let raw = path.strip_prefix(SINGLE_FLAG_PREFIX)?;
+    if raw.is_empty() || raw.contains('/') {
+        return None;
+    }
+    Some(
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_flag_key;
+
+    #[test]
+    fn single_flag_keys_are_read_from_the_path() {
+        assert_eq!(
+            single_flag_key("/ofrep/v1/evaluate/flags/a.b").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(
+            single_flag_key("/ofrep/v1/evaluate/flags/a%20b").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            single_flag_key("/ofrep/v1/evaluate/flags/%FF").as_deref(),
+            Some("\u{fffd}")
+        );
+        assert_eq!(single_flag_key("/ofrep/v1/evaluate/flags"), None);
+        assert_eq!(single_flag_key("/ofrep/v1/evaluate/flags/"), None);
+        assert_eq!(single_flag_key("/v1/environments/x/flags/a"), None);
     }
 }

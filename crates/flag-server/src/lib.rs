@@ -13,6 +13,8 @@
 //! | `auth` | admin and client authentication, as extractors |
 //! | `errors` | the management and OFREP error bodies, each built once |
 //! | `tracking` | the layer that times requests out and records them |
+//! | `arrival` | whether a request's body has arrived (`408` or `503`, shutdown) |
+//! | `serve` | the accept loop: connection cap, header and idle timeouts, prompt shutdown |
 //! | `metrics` | HTTP metrics and the Prometheus exposition |
 //! | `state`, `config`, `wiring` | what handlers reach, the settings, and how one becomes the other |
 //!
@@ -38,13 +40,15 @@
 
 mod admin;
 pub mod app;
-mod auth;
+mod arrival;
+pub mod auth;
 pub mod config;
 mod errors;
 pub mod metrics;
 mod ofrep;
 mod ops;
 pub mod routes;
+pub mod serve;
 pub mod state;
 mod tracking;
 pub mod wiring;

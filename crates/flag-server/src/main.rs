@@ -1,15 +1,16 @@
 //! `flag-server`: the feature-flag HTTP service.
 //!
 //! `flag-server` (or `flag-server serve`) serves the API; `flag-server migrate` applies the
-//! database migrations and exits. SIGTERM or Ctrl-C stops accepting connections and lets
-//! in-flight requests finish for up to `FLAG_SHUTDOWN_GRACE_MS`, then exits 0.
+//! database migrations and exits. SIGTERM or Ctrl-C stops accepting connections, closes idle
+//! and half-sent ones at once and lets in-flight requests finish for up to
+//! `FLAG_SHUTDOWN_GRACE_MS`, then exits 0.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use flag_server::config::{Cli, Command, Config, LogFormat};
-use flag_server::{app, wiring};
+use flag_server::{app, serve, wiring};
 use flag_sql::SqlRepository;
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting flag-server {}", env!("CARGO_PKG_VERSION"));
     let state = wiring::state_from(&config).await?;
+    let limits = wiring::connection_limits(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -48,19 +50,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("flag-server listening on http://{address}");
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app::router(state))
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(serve::serve(listener, app::router(state), limits, async {
+        let _ = stopped.await;
+    }));
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop.send(());
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     match tokio::time::timeout(grace, server).await {
-        Ok(joined) => joined.context("server task")?.context("serving")?,
+        Ok(joined) => joined.context("server task")?,
         Err(_) => tracing::warn!(
             ?grace,
             "grace period over; exiting with requests still in flight"

@@ -1,17 +1,18 @@
 //! The OpenFeature Remote Evaluation Protocol: single and bulk evaluation.
 //!
 //! Every handler takes [`Client`], so OFREP needs a client token when `FLAG_CLIENT_TOKENS` is set.
-//! Decisions where the protocol leaves room: a flag key outside the key grammar is
+//! Decisions where the protocol leaves room: a flag key outside the key grammar (or not UTF-8) is
 //! `404 FLAG_NOT_FOUND` (no such flag can exist); an invalid `X-Environment` is `400 GENERAL`;
-//! a store outage is `503 GENERAL`. The bulk `ETag` is derived from the environment, its revision
+//! a body over `FLAG_MAX_CONTEXT_BYTES` is `413 GENERAL`; a store outage is `503 GENERAL`; every
+//! single-flag error body carries `key`, whatever the error (the OFREP schema requires it). The bulk `ETag` is derived from the environment, its revision
 //! and the request's context (JSON objects are key-sorted, so equal contexts hash equally): two
 //! users never share a `304`.
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flag_core::{Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, murmur3_x86_32};
@@ -22,33 +23,21 @@ use crate::auth::Client;
 use crate::errors::OfrepError;
 use crate::state::AppState;
 
-/// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`.
-pub(crate) fn router() -> Router<AppState> {
+/// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`, reading bodies
+/// of at most `max_context_bytes`.
+pub(crate) fn router(max_context_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
         .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
-}
-
-fn environment(state: &AppState, headers: &HeaderMap) -> Result<Environment, OfrepError> {
-    match headers.get("x-environment") {
-        None => Ok(state.default_environment.clone()),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|name| Environment::parse(name).ok())
-            .ok_or_else(|| {
-                OfrepError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::General,
-                    "X-Environment must match ^[a-z0-9][a-z0-9_-]{0,63}$",
-                )
-            }),
-    }
+        .layer(DefaultBodyLimit::max(max_context_bytes))
 }
 
 /// The request's `context`, from a body that could be read.
-fn context(body: Result<Bytes, BytesRejection>) -> Result<EvaluationContext, OfrepError> {
-    let body = body.map_err(|rejection| OfrepError::unreadable_body(&rejection))?;
+fn context(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<EvaluationContext, OfrepError> {
+    let body = body.map_err(|rejection| OfrepError::unreadable_body(&rejection, limit))?;
     let request: Value = serde_json::from_slice(&body).map_err(|error| {
         OfrepError::new(
             StatusCode::BAD_REQUEST,
@@ -140,14 +129,23 @@ enum BulkEntry<'a> {
 }
 
 async fn evaluate_one(
-    _: Client,
+    client: Client,
     State(state): State<AppState>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
+    uri: Uri,
+    key: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
-    let env = environment(&state, &headers)?;
-    let context = context(body).map_err(|error| error.for_key(&key))?;
+    let env = client.environment;
+    let Ok(Path(key)) = key else {
+        // Only a path that is not UTF-8 gets here: no flag can have its key.
+        return Err(OfrepError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::FlagNotFound,
+            "the flag key in the path is not UTF-8; no flag can have it",
+        )
+        .about(&uri));
+    };
+    let context = context(body, state.max_context_bytes).map_err(|error| error.for_key(&key))?;
     let Ok(flag_key) = FlagKey::parse(&key) else {
         return Err(OfrepError::new(
             StatusCode::NOT_FOUND,
@@ -165,13 +163,13 @@ async fn evaluate_one(
 }
 
 async fn evaluate_all(
-    _: Client,
+    client: Client,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
-    let env = environment(&state, &headers)?;
-    let context = context(body)?;
+    let env = client.environment;
+    let context = context(body, state.max_context_bytes)?;
     let bulk = state.service.evaluate_all(&env, &context).await?;
     let etag = etag(&env, bulk.revision.get(), context.attributes());
     let matches = headers

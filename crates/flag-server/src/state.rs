@@ -6,10 +6,17 @@ use std::time::Duration;
 
 use flag_core::{Environment, FeatureFlagService};
 
+use crate::auth::{ClientTokens, Secret};
 use crate::metrics::HttpMetrics;
 
-/// The largest request body accepted: 1 MiB.
+/// The largest request body accepted by the management API: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The largest OFREP request body accepted when the configuration does not say: 64 KiB.
+pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 65_536;
+
+/// How many requests may be in flight at once when the configuration does not say.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
 /// How long a request may take when the configuration does not say.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,13 +29,18 @@ pub struct AppState {
     /// The environment of requests without `X-Environment`.
     pub default_environment: Environment,
     /// Tokens OFREP clients must present; `None` leaves OFREP open.
-    pub client_tokens: Option<Arc<[String]>>,
+    pub client_tokens: Option<Arc<ClientTokens>>,
     /// The bearer token of the management API.
-    pub admin_token: Arc<str>,
+    pub admin_token: Arc<Secret>,
     /// Request counts and latencies.
     pub http_metrics: Arc<HttpMetrics>,
-    /// How long a request may take before it is answered `503`.
+    /// How long a request may take before it is answered `503` (`408` while its body is still
+    /// arriving).
     pub request_timeout: Duration,
+    /// The largest OFREP request body (`FLAG_MAX_CONTEXT_BYTES`).
+    pub max_context_bytes: usize,
+    /// How many API requests may be in flight before more are shed (`FLAG_MAX_IN_FLIGHT`).
+    pub max_in_flight: usize,
 }
 
 impl AppState {
@@ -37,15 +49,17 @@ impl AppState {
     pub fn new(
         service: FeatureFlagService,
         default_environment: Environment,
-        admin_token: Arc<str>,
+        admin_token: &str,
     ) -> Self {
         Self {
             service,
             default_environment,
             client_tokens: None,
-            admin_token,
+            admin_token: Arc::new(Secret::new(admin_token)),
             http_metrics: Arc::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }

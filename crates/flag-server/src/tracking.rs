@@ -1,19 +1,29 @@
-//! The layer in front of every route: a request still running after the timeout is answered
-//! `503` (`Retry-After: 1`) in its API's error shape, and every answer is recorded in the metrics
-//! under its route's template.
+//! The layer in front of every route: it times requests out, tells a slow client from a slow
+//! server, and records every answer in the metrics under its route's template, abandoned
+//! requests included.
+//!
+//! - A request still running after the timeout is answered in its API's error shape: `408` when
+//!   its body had not fully arrived (the client is slow), else `503` with `Retry-After: 1`.
+//! - A request whose client went away before the answer (the connection closed, so the request's
+//!   future was dropped, or its body broke off) is recorded with `status="499"`, nginx's code for
+//!   it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
 
-use crate::errors::{ApiError, OfrepError};
+use crate::arrival::Arrival;
+use crate::errors::{ApiError, OfrepError, is_ofrep};
 use crate::metrics::HttpMetrics;
 use crate::routes::ROUTES;
+
+/// The status recorded for requests their client abandoned.
+pub(crate) const ABANDONED: u16 = 499;
 
 /// What the tracking layer needs: small, so cloning it per request costs one reference count.
 #[derive(Clone)]
@@ -22,27 +32,70 @@ pub(crate) struct Tracking {
     pub(crate) timeout: Duration,
 }
 
-/// Answers `503` when the request outlives the timeout, and records every answer.
+/// Answers `408`/`503` when the request outlives the timeout, and records every answer.
 pub(crate) async fn track(
     State(tracking): State<Tracking>,
     request: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |matched| route_label(matched.as_str()));
-    let method = method_label(request.method());
+    let mut record = Record {
+        metrics: &tracking.metrics,
+        route,
+        method: method_label(request.method()),
+        started: Instant::now(),
+        answered: false,
+    };
+    let uri = request.uri().clone();
+    let (request, arrival) = Arrival::of(request);
     let response = match tokio::time::timeout(tracking.timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => timed_out(route, tracking.timeout),
+        Err(_) => timed_out(&uri, tracking.timeout, !arrival.pending()),
     };
-    let took = started.elapsed();
-    let status = response.status().as_u16();
-    tracking.metrics.record(route, method, status, took);
-    tracing::debug!(route, method, status, micros = took.as_micros(), "answered");
+    // An answer to a client that went away while sending its body reaches no one.
+    let status = if arrival.broken() {
+        ABANDONED
+    } else {
+        response.status().as_u16()
+    };
+    record.answered(status);
     response
+}
+
+/// One request's entry in the metrics, written when it is answered or, if the client goes away
+/// first, when it is dropped.
+struct Record<'a> {
+    metrics: &'a HttpMetrics,
+    route: &'static str,
+    method: &'static str,
+    started: Instant,
+    answered: bool,
+}
+
+impl Record<'_> {
+    fn answered(&mut self, status: u16) {
+        self.answered = true;
+        let took = self.started.elapsed();
+        self.metrics.record(self.route, self.method, status, took);
+        tracing::debug!(
+            route = self.route,
+            method = self.method,
+            status,
+            micros = took.as_micros(),
+            "answered"
+        );
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.answered(ABANDONED);
+        }
+    }
 }
 
 /// The route's template from [`ROUTES`], as a `'static` label.
@@ -66,12 +119,30 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// `503` in the shape of the route's API (OFREP or management).
-fn timed_out(route: &str, timeout: Duration) -> Response {
-    tracing::warn!(route, ?timeout, "request timed out");
-    let message = format!("the request took longer than {} ms", timeout.as_millis());
-    let mut response = if route.starts_with("/ofrep/") {
+/// `408` (the body was still arriving) or `503` (the server was slow), in the route's shape.
+fn timed_out(uri: &Uri, timeout: Duration, body_arrived: bool) -> Response {
+    let took = timeout.as_millis();
+    if !body_arrived {
+        tracing::debug!(path = uri.path(), ?timeout, "request body too slow");
+        let message = format!("the request body did not arrive within {took} ms");
+        return if is_ofrep(uri.path()) {
+            OfrepError::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::General, message)
+                .about(uri)
+                .into_response()
+        } else {
+            ApiError::request_timeout(message).into_response()
+        };
+    }
+    tracing::warn!(path = uri.path(), ?timeout, "request timed out");
+    let message = format!("the request took longer than {took} ms");
+    unavailable(uri, message)
+}
+
+/// `503` with `Retry-After: 1` in the shape of the API of `uri` (OFREP or management).
+pub(crate) fn unavailable(uri: &Uri, message: String) -> Response {
+    let mut response = if is_ofrep(uri.path()) {
         OfrepError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::General, message)
+            .about(uri)
             .into_response()
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).into_response()

@@ -4,17 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService};
 use flag_memory::{MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 use flag_sql::SqlRepository;
 
+use crate::auth::ClientTokens;
 use crate::config::{CacheBackend, Config};
+use crate::serve::ConnectionLimits;
 use crate::state::AppState;
 
 /// Connects the stores the configuration names (migrating the database) and builds the state.
 pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
+    config.validate()?;
     let default_environment = Environment::parse(&config.default_environment)
         .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
     let repository = SqlRepository::connect(&config.database_url)
@@ -25,9 +28,6 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         CacheBackend::None => Arc::new(NoCache),
         CacheBackend::Redis => Arc::new(redis_cache(config, "redis")?),
         CacheBackend::Tiered => {
-            if config.cache_l1_ttl_ms == 0 {
-                bail!("CACHE_L1_TTL_MS must be at least 1");
-            }
             let cache = redis_cache(config, "tiered")?;
             let bus = RedisBus::start(&cache);
             Arc::new(TieredCache::start(
@@ -43,23 +43,32 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         .stale_if_error(Duration::from_millis(config.stale_if_error_ms))
         .build()
         .context("CACHE_TTL_MS")?;
-    let client_tokens = client_tokens(config.client_tokens.as_deref());
-    let admin_token: Arc<str> = match &config.admin_token {
-        Some(token) if !token.is_empty() => token.as_str().into(),
+    let client_tokens = client_tokens(config.client_tokens.as_deref())?;
+    let admin_token = match &config.admin_token {
+        Some(token) if !token.is_empty() => token.clone(),
         _ => {
             let token = random_token().context("generating an admin token")?;
             // Printed once, on stdout only; never logged.
             println!("generated admin token (set FLAG_ADMIN_TOKEN to choose one): {token}");
-            token.into()
+            token
         }
     };
-    if config.request_timeout_ms == 0 {
-        bail!("FLAG_REQUEST_TIMEOUT_MS must be at least 1");
-    }
     Ok(AppState {
         client_tokens,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
-        ..AppState::new(service, default_environment, admin_token)
+        max_context_bytes: usize::try_from(config.max_context_bytes)?,
+        max_in_flight: usize::try_from(config.max_in_flight)?,
+        ..AppState::new(service, default_environment, &admin_token)
+    })
+}
+
+/// How the configuration says connections are held.
+pub fn connection_limits(config: &Config) -> anyhow::Result<ConnectionLimits> {
+    config.validate()?;
+    Ok(ConnectionLimits {
+        header_timeout: Duration::from_millis(config.header_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        max_connections: usize::try_from(config.max_connections)?,
     })
 }
 
@@ -78,17 +87,15 @@ fn redis_cache(config: &Config, backend: &str) -> anyhow::Result<RedisCache> {
 
 /// The client tokens in force: `None` (OFREP open) when unset or when every entry is blank, so
 /// that `FLAG_CLIENT_TOKENS=` in a deployment file does not lock every client out.
-fn client_tokens(configured: Option<&[String]>) -> Option<Arc<[String]>> {
-    let tokens: Vec<String> = configured?
-        .iter()
-        .map(|token| token.trim().to_owned())
-        .filter(|token| !token.is_empty())
-        .collect();
-    if tokens.is_empty() {
+fn client_tokens(configured: Option<&[String]>) -> anyhow::Result<Option<Arc<ClientTokens>>> {
+    let Some(configured) = configured else {
+        return Ok(None);
+    };
+    let tokens = ClientTokens::parse(configured)?;
+    if tokens.is_none() {
         tracing::warn!("FLAG_CLIENT_TOKENS is set but holds no token: OFREP stays open");
-        return None;
     }
-    Some(tokens.into())
+    Ok(tokens.map(Arc::new))
 }
 
 /// 32 random bytes from the operating system, as hex.
@@ -105,13 +112,22 @@ mod tests {
 
     #[test]
     fn blank_client_tokens_leave_ofrep_open() {
-        assert_eq!(client_tokens(None), None);
-        assert_eq!(client_tokens(Some(&[String::new()])), None);
-        assert_eq!(client_tokens(Some(&[" ".to_owned(), String::new()])), None);
-        let tokens = client_tokens(Some(&[" a ".to_owned(), String::new(), "b".to_owned()]));
-        assert_eq!(
-            tokens.as_deref(),
-            Some(&["a".to_owned(), "b".to_owned()][..])
+        assert!(client_tokens(None).unwrap().is_none());
+        assert!(client_tokens(Some(&[String::new()])).unwrap().is_none());
+        assert!(
+            client_tokens(Some(&[" ".to_owned(), String::new()]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            client_tokens(Some(&[" a ".to_owned(), String::new()]))
+                .unwrap()
+                .is_some()
+        );
+        let error = client_tokens(Some(&["BAD|x:t".to_owned()])).unwrap_err();
+        assert!(
+            error.to_string().contains("FLAG_CLIENT_TOKENS entry 1"),
+            "{error}"
         );
     }
 }

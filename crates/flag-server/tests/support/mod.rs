@@ -12,6 +12,7 @@ use flag_core::{Environment, FeatureFlag, FeatureFlagService, FlagKey, Precondit
 use flag_fixtures::{PostgresDatabase, RedisServer, ScratchDir};
 use flag_server::app::router;
 use flag_server::config::{CacheBackend, Config, LogFormat};
+use flag_server::serve::ConnectionLimits;
 use flag_server::state::AppState;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,6 +59,13 @@ pub fn default_config() -> Config {
         default_environment: "production".to_owned(),
         shutdown_grace_ms: 10_000,
         request_timeout_ms: 5_000,
+        max_context_bytes: 65_536,
+        max_in_flight: 4_096,
+        header_timeout_ms: 10_000,
+        idle_timeout_ms: 60_000,
+        max_connections: 10_000,
+        max_environments: 1_000,
+        max_flags: 10_000,
         log_format: LogFormat::Text,
     }
 }
@@ -97,14 +105,20 @@ impl TestServer {
         };
         adjust(&mut config);
         let state = flag_server::wiring::state_from(&config).await.unwrap();
-        Self::serve(state, stores).await
+        let limits = flag_server::wiring::connection_limits(&config).unwrap();
+        Self::serve(state, limits, stores).await
     }
 
-    async fn serve(state: AppState, stores: Stores) -> Self {
+    async fn serve(state: AppState, limits: ConnectionLimits, stores: Stores) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(flag_server::serve::serve(
+            listener,
+            app,
+            limits,
+            std::future::pending(),
+        ));
         Self {
             address,
             state,
