@@ -110,3 +110,59 @@ fn log_format_json_writes_one_json_object_per_line() {
     );
     assert!(!logs.contains("admin-secret"), "a secret reached the logs");
 }
+
+/// Runs the binary to its exit (or for at most a few seconds) and returns stdout and stderr.
+fn output_of(extra_env: &[(&str, &str)]) -> String {
+    let directory = ScratchDir::new().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flag-server"));
+    command
+        .env_clear()
+        .current_dir(directory.path())
+        .env("FLAG_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn secrets_in_urls_and_tokens_never_reach_the_logs_in_text_or_json() {
+    for format in ["text", "json"] {
+        // A password in the query of an unreachable database: start fails, naming the cause.
+        let logs = output_of(&[
+            ("FLAG_LOG_FORMAT", format),
+            (
+                "DATABASE_URL",
+                "postgres://app@127.0.0.1:1/flags?password=q-s3cret&sslmode=disable",
+            ),
+        ]);
+        assert!(logs.contains("127.0.0.1:1"), "{logs}");
+        assert!(!logs.contains("q-s3cret"), "{format}: {logs}");
+        // Passwords holding `/`, `?` and `@`, and tokens, on a server that starts.
+        let logs = output_of(&[
+            ("FLAG_LOG_FORMAT", format),
+            ("REDIS_URL", "redis://:pa/ss?w@rd-s3cret@127.0.0.1:1/0"),
+            ("CACHE_BACKEND", "tiered"),
+            ("FLAG_ADMIN_TOKEN", "admin-s3cret"),
+            ("FLAG_CLIENT_TOKENS", "client-s3cret,production:scoped-s3cret"),
+        ]);
+        assert!(logs.contains("listening"), "{logs}");
+        for secret in ["rd-s3cret", "ss?w", "admin-s3cret", "client-s3cret", "scoped-s3cret"] {
+            assert!(!logs.contains(secret), "{format}: {secret} in {logs}");
+        }
+    }
+}
