@@ -37,7 +37,8 @@
 //! | [`repository::deletes_remove_and_restart_versions`] | deletes, `NotFound`, re-creation at version 1 (4) |
 //! | [`repository::environments_are_isolated`] | look-alike environments never collide (5) |
 //! | [`repository::environments_are_listed`] | every written environment listed with revision and count (6) |
-//! | [`repository::unusual_flags_round_trip`], [`repository::ping_answers`] | round trips and ping (7) |
+//! | [`repository::environments_are_removed_only_when_empty`] | removal refused while flags remain; revisions continue after it (7) |
+//! | [`repository::unusual_flags_round_trip`], [`repository::ping_answers`] | round trips and ping (8) |
 //!
 //! The bus suite ([`bus`], [`bus_suite!`]) runs on a [`BusMedium`] (what the buses of one
 //! deployment share: one Redis, one process), which each property gets fresh:
@@ -241,6 +242,7 @@ macro_rules! repository_suite {
             $crate::__repository_property!(deletes_remove_and_restart_versions);
             $crate::__repository_property!(environments_are_isolated);
             $crate::__repository_property!(environments_are_listed);
+            $crate::__repository_property!(environments_are_removed_only_when_empty);
             $crate::__repository_property!(unusual_flags_round_trip);
             $crate::__repository_property!(ping_answers);
         }

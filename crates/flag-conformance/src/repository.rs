@@ -594,6 +594,93 @@ pub async fn environments_are_listed(repository: &SharedRepository) -> Result<()
     expect(P, "listing order", names, sorted)
 }
 
+/// Rule 7: an environment is removed only when it holds no flags; removal bumps its revision
+/// once, and a later write continues from it.
+pub async fn environments_are_removed_only_when_empty(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "environments_are_removed_only_when_empty";
+    let environment = env("remove-me");
+    let listed = |repository: SharedRepository| async move {
+        repository
+            .environments()
+            .await
+            .map(|all| {
+                all.iter()
+                    .any(|summary| summary.name.as_str() == "remove-me")
+            })
+            .map_err(|error| failed(P, "environments", error))
+    };
+    match repository.delete_environment(&env("remove-never")).await {
+        Err(RepositoryError::EnvironmentNotFound { .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("removing a never-written environment answered {other:?}"),
+            ));
+        }
+    }
+    repository
+        .upsert(&environment, definition("f", json!({})), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "upsert", error))?;
+    match repository.delete_environment(&environment).await {
+        Err(RepositoryError::EnvironmentInUse { flags: 1, .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("removing an environment holding a flag answered {other:?}"),
+            ));
+        }
+    }
+    expect(
+        P,
+        "revision after a refused removal",
+        revision(P, repository, &environment).await?,
+        Revision(1),
+    )?;
+    repository
+        .delete(&environment, &key("f"), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "delete", error))?;
+    let removed = repository
+        .delete_environment(&environment)
+        .await
+        .map_err(|error| failed(P, "delete_environment", error))?;
+    expect(P, "revision answered by the removal", removed, Revision(3))?;
+    expect(
+        P,
+        "listed after removal",
+        listed(Arc::clone(repository)).await?,
+        false,
+    )?;
+    match repository.delete_environment(&environment).await {
+        Err(RepositoryError::EnvironmentNotFound { .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("removing a removed environment answered {other:?}"),
+            ));
+        }
+    }
+    let written = repository
+        .upsert(&environment, definition("g", json!({})), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "upsert after removal", error))?;
+    expect(
+        P,
+        "revision of a write after removal",
+        written.revision,
+        Revision(4),
+    )?;
+    expect(
+        P,
+        "listed after a write",
+        listed(Arc::clone(repository)).await?,
+        true,
+    )
+}
+
 /// Maximum-length keys, Unicode and large values come back exactly as written.
 pub async fn unusual_flags_round_trip(repository: &SharedRepository) -> Result<(), Violation> {
     const P: &str = "unusual_flags_round_trip";
@@ -673,6 +760,7 @@ where
         deletes_remove_and_restart_versions,
         environments_are_isolated,
         environments_are_listed,
+        environments_are_removed_only_when_empty,
         unusual_flags_round_trip,
         ping_answers,
     );

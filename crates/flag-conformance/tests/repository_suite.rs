@@ -84,6 +84,9 @@ impl FeatureFlagRepository for Careless {
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
         self.inner.environments().await
     }
+    async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        self.inner.delete_environment(env).await
+    }
     async fn ping(&self) -> Result<(), RepositoryError> {
         Ok(())
     }

@@ -92,6 +92,16 @@ pub trait FeatureFlagCache: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Whether the cache holds anything for `env`, a snapshot or the mark an invalidation leaves:
+    /// a sign, in a cache shared by several instances, that another one wrote to `env`. The
+    /// service asks it about names it does not know before it lists the repository; nothing is
+    /// stored by asking. `false` (the provided answer) means "cannot tell": an in-process cache
+    /// only holds what this instance's own reads and writes put there, which the service knows.
+    async fn holds_environment(&self, env: &Environment) -> Result<bool, CacheError> {
+        let _ = env;
+        Ok(false)
+    }
+
     /// How the in-process layer of a layered cache is doing, for metrics; `None` for a cache of
     /// one layer.
     fn tier_status(&self) -> Option<TierStatus> {
@@ -224,6 +234,10 @@ macro_rules! forward_cache {
 
             async fn ping(&self) -> Result<(), CacheError> {
                 (**self).ping().await
+            }
+
+            async fn holds_environment(&self, env: &Environment) -> Result<bool, CacheError> {
+                (**self).holds_environment(env).await
             }
 
             fn tier_status(&self) -> Option<TierStatus> {

@@ -19,6 +19,8 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 struct EnvironmentState {
     revision: Revision,
     flags: BTreeMap<FlagKey, FeatureFlag>,
+    /// Removed by `delete_environment`; kept for its revision.
+    removed: bool,
 }
 
 /// A non-durable repository held in memory.
@@ -90,6 +92,7 @@ impl FeatureFlagRepository for InMemoryRepository {
         precondition.check(env, flag.key(), current)?;
         let state = environments.entry(env.clone()).or_default();
         state.revision = Revision(state.revision.get() + 1);
+        state.removed = false;
         let stored = flag.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
         state.flags.insert(stored.key().clone(), stored.clone());
         Ok(Upserted {
@@ -129,12 +132,32 @@ impl FeatureFlagRepository for InMemoryRepository {
         Ok(self
             .lock()
             .iter()
+            .filter(|(_, state)| !state.removed)
             .map(|(name, state)| EnvironmentSummary {
                 name: name.clone(),
                 revision: state.revision,
                 flag_count: state.flags.len() as u64,
             })
             .collect())
+    }
+
+    async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        let mut environments = self.lock();
+        let state = environments
+            .get_mut(env)
+            .filter(|state| !state.removed)
+            .ok_or_else(|| RepositoryError::EnvironmentNotFound {
+                environment: env.clone(),
+            })?;
+        if !state.flags.is_empty() {
+            return Err(RepositoryError::EnvironmentInUse {
+                environment: env.clone(),
+                flags: state.flags.len() as u64,
+            });
+        }
+        state.removed = true;
+        state.revision = Revision(state.revision.get() + 1);
+        Ok(state.revision)
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {

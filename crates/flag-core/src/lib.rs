@@ -68,8 +68,8 @@ pub use repository::{
 };
 pub use secrets::redact_url;
 pub use service::{
-    BulkEvaluation, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, FeatureFlagService, RetryPolicy,
-    ServiceBuilder, ServiceConfigError, ServiceError,
+    BulkEvaluation, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, FeatureFlagService, LimitExceeded, Limits,
+    RELIST_EVERY, RetryPolicy, ServiceBuilder, ServiceConfigError, ServiceError,
 };
 pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision};
 

@@ -36,10 +36,15 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 /// 6. **Listing.** `environments` lists every environment that has had a write, by name, with its
 ///    revision and current flag count (0 after its last flag was deleted).
 ///    (proven by `environments_are_listed`)
-/// 7. **Round trips.** Maximum-length keys, Unicode and large values come back exactly as
+/// 7. **Environment removal.** `delete_environment` of an environment holding flags is
+///    [`RepositoryError::EnvironmentInUse`] and changes nothing; of one that is not listed,
+///    [`RepositoryError::EnvironmentNotFound`]; otherwise it is no longer listed, its revision is
+///    bumped once, and a later write continues from that revision (never back to 1).
+///    (proven by `environments_are_removed_only_when_empty`)
+/// 8. **Round trips.** Maximum-length keys, Unicode and large values come back exactly as
 ///    written, and `ping` answers while the store does.
 ///    (proven by `unusual_flags_round_trip`, `ping_answers`)
-/// 8. **Failures are values.** An unreachable store is [`RepositoryError::Unavailable`] or
+/// 9. **Failures are values.** An unreachable store is [`RepositoryError::Unavailable`] or
 ///    [`RepositoryError::Timeout`] within the adapter's timeout, never a hang.
 ///    (proven by each adapter's fault tests)
 #[async_trait]
@@ -81,6 +86,10 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
 
     /// Every environment that has had a write, ordered by name.
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError>;
+
+    /// Removes `env`, which must hold no flags, and answers its revision after the removal.
+    /// The revision is kept, so an environment written again later continues from it.
+    async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError>;
 
     /// Succeeds when the store answers; for readiness checks.
     async fn ping(&self) -> Result<(), RepositoryError>;
@@ -180,6 +189,20 @@ pub enum RepositoryError {
         /// The stored version, `None` when the flag does not exist.
         current: Option<u64>,
     },
+    /// The environment does not exist (it was never written, or was removed).
+    #[error("environment {environment} not found")]
+    EnvironmentNotFound {
+        /// The environment.
+        environment: Environment,
+    },
+    /// The environment still holds flags, so it cannot be removed.
+    #[error("environment {environment} holds {flags} flags; delete them first")]
+    EnvironmentInUse {
+        /// The environment.
+        environment: Environment,
+        /// How many flags it holds.
+        flags: u64,
+    },
     /// The store did not answer within the configured timeout.
     #[error("repository call timed out after {}ms", after.as_millis())]
     Timeout {
@@ -263,6 +286,13 @@ macro_rules! forward_repository {
 
             async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
                 (**self).environments().await
+            }
+
+            async fn delete_environment(
+                &self,
+                env: &Environment,
+            ) -> Result<Revision, RepositoryError> {
+                (**self).delete_environment(env).await
             }
 
             async fn ping(&self) -> Result<(), RepositoryError> {

@@ -313,6 +313,11 @@ impl FeatureFlagCache for TieredCache {
         self.inner.l2.ping().await
     }
 
+    /// Asked of L2 alone: neither L1 nor the bus's watch set learns the name.
+    async fn holds_environment(&self, env: &Environment) -> Result<bool, CacheError> {
+        self.inner.l2.holds_environment(env).await
+    }
+
     fn tier_status(&self) -> Option<TierStatus> {
         Some(TierStatus {
             l1_serving: self.l1_serving(),

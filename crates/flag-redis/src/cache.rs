@@ -405,6 +405,17 @@ impl FeatureFlagCache for RedisCache {
     async fn ping(&self) -> Result<(), CacheError> {
         self.client.ping().await.map_err(CacheError::from)
     }
+
+    /// `EXISTS` on the environment's hash: a snapshot or a tombstone, whichever instance left it.
+    async fn holds_environment(&self, env: &Environment) -> Result<bool, CacheError> {
+        let key = self.key(env);
+        let exists: i64 =
+            self.call(|mut link| async move {
+                redis::cmd("EXISTS").arg(&key).query_async(&mut link).await
+            })
+            .await?;
+        Ok(exists > 0)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use flag_core::{
     Environment, FeatureFlag, FlagDocument, FlagKey, Precondition, RepositoryError, ServiceError,
 };
@@ -28,6 +28,7 @@ use crate::state::AppState;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/environments", get(list_environments))
+        .route("/v1/environments/{env}", delete(delete_environment))
         .route("/v1/environments/{env}/flags", get(list_flags))
         .route(
             "/v1/environments/{env}/flags/{key}",
@@ -210,6 +211,16 @@ async fn delete_flag(
         }
         Err(error) => Err(error.into()),
     }
+}
+
+async fn delete_environment(
+    _: Admin,
+    State(state): State<AppState>,
+    Segments(env): Segments<String>,
+) -> Result<Response, ApiError> {
+    let env = environment(&env)?;
+    state.service.delete_environment(&env).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn invalidate(

@@ -99,6 +99,15 @@ impl From<ServiceError> for ApiError {
                     },
                 )
             }
+            ServiceError::Repository(RepositoryError::EnvironmentNotFound { environment }) => {
+                ApiError::not_found(format!("environment {environment} not found"))
+            }
+            ServiceError::Repository(error @ RepositoryError::EnvironmentInUse { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "in_use", error.to_string())
+            }
+            ServiceError::Limit(limit) => {
+                ApiError::new(StatusCode::CONFLICT, "limit_exceeded", limit.to_string())
+            }
             other => {
                 tracing::warn!(error = %other, "management call failed");
                 ApiError::new(

@@ -7,6 +7,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/ofrep/v1/evaluate/flags/{key}"),
     ("POST", "/ofrep/v1/evaluate/flags"),
     ("GET", "/v1/environments"),
+    ("DELETE", "/v1/environments/{env}"),
     ("GET", "/v1/environments/{env}/flags"),
     ("GET", "/v1/environments/{env}/flags/{key}"),
     ("PUT", "/v1/environments/{env}/flags/{key}"),

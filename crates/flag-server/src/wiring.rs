@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService};
+use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService, Limits};
 use flag_memory::{MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 use flag_sql::SqlRepository;
@@ -41,6 +41,10 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     let service = FeatureFlagService::builder(Arc::new(repository), cache)
         .ttl(Duration::from_millis(config.cache_ttl_ms))
         .stale_if_error(Duration::from_millis(config.stale_if_error_ms))
+        .limits(Limits {
+            max_environments: usize::try_from(config.max_environments)?,
+            max_flags: usize::try_from(config.max_flags)?,
+        })
         .build()
         .context("CACHE_TTL_MS")?;
     let client_tokens = client_tokens(config.client_tokens.as_deref())?;

@@ -314,3 +314,93 @@ async fn if_match_any_never_races_a_concurrent_write(
     let deleted = server.admin("DELETE", path, &[("If-Match", "*")], "").await;
     assert_eq!(deleted.status, 204);
 }
+
+#[rstest]
+#[tokio::test]
+async fn environments_and_flags_are_capped_and_empty_environments_can_be_removed(
+    #[values(Backend::Embedded, Backend::RedisPostgres)] backend: Backend,
+) {
+    let server = TestServer::start_with(backend, |config| {
+        config.max_environments = 2;
+        config.max_flags = 2;
+    })
+    .await;
+    let put = |env: &'static str, key: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .admin(
+                    "PUT",
+                    &format!("/v1/environments/{env}/flags/{key}"),
+                    &[],
+                    r#"{"enabled": true}"#,
+                )
+                .await
+        }
+    };
+    assert_eq!(put("one", "a").await.status, 201);
+    assert_eq!(put("one", "b").await.status, 201);
+    let third_flag = put("one", "c").await;
+    assert_eq!(
+        (third_flag.status, third_flag.code()),
+        (409, json!("limit_exceeded"))
+    );
+    assert_eq!(
+        put("one", "a").await.status,
+        200,
+        "replacing is not creating"
+    );
+    assert_eq!(put("two", "a").await.status, 201);
+    let third_env = put("three", "a").await;
+    assert_eq!(
+        (third_env.status, third_env.code()),
+        (409, json!("limit_exceeded"))
+    );
+
+    // Removing: only an empty environment, and then its place is free.
+    let busy = server
+        .admin("DELETE", "/v1/environments/two", &[], "")
+        .await;
+    assert_eq!((busy.status, busy.code()), (409, json!("in_use")));
+    let missing = server
+        .admin("DELETE", "/v1/environments/never", &[], "")
+        .await;
+    assert_eq!((missing.status, missing.code()), (404, json!("not_found")));
+    let deleted = server
+        .admin("DELETE", "/v1/environments/two/flags/a", &[], "")
+        .await;
+    assert_eq!(deleted.status, 204);
+    let removed = server
+        .admin("DELETE", "/v1/environments/two", &[], "")
+        .await;
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    let listed = server
+        .admin("GET", "/v1/environments", &[], "")
+        .await
+        .json();
+    let names: Vec<&str> = listed["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|environment| environment["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one"]);
+    let gone = server
+        .request(
+            "POST",
+            "/ofrep/v1/evaluate/flags",
+            &[("X-Environment", "two")],
+            r#"{"context":{}}"#,
+        )
+        .await;
+    assert_eq!((gone.status, gone.json()), (200, json!({"flags": []})));
+    assert_eq!(
+        put("three", "a").await.status,
+        201,
+        "the freed place is taken"
+    );
+    let again = server
+        .admin("DELETE", "/v1/environments/two", &[], "")
+        .await;
+    assert_eq!(again.status, 404);
+}

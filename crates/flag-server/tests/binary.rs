@@ -158,10 +158,19 @@ fn secrets_in_urls_and_tokens_never_reach_the_logs_in_text_or_json() {
             ("REDIS_URL", "redis://:pa/ss?w@rd-s3cret@127.0.0.1:1/0"),
             ("CACHE_BACKEND", "tiered"),
             ("FLAG_ADMIN_TOKEN", "admin-s3cret"),
-            ("FLAG_CLIENT_TOKENS", "client-s3cret,production:scoped-s3cret"),
+            (
+                "FLAG_CLIENT_TOKENS",
+                "client-s3cret,production:scoped-s3cret",
+            ),
         ]);
         assert!(logs.contains("listening"), "{logs}");
-        for secret in ["rd-s3cret", "ss?w", "admin-s3cret", "client-s3cret", "scoped-s3cret"] {
+        for secret in [
+            "rd-s3cret",
+            "ss?w",
+            "admin-s3cret",
+            "client-s3cret",
+            "scoped-s3cret",
+        ] {
             assert!(!logs.contains(secret), "{format}: {secret} in {logs}");
         }
     }

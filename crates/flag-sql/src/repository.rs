@@ -119,13 +119,50 @@ async fn bump_revision(
     .bind(env.to_string())
     .execute(&mut **transaction)
     .await?;
+    // A write brings a removed environment back, at its next revision.
     let revision: i64 = sqlx::query_scalar(
-        "UPDATE environments SET revision = revision + 1 WHERE name = $1 RETURNING revision",
+        "UPDATE environments SET revision = revision + 1, deleted = 0 WHERE name = $1 \
+         RETURNING revision",
     )
     .bind(env.to_string())
     .fetch_one(&mut **transaction)
     .await?;
     Ok(Revision(to_u64(revision)))
+}
+
+/// Marks an environment without flags removed, bumping its revision (kept for a later write).
+async fn delete_environment_in(
+    transaction: &mut Transaction<'_, Any>,
+    env: &Environment,
+) -> Result<Decided<Revision>, sqlx::Error> {
+    // Locks the row until commit, so no flag can be written in between.
+    let revision: Option<i64> = sqlx::query_scalar(
+        "UPDATE environments SET revision = revision + 1 WHERE name = $1 AND deleted = 0 \
+         RETURNING revision",
+    )
+    .bind(env.to_string())
+    .fetch_optional(&mut **transaction)
+    .await?;
+    let Some(revision) = revision else {
+        return Ok(Err(RepositoryError::EnvironmentNotFound {
+            environment: env.clone(),
+        }));
+    };
+    let flags: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM flags WHERE environment = $1")
+        .bind(env.to_string())
+        .fetch_one(&mut **transaction)
+        .await?;
+    if flags > 0 {
+        return Ok(Err(RepositoryError::EnvironmentInUse {
+            environment: env.clone(),
+            flags: to_u64(flags),
+        }));
+    }
+    sqlx::query("UPDATE environments SET deleted = 1 WHERE name = $1")
+        .bind(env.to_string())
+        .execute(&mut **transaction)
+        .await?;
+    Ok(Ok(Revision(to_u64(revision))))
 }
 
 /// The stored version of `key`, `None` when there is no such flag.
@@ -352,7 +389,8 @@ impl FeatureFlagRepository for SqlRepository {
         self.bounded(async {
             let rows = sqlx::query(
                 "SELECT e.name, e.revision, COUNT(f.key) AS flag_count FROM environments e \
-                 LEFT JOIN flags f ON f.environment = e.name GROUP BY e.name, e.revision ORDER BY e.name",
+                 LEFT JOIN flags f ON f.environment = e.name WHERE e.deleted = 0 \
+                 GROUP BY e.name, e.revision ORDER BY e.name",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -370,6 +408,15 @@ impl FeatureFlagRepository for SqlRepository {
                 .collect()
         })
         .await
+    }
+
+    async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        self.bounded(async {
+            let mut transaction = self.pool.begin().await?;
+            let decided = delete_environment_in(&mut transaction, env).await?;
+            settle(transaction, decided).await
+        })
+        .await?
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {

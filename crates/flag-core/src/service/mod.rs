@@ -24,6 +24,7 @@
 //!   reads served from the cache only see a revision, so when that revision is newer than the
 //!   kept snapshot the whole snapshot is fetched from the cache in the background.
 
+mod catalog;
 mod invalidation;
 mod last_good;
 mod read_through;
@@ -44,6 +45,8 @@ use crate::repository::{
 };
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
+use catalog::Catalog;
+pub use catalog::RELIST_EVERY;
 use invalidation::PendingInvalidations;
 pub use invalidation::RetryPolicy;
 use last_good::LastKnownGood;
@@ -72,6 +75,52 @@ pub enum ServiceConfigError {
     ZeroTtl,
 }
 
+/// How many environments may exist, and flags each may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Environments that may exist (`FLAG_MAX_ENVIRONMENTS`, 1,000 by default).
+    pub max_environments: usize,
+    /// Flags one environment may hold (`FLAG_MAX_FLAGS`, 10,000 by default).
+    pub max_flags: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_environments: 1_000,
+            max_flags: 10_000,
+        }
+    }
+}
+
+/// A write that would take the service past one of its [`Limits`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitExceeded {
+    /// Creating the environment would exceed `max_environments`.
+    #[error(
+        "environment {environment} cannot be created: {limit} environments exist, the most allowed"
+    )]
+    Environments {
+        /// The environment the write would create.
+        environment: Environment,
+        /// The limit.
+        limit: usize,
+    },
+    /// Creating the flag would exceed `max_flags` in its environment.
+    #[error(
+        "flag {key} cannot be created: environment {environment} holds {limit} flags, the most allowed"
+    )]
+    Flags {
+        /// The environment.
+        environment: Environment,
+        /// The flag the write would create.
+        key: FlagKey,
+        /// The limit.
+        limit: usize,
+    },
+}
+
 /// A service call that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -85,6 +134,9 @@ pub enum ServiceError {
     /// An explicit cache operation failed (reads never fail because of the cache).
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The write would exceed a limit; nothing was written.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
 }
 
 /// Every flag of an environment evaluated for one context.
@@ -104,9 +156,17 @@ pub struct ServiceBuilder {
     ttl: Duration,
     retry: RetryPolicy,
     stale_if_error: Duration,
+    limits: Limits,
 }
 
 impl ServiceBuilder {
+    /// How many environments may exist and flags each may hold.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// How long after the stores last confirmed it a snapshot may be served while they fail;
     /// zero turns last-known-good off.
     #[must_use]
@@ -148,6 +208,8 @@ impl ServiceBuilder {
                 floors: RwLock::new(HashMap::new()),
                 invalidations: PendingInvalidations::default(),
                 last_good: LastKnownGood::new(self.stale_if_error),
+                catalog: Catalog::default(),
+                limits: self.limits,
                 counters: Counters::default(),
             }),
         }
@@ -168,6 +230,9 @@ struct Inner {
     invalidations: PendingInvalidations,
     /// What to serve when the cache cannot answer and the repository fails.
     last_good: LastKnownGood,
+    /// The environments that exist.
+    catalog: Catalog,
+    limits: Limits,
     counters: Counters,
 }
 
@@ -194,6 +259,7 @@ impl FeatureFlagService {
             ttl: DEFAULT_TTL,
             retry: RetryPolicy::default(),
             stale_if_error: DEFAULT_STALE_IF_ERROR,
+            limits: Limits::default(),
         }
     }
 
@@ -295,8 +361,7 @@ impl FeatureFlagService {
 
     /// Every environment that has had a write.
     pub async fn environments(&self) -> Result<Vec<EnvironmentSummary>, ServiceError> {
-        self.inner.counters.repository_reads.increment();
-        Ok(self.inner.repository.environments().await?)
+        Ok(self.inner.list_environments().await?)
     }
 
     /// Succeeds while the repository answers.
@@ -323,6 +388,7 @@ impl FeatureFlagService {
         flag: FeatureFlag,
         precondition: Precondition,
     ) -> Result<Upserted, ServiceError> {
+        self.inner.check_limits(env, flag.key()).await?;
         let upserted = self
             .inner
             .repository
@@ -344,8 +410,21 @@ impl FeatureFlagService {
         Ok(deleted)
     }
 
+    /// Removes `env`, which must hold no flags, then invalidates its cache; it no longer counts
+    /// against `max_environments`.
+    pub async fn delete_environment(&self, env: &Environment) -> Result<Revision, ServiceError> {
+        let revision = self.inner.repository.delete_environment(env).await?;
+        self.inner.after_write(env, revision).await;
+        self.inner.catalog.forget(env);
+        Ok(revision)
+    }
+
     /// Drops `env` from the cache at its current revision, so the next read refills it.
     pub async fn invalidate_cache(&self, env: &Environment) -> Result<Revision, ServiceError> {
+        if !self.exists(env).await? {
+            // Nothing of it can be cached, and no mark is left for a name that does not exist.
+            return Ok(Revision::default());
+        }
         self.inner.counters.repository_reads.increment();
         let revision = self.inner.repository.revision(env).await?;
         self.inner.flights.detach(env);
@@ -358,7 +437,48 @@ impl FeatureFlagService {
 }
 
 impl Inner {
+    /// Every environment, listed by the repository (and added to the catalog).
+    async fn list_environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
+        self.counters.repository_reads.increment();
+        let environments = self.repository.environments().await?;
+        self.catalog.add_listed(&environments);
+        Ok(environments)
+    }
+
+    /// Refuses a write of `key` in `env` that would create an environment or a flag past the
+    /// limits. Checked before the write (one listing; one flag read when the environment is
+    /// full), so writers racing to create the last free places can overshoot by their number.
+    async fn check_limits(&self, env: &Environment, key: &FlagKey) -> Result<(), ServiceError> {
+        let environments = self.list_environments().await?;
+        match environments.iter().find(|summary| summary.name == *env) {
+            None if environments.len() >= self.limits.max_environments => {
+                Err(LimitExceeded::Environments {
+                    environment: env.clone(),
+                    limit: self.limits.max_environments,
+                }
+                .into())
+            }
+            Some(summary)
+                if usize::try_from(summary.flag_count).unwrap_or(usize::MAX)
+                    >= self.limits.max_flags =>
+            {
+                self.counters.repository_reads.increment();
+                if self.repository.flag(env, key).await?.is_some() {
+                    return Ok(());
+                }
+                Err(LimitExceeded::Flags {
+                    environment: env.clone(),
+                    key: key.clone(),
+                    limit: self.limits.max_flags,
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn after_write(self: &Arc<Self>, env: &Environment, revision: Revision) {
+        self.catalog.learn(env);
         // The repository just answered: reads stop resting it.
         self.last_good.repository_answered();
         self.raise_floor(env, revision);

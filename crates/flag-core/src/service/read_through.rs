@@ -41,6 +41,9 @@ impl FeatureFlagService {
         env: &Environment,
     ) -> Result<(Arc<EnvironmentSnapshot>, Freshness), ServiceError> {
         let inner = &self.inner;
+        if !self.exists(env).await? {
+            return Ok((inner.catalog.nothing(), Freshness::Current));
+        }
         let floor = inner.floor(env);
         let fill = match inner.cache.get(env).await {
             Ok(Some(snapshot)) if snapshot.revision() >= floor => {
@@ -64,6 +67,9 @@ impl FeatureFlagService {
         key: &FlagKey,
     ) -> Result<(Option<Arc<FeatureFlag>>, Freshness), ServiceError> {
         let inner = &self.inner;
+        if !self.exists(env).await? {
+            return Ok((None, Freshness::Current));
+        }
         let floor = inner.floor(env);
         let fill = match inner.cache.get_flag(env, key).await {
             Ok(FlagLookup::Hit { flag, revision }) if revision >= floor => {
@@ -84,6 +90,30 @@ impl FeatureFlagService {
         };
         let (snapshot, freshness) = self.load_or_last_good(env, floor, fill).await?;
         Ok((snapshot.flag(key.as_str()).cloned(), freshness))
+    }
+
+    /// Whether `env` exists: known to the catalog, marked in a shared cache, or listed by the
+    /// repository (listed at most once per interval, whatever the number of unknown names).
+    pub(super) async fn exists(&self, env: &Environment) -> Result<bool, ServiceError> {
+        let inner = &self.inner;
+        if inner.catalog.knows(env) {
+            return Ok(true);
+        }
+        match inner.cache.holds_environment(env).await {
+            Ok(true) => {
+                inner.catalog.learn(env);
+                return Ok(true);
+            }
+            Ok(false) => {}
+            Err(error) => {
+                inner.counters.cache_errors.increment();
+                debug!(%env, %error, "cache could not tell whether an environment exists");
+            }
+        }
+        Ok(inner
+            .catalog
+            .exists_after_listing(env, || inner.list_environments())
+            .await?)
     }
 
     /// After a single-flag cache read at `revision`: keeps the last-known-good snapshot in step,

@@ -36,24 +36,76 @@ impl Flights {
         Fut: Future<Output = Answer>,
     {
         let flight = Arc::clone(lock(&self.flying).entry(env.clone()).or_default());
-        let answer = flight.get_or_init(read).await.clone();
-        self.land(env, &flight);
-        answer
+        let boarded = Boarded {
+            flights: self,
+            env,
+            flight,
+        };
+        boarded.flight.get_or_init(read).await.clone()
     }
 
-    /// Forgets a finished flight, unless a newer one already took its place.
+    /// Forgets a flight that landed, or one that every reader abandoned (their requests were
+    /// cancelled), unless a newer one already took its place.
     fn land(&self, env: &Environment, flight: &Arc<Flight>) {
         let mut flying = lock(&self.flying);
-        if flying
-            .get(env)
-            .is_some_and(|current| Arc::ptr_eq(current, flight))
-        {
+        let Some(current) = flying.get(env) else {
+            return;
+        };
+        // The map's reference and the caller's: nobody else waits on an unfinished flight.
+        let abandoned = Arc::strong_count(flight) <= 2;
+        if Arc::ptr_eq(current, flight) && (flight.initialized() || abandoned) {
             flying.remove(env);
         }
+    }
+
+    /// How many environments have a flight in progress (for tests of cancellation).
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        lock(&self.flying).len()
     }
 
     /// Detaches the flight in progress, so that readers arriving from now on start a new one.
     pub(super) fn detach(&self, env: &Environment) {
         lock(&self.flying).remove(env);
+    }
+}
+
+/// A reader on a flight: when it gets off, landed or cancelled, the flight may be forgotten.
+struct Boarded<'a> {
+    flights: &'a Flights,
+    env: &'a Environment,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Boarded<'_> {
+    fn drop(&mut self) {
+        self.flights.land(self.env, &self.flight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flight_every_reader_abandoned_is_forgotten() {
+        let flights = Flights::default();
+        let env = Environment::parse("production").unwrap();
+        let never = flights.share(&env, std::future::pending);
+        // Two readers on the flight, both cancelled.
+        let joined = flights.share(&env, std::future::pending);
+        let cancelled = tokio::time::timeout(std::time::Duration::from_millis(10), async {
+            tokio::join!(never, joined)
+        })
+        .await;
+        assert!(cancelled.is_err());
+        assert_eq!(flights.len(), 0, "an abandoned flight stayed");
+        let landed = flights
+            .share(&env, || async {
+                Ok(Arc::new(EnvironmentSnapshot::empty(Default::default())))
+            })
+            .await;
+        assert!(landed.is_ok());
+        assert_eq!(flights.len(), 0);
     }
 }

@@ -273,6 +273,11 @@ impl FeatureFlagRepository for FakeRepository {
         self.inner.environments().await
     }
 
+    async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError> {
+        self.check()?;
+        self.inner.delete_environment(env).await
+    }
+
     async fn ping(&self) -> Result<(), RepositoryError> {
         self.check()
     }
