@@ -31,6 +31,8 @@ pub struct ServiceMetrics {
     pub invalidations_abandoned: u64,
     /// Reads answered from a last-known-good snapshot because the cache and repository failed.
     pub stale_answers: u64,
+    /// Fills the cache refused because the snapshot is larger than it accepts.
+    pub fills_too_large: u64,
 }
 
 /// The live counters behind [`ServiceMetrics`].
@@ -47,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) invalidation_retries: Counter,
     pub(crate) invalidations_abandoned: Counter,
     pub(crate) stale_answers: Counter,
+    pub(crate) fills_too_large: Counter,
 }
 
 impl Counters {
@@ -63,6 +66,7 @@ impl Counters {
             invalidation_retries: self.invalidation_retries.get(),
             invalidations_abandoned: self.invalidations_abandoned.get(),
             stale_answers: self.stale_answers.get(),
+            fills_too_large: self.fills_too_large.get(),
         }
     }
 }

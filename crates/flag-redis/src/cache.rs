@@ -31,6 +31,9 @@ pub const TTL_SLACK: Duration = Duration::from_millis(2);
 /// starts again (a deployment with more environments than this pays the full decode more often).
 pub const DECODED_ENVIRONMENTS: usize = 1024;
 
+/// The largest snapshot `set` sends when the builder does not say: 16 MiB of encoded flags.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 16 << 20;
+
 /// A cache of environment snapshots in Redis, shared by every server instance that uses it.
 #[derive(Clone)]
 pub struct RedisCache {
@@ -42,6 +45,7 @@ struct Shared {
     /// The last snapshot `get` decoded per environment, with the `__meta` text it came with.
     decoded: Mutex<HashMap<Environment, Decoded>>,
     tombstone_ttl: Duration,
+    max_snapshot_bytes: usize,
     scripts: Scripts,
 }
 
@@ -56,6 +60,7 @@ impl fmt::Debug for RedisCache {
         f.debug_struct("RedisCache")
             .field("client", &self.client)
             .field("tombstone_ttl", &self.shared.tombstone_ttl)
+            .field("max_snapshot_bytes", &self.shared.max_snapshot_bytes)
             .finish()
     }
 }
@@ -67,6 +72,7 @@ pub struct RedisCacheBuilder {
     prefix: String,
     timeout: Duration,
     tombstone_ttl: Duration,
+    max_snapshot_bytes: usize,
 }
 
 impl fmt::Debug for RedisCacheBuilder {
@@ -101,6 +107,14 @@ impl RedisCacheBuilder {
         self
     }
 
+    /// The largest encoded snapshot `set` sends; a larger one is [`CacheError::TooLarge`],
+    /// refused before anything is sent.
+    #[must_use]
+    pub fn max_snapshot_bytes(mut self, limit: usize) -> Self {
+        self.max_snapshot_bytes = limit;
+        self
+    }
+
     /// The cache; no connection is made until the first call.
     pub fn build(self) -> Result<RedisCache, UrlError> {
         Ok(RedisCache {
@@ -108,6 +122,7 @@ impl RedisCacheBuilder {
             shared: Arc::new(Shared {
                 decoded: Mutex::default(),
                 tombstone_ttl: self.tombstone_ttl,
+                max_snapshot_bytes: self.max_snapshot_bytes,
                 scripts: Scripts::new(),
             }),
         })
@@ -147,13 +162,15 @@ impl redis::aio::ConnectionLike for RedisConnection {
 }
 
 impl RedisCache {
-    /// A builder with the defaults: prefix `feature_flags`, 100 ms timeout, 10-minute tombstones.
+    /// A builder with the defaults: prefix `feature_flags`, 100 ms timeout, 10-minute tombstones,
+    /// snapshots up to 16 MiB.
     pub fn builder(url: impl Into<String>) -> RedisCacheBuilder {
         RedisCacheBuilder {
             url: url.into(),
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             tombstone_ttl: Duration::from_secs(600),
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
         }
     }
 
@@ -359,6 +376,13 @@ impl FeatureFlagCache for RedisCache {
             return Err(CacheError::ZeroTtl);
         }
         let encoded = encode(&snapshot)?;
+        // Refused before anything is sent: a huge write would hold up every other call on the
+        // shared connection.
+        let size = encoded.meta.len() + encoded.pairs.iter().map(String::len).sum::<usize>();
+        let limit = self.shared.max_snapshot_bytes;
+        if size > limit {
+            return Err(CacheError::TooLarge { size, limit });
+        }
         let key = self.key(env);
         let revision = snapshot.revision().get().to_string();
         let ttl_ms = whole_ms(ttl);

@@ -38,6 +38,9 @@
 //! `set` and `invalidate` are Lua scripts that compare revisions on the server, so a slow fill
 //! can never overwrite a newer revision and no writer ever retries (no `WATCH`); they write in
 //! chunks of 1,000 fields to stay under Lua's `unpack` limit (a 10,000-flag environment works).
+//! A snapshot whose encoding exceeds [`RedisCacheBuilder::max_snapshot_bytes`] (16 MiB by
+//! default) is refused with `CacheError::TooLarge` before anything is sent, so one huge
+//! environment never holds up the shared connection that every other environment's calls use.
 //! Revisions are compared as decimal strings, exact for every `u64`. TTL is a `PEXPIRE` on the
 //! whole hash, in milliseconds (declared slack: [`TTL_SLACK`]). `invalidate` leaves a tombstone
 //! hash holding only `__meta` for [`RedisCacheBuilder::tombstone_ttl`] (default 10 minutes).
@@ -80,8 +83,8 @@ mod target;
 
 pub use bus::{MAX_WATCHED, RedisBus};
 pub use cache::{
-    DECODED_ENVIRONMENTS, DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT, RedisCache, RedisCacheBuilder,
-    RedisConnection, TTL_SLACK,
+    DECODED_ENVIRONMENTS, DEFAULT_KEY_PREFIX, DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_TIMEOUT,
+    RedisCache, RedisCacheBuilder, RedisConnection, TTL_SLACK,
 };
 pub use codec::META_FIELD;
 pub use target::UrlError;

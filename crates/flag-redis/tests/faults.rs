@@ -431,3 +431,26 @@ async fn an_unchanged_environment_is_not_fetched_or_decoded_again() {
     redis.command("FLUSHALL").await.unwrap();
     assert!(cache.get(&env).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_snapshot_past_the_size_limit_is_refused_before_it_is_sent() {
+    let redis = redis().await;
+    let cache = RedisCache::builder(redis.url())
+        .max_snapshot_bytes(10_000)
+        .build()
+        .unwrap();
+    let env = production();
+    let small = Arc::new(generation_snapshot(1, 3, 1));
+    assert_eq!(cache.set(&env, small, TTL).await, Ok(SetOutcome::Stored));
+    let large = Arc::new(generation_snapshot(2, 500, 2));
+    match cache.set(&env, large, TTL).await {
+        Err(CacheError::TooLarge { size, limit }) => {
+            assert!(size > 10_000);
+            assert_eq!(limit, 10_000);
+        }
+        other => panic!("a 500-flag snapshot over a 10 kB limit answered {other:?}"),
+    }
+    // Nothing was written: the small snapshot is still there.
+    let cached = cache.get(&env).await.unwrap().unwrap();
+    assert_eq!(cached.revision(), Revision(1));
+}

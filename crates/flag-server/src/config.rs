@@ -188,6 +188,13 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub max_flags: u64,
+    /// The largest encoded snapshot pushed to Redis, in bytes; larger ones are served in process.
+    #[arg(
+        long = "redis-max-snapshot-bytes",
+        env = "REDIS_MAX_SNAPSHOT_BYTES",
+        default_value_t = 16_777_216
+    )]
+    pub redis_max_snapshot_bytes: u64,
     /// Log format: `text` or `json`.
     #[arg(
         long = "log-format",
@@ -224,7 +231,7 @@ pub struct OutOfRange {
 impl Config {
     /// Checks every numeric setting against its range; the first one outside it is the error.
     pub fn validate(&self) -> Result<(), OutOfRange> {
-        let checks: [(&'static str, u64, u64, u64); 13] = [
+        let checks: [(&'static str, u64, u64, u64); 14] = [
             ("CACHE_TTL_MS", self.cache_ttl_ms, 1, MAX_TTL_MS),
             ("CACHE_L1_TTL_MS", self.cache_l1_ttl_ms, 1, MAX_TTL_MS),
             (
@@ -268,6 +275,13 @@ impl Config {
             ("FLAG_MAX_CONNECTIONS", self.max_connections, 1, MAX_COUNT),
             ("FLAG_MAX_ENVIRONMENTS", self.max_environments, 1, MAX_COUNT),
             ("FLAG_MAX_FLAGS", self.max_flags, 1, MAX_COUNT),
+            // Redis refuses bulk strings past 512 MiB.
+            (
+                "REDIS_MAX_SNAPSHOT_BYTES",
+                self.redis_max_snapshot_bytes,
+                1,
+                512 << 20,
+            ),
         ];
         for (name, value, min, max) in checks {
             if !(min..=max).contains(&value) {
@@ -323,6 +337,7 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_environments", &self.max_environments)
             .field("max_flags", &self.max_flags)
+            .field("redis_max_snapshot_bytes", &self.redis_max_snapshot_bytes)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -401,6 +416,11 @@ mod tests {
         expect("max_connections", Some("10000"), "FLAG_MAX_CONNECTIONS");
         expect("max_environments", Some("1000"), "FLAG_MAX_ENVIRONMENTS");
         expect("max_flags", Some("10000"), "FLAG_MAX_FLAGS");
+        expect(
+            "redis_max_snapshot_bytes",
+            Some("16777216"),
+            "REDIS_MAX_SNAPSHOT_BYTES",
+        );
     }
 
     // These tests must not depend on the environment (CI exports REDIS_URL and DATABASE_URL), so

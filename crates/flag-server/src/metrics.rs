@@ -241,6 +241,12 @@ impl Exposition<'_> {
                 metrics.invalidations_abandoned,
             ),
             (
+                "flag_cache_too_large_total",
+                "Cache fills refused because the snapshot is larger than the cache accepts \
+                 (REDIS_MAX_SNAPSHOT_BYTES); those environments are served in process.",
+                metrics.fills_too_large,
+            ),
+            (
                 "flag_stale_answers_total",
                 "Reads answered from last-known-good flags because cache and database both failed.",
                 metrics.stale_answers,

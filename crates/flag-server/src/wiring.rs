@@ -85,6 +85,7 @@ fn redis_cache(config: &Config, backend: &str) -> anyhow::Result<RedisCache> {
     RedisCache::builder(url)
         .key_prefix(config.redis_key_prefix.clone())
         .timeout(Duration::from_millis(config.redis_timeout_ms))
+        .max_snapshot_bytes(usize::try_from(config.redis_max_snapshot_bytes)?)
         .build()
         .context("REDIS_URL")
 }

@@ -239,3 +239,71 @@ async fn past_the_in_flight_cap_requests_are_shed_at_once_and_probes_still_answe
     assert_eq!(server.request("GET", "/readyz", &[], "").await.status, 200);
     drop(holder);
 }
+
+#[tokio::test]
+async fn an_environment_too_large_for_redis_is_served_in_process_without_a_read_per_request() {
+    let server = TestServer::start_with(Backend::RedisPostgres, |config| {
+        config.redis_max_snapshot_bytes = 4_096;
+    })
+    .await;
+    let big = "x".repeat(8_192);
+    server
+        .put(
+            "big",
+            "f",
+            json!({"enabled": true, "variants": {"on": big, "off": ""}}),
+        )
+        .await;
+    server.put("small", "f", json!({"enabled": true})).await;
+    let reads_before = server.metric("flag_repository_reads_total").await;
+    for _ in 0..50 {
+        let reply = server
+            .request(
+                "POST",
+                "/ofrep/v1/evaluate/flags/f",
+                &[("X-Environment", "big")],
+                CONTEXT,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["variant"], "on");
+    }
+    let reads = server.metric("flag_repository_reads_total").await - reads_before;
+    assert!(reads <= 3.0, "{reads} repository reads for 50 evaluations");
+    assert!(server.metric("flag_cache_too_large_total").await >= 1.0);
+    // The small environment is cached in Redis as usual; the big one is not there at all.
+    let small = server
+        .request(
+            "POST",
+            "/ofrep/v1/evaluate/flags/f",
+            &[("X-Environment", "small")],
+            CONTEXT,
+        )
+        .await;
+    assert_eq!(small.status, 200);
+    let cache = flag_redis::RedisCache::builder(server.config.redis_url.clone().unwrap())
+        .key_prefix(server.config.redis_key_prefix.clone())
+        .build()
+        .unwrap();
+    use flag_core::FeatureFlagCache;
+    let env = |name: &str| flag_core::Environment::parse(name).unwrap();
+    assert!(cache.get(&env("small")).await.unwrap().is_some());
+    assert!(cache.get(&env("big")).await.unwrap().is_none());
+    // A write to the big environment is seen by the very next read.
+    server
+        .put(
+            "big",
+            "f",
+            json!({"enabled": false, "variants": {"on": "x".repeat(8_192), "off": ""}}),
+        )
+        .await;
+    let after = server
+        .request(
+            "POST",
+            "/ofrep/v1/evaluate/flags/f",
+            &[("X-Environment", "big")],
+            CONTEXT,
+        )
+        .await;
+    assert_eq!(after.json()["reason"], "DISABLED");
+}

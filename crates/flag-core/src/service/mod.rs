@@ -27,6 +27,7 @@
 mod catalog;
 mod invalidation;
 mod last_good;
+mod oversized;
 mod read_through;
 mod single_flight;
 
@@ -50,6 +51,7 @@ pub use catalog::RELIST_EVERY;
 use invalidation::PendingInvalidations;
 pub use invalidation::RetryPolicy;
 use last_good::LastKnownGood;
+use oversized::Oversized;
 use single_flight::Flights;
 
 /// The cache TTL used when none is configured: five minutes.
@@ -209,6 +211,7 @@ impl ServiceBuilder {
                 invalidations: PendingInvalidations::default(),
                 last_good: LastKnownGood::new(self.stale_if_error),
                 catalog: Catalog::default(),
+                oversized: Oversized::default(),
                 limits: self.limits,
                 counters: Counters::default(),
             }),
@@ -232,6 +235,8 @@ struct Inner {
     last_good: LastKnownGood,
     /// The environments that exist.
     catalog: Catalog,
+    /// Snapshots the cache refused as too large, served from process memory.
+    oversized: Oversized,
     limits: Limits,
     counters: Counters,
 }
@@ -479,6 +484,7 @@ impl Inner {
 
     async fn after_write(self: &Arc<Self>, env: &Environment, revision: Revision) {
         self.catalog.learn(env);
+        self.oversized.drop_copy(env);
         // The repository just answered: reads stop resting it.
         self.last_good.repository_answered();
         self.raise_floor(env, revision);

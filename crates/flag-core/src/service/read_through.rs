@@ -45,6 +45,9 @@ impl FeatureFlagService {
             return Ok((inner.catalog.nothing(), Freshness::Current));
         }
         let floor = inner.floor(env);
+        if let Some(snapshot) = inner.oversized.fresh(env, floor) {
+            return Ok((snapshot, Freshness::Current));
+        }
         let fill = match inner.cache.get(env).await {
             Ok(Some(snapshot)) if snapshot.revision() >= floor => {
                 inner.counters.cache_hits.increment();
@@ -71,6 +74,9 @@ impl FeatureFlagService {
             return Ok((None, Freshness::Current));
         }
         let floor = inner.floor(env);
+        if let Some(snapshot) = inner.oversized.fresh(env, floor) {
+            return Ok((snapshot.flag(key.as_str()).cloned(), Freshness::Current));
+        }
         let fill = match inner.cache.get_flag(env, key).await {
             Ok(FlagLookup::Hit { flag, revision }) if revision >= floor => {
                 inner.counters.cache_hits.increment();
@@ -239,6 +245,11 @@ impl Inner {
                 Ok(SetOutcome::Stale) => {
                     self.counters.fills_stale.increment();
                     debug!(%env, revision = %snapshot.revision(), "cache fill refused as stale");
+                }
+                Err(CacheError::TooLarge { size, limit }) => {
+                    self.counters.fills_too_large.increment();
+                    debug!(%env, size, limit, "snapshot too large for the cache; kept in process");
+                    self.oversized.keep(env, Arc::clone(&snapshot));
                 }
                 Err(error) => {
                     self.counters.cache_errors.increment();

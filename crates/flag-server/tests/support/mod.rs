@@ -39,6 +39,8 @@ enum Stores {
 pub struct TestServer {
     pub address: SocketAddr,
     pub state: AppState,
+    /// The configuration the server was started with.
+    pub config: Config,
     _stores: Stores,
 }
 
@@ -66,6 +68,7 @@ pub fn default_config() -> Config {
         max_connections: 10_000,
         max_environments: 1_000,
         max_flags: 10_000,
+        redis_max_snapshot_bytes: 16 << 20,
         log_format: LogFormat::Text,
     }
 }
@@ -106,10 +109,15 @@ impl TestServer {
         adjust(&mut config);
         let state = flag_server::wiring::state_from(&config).await.unwrap();
         let limits = flag_server::wiring::connection_limits(&config).unwrap();
-        Self::serve(state, limits, stores).await
+        Self::serve(state, config, limits, stores).await
     }
 
-    async fn serve(state: AppState, limits: ConnectionLimits, stores: Stores) -> Self {
+    async fn serve(
+        state: AppState,
+        config: Config,
+        limits: ConnectionLimits,
+        stores: Stores,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = router(state.clone());
@@ -122,6 +130,7 @@ impl TestServer {
         Self {
             address,
             state,
+            config,
             _stores: stores,
         }
     }
