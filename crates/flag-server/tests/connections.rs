@@ -275,3 +275,72 @@ async fn shutdown_lets_a_request_in_flight_finish() {
         "the listener is closed after shutdown"
     );
 }
+
+/// Peak resident memory of a process, in kB.
+fn peak_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_oversized_bodies_are_refused_at_once_with_bounded_memory() {
+    let server = Running::start(&[]);
+    let address = server.socket();
+    // Warm up, then measure the peak from here.
+    assert!(healthz(&server.address).starts_with("HTTP/1.1 200"));
+    let peak_before = peak_kb(server.child.id());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..200 {
+        tasks.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let (mut reader, mut writer) = stream.into_split();
+            let length = 950_000;
+            let path = if index % 2 == 0 {
+                "/ofrep/v1/evaluate/flags"
+            } else {
+                "/ofrep/v1/evaluate/flags/f"
+            };
+            let sender = tokio::spawn(async move {
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+                );
+                let _ = writer.write_all(head.as_bytes()).await;
+                let chunk = vec![b' '; 64 * 1024];
+                let mut sent = 0;
+                while sent < length {
+                    let size = chunk.len().min(length - sent);
+                    if writer.write_all(&chunk[..size]).await.is_err() {
+                        break;
+                    }
+                    sent += size;
+                }
+            });
+            let mut reply = Vec::new();
+            let _ = reader.read_to_end(&mut reply).await;
+            sender.abort();
+            String::from_utf8_lossy(&reply).into_owned()
+        });
+    }
+    let mut refused = 0;
+    while let Some(reply) = tasks.join_next().await {
+        let reply = reply.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        refused += 1;
+    }
+    let took = started.elapsed();
+    let peak_after = peak_kb(server.child.id());
+    eprintln!("200 oversized bodies refused in {took:?}; peak {peak_before} kB -> {peak_after} kB");
+    assert_eq!(refused, 200);
+    assert!(took < Duration::from_secs(10), "refusing took {took:?}");
+    assert!(
+        peak_after < peak_before + 20 * 1024,
+        "peak resident memory grew from {peak_before} kB to {peak_after} kB"
+    );
+}
