@@ -206,6 +206,15 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// The server's resident memory in kB (`VmRSS`), where `/proc` tells it.
+    pub(crate) fn resident_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     async fn wait_until_ready(&self) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);

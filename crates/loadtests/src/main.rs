@@ -28,7 +28,7 @@ use clap::Parser;
 use crate::backend::{Backend, Server, Stores, build_release, release_binary};
 use crate::ceiling::CeilingRow;
 use crate::propagation::Propagation;
-use crate::report::{Row, table};
+use crate::report::{MemoryRow, Row, table};
 use crate::scenarios::{Attack, Mode, Plan, ScenarioKind};
 use crate::seed::Admin;
 
@@ -125,6 +125,8 @@ struct Run {
     ceilings: Vec<CeilingRow>,
     skipped: Vec<String>,
     spread: Option<Propagation>,
+    /// The server's resident memory around each hostile attack.
+    memory: Vec<MemoryRow>,
 }
 
 impl Run {
@@ -163,6 +165,7 @@ impl Run {
             ceilings: Vec::new(),
             skipped: Vec::new(),
             spread: None,
+            memory: Vec::new(),
             cli,
         })
     }
@@ -233,7 +236,26 @@ impl Run {
                     cli.duration,
                     cli.users
                 );
+                let before_kb = server.resident_kb();
                 let metrics = scenarios::run(&attack, Plan::new(cli.users, &self.token)).await?;
+                if scenario == ScenarioKind::Hostile
+                    && let (Some(before_kb), Some(after_kb)) = (before_kb, server.resident_kb())
+                {
+                    let junk = metrics
+                        .requests
+                        .get("POST junk")
+                        .map_or(0, |aggregate| aggregate.raw_data.counter);
+                    println!(
+                        "     resident {before_kb} kB -> {after_kb} kB over {junk} junk requests"
+                    );
+                    self.memory.push(MemoryRow {
+                        backend: backend.name(),
+                        mode: mode.name(),
+                        junk_requests: junk,
+                        before_kb,
+                        after_kb,
+                    });
+                }
                 let row = Row::from_metrics(scenario, backend, mode, &metrics);
                 println!(
                     "     {:.0} requests/s, P95 {}, {} errors",
@@ -305,6 +327,9 @@ impl Run {
         if !self.ceilings.is_empty() {
             summary.push_str(&ceiling::table(&self.ceilings));
         }
+        if !self.memory.is_empty() {
+            summary.push_str(&report::memory_table(&self.memory));
+        }
         if let Some(measured) = &self.spread {
             summary.push_str(&measured.line());
         }
@@ -319,6 +344,7 @@ impl Run {
             "rows": self.rows,
             "ceiling": self.ceilings,
             "propagation": self.spread,
+            "hostileMemory": self.memory,
             "skipped": self.skipped,
         });
         std::fs::write(

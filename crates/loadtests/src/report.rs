@@ -205,3 +205,33 @@ mod tests {
         assert!(table.contains("| 500 µs |"), "{table}");
     }
 }
+
+/// The server's resident memory around one hostile attack.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct MemoryRow {
+    pub(crate) backend: &'static str,
+    pub(crate) mode: &'static str,
+    pub(crate) junk_requests: usize,
+    pub(crate) before_kb: u64,
+    pub(crate) after_kb: u64,
+}
+
+/// The resident-memory table of the hostile attacks.
+pub(crate) fn memory_table(rows: &[MemoryRow]) -> String {
+    let mut out = String::from(
+        "\nHostile traffic (junk environments), the server's resident memory:\n\n\
+         | backend | mode | junk requests | resident before | resident after |\n|---|---|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} MB | {:.1} MB |",
+            row.backend,
+            row.mode,
+            row.junk_requests,
+            row.before_kb as f64 / 1024.0,
+            row.after_kb as f64 / 1024.0
+        );
+    }
+    out
+}

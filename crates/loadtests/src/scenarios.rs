@@ -8,6 +8,9 @@
 //!   smaller one is a stale read and counts as an error).
 //! - `cold`: each iteration invalidates one of the 50 `cold-*` environments, then evaluates a flag
 //!   in it, so every evaluation refills the cache from the database.
+//! - `hostile`: 80 % of requests are bulk evaluations in a new junk environment each (names that
+//!   were never written), 20 % real single-flag evaluations of `load`; the row reports the real
+//!   ones, and the runner the server's resident memory before and after.
 //!
 //! Goose transactions are plain functions, so what they share (bodies, counters, the admin
 //! token) is a [`Plan`] installed for the duration of one attack.
@@ -40,15 +43,18 @@ pub(crate) enum ScenarioKind {
     Mixed,
     /// (d) evaluations right after their environment's invalidation, over 50 environments.
     Cold,
+    /// (e) real single-flag evaluations amid a flood of junk environments.
+    Hostile,
 }
 
 impl ScenarioKind {
     /// Every scenario, in report order.
-    pub(crate) const ALL: [ScenarioKind; 4] = [
+    pub(crate) const ALL: [ScenarioKind; 5] = [
         ScenarioKind::Single,
         ScenarioKind::Bulk,
         ScenarioKind::Mixed,
         ScenarioKind::Cold,
+        ScenarioKind::Hostile,
     ];
 
     /// The short name used in paths and the table.
@@ -58,13 +64,14 @@ impl ScenarioKind {
             ScenarioKind::Bulk => "bulk",
             ScenarioKind::Mixed => "mixed",
             ScenarioKind::Cold => "cold",
+            ScenarioKind::Hostile => "hostile",
         }
     }
 
     /// The goose request row whose latency the scenario reports.
     pub(crate) fn measured_request(self) -> &'static str {
         match self {
-            ScenarioKind::Single | ScenarioKind::Mixed => "POST evaluate",
+            ScenarioKind::Single | ScenarioKind::Mixed | ScenarioKind::Hostile => "POST evaluate",
             ScenarioKind::Bulk => "POST bulk",
             ScenarioKind::Cold => "POST cold evaluate",
         }
@@ -84,6 +91,9 @@ impl ScenarioKind {
             ScenarioKind::Cold => {
                 scenario!("cold").register_transaction(transaction!(evaluate_after_invalidation))
             }
+            ScenarioKind::Hostile => scenario!("hostile")
+                .register_transaction(transaction!(evaluate_single).set_weight(1)?)
+                .register_transaction(transaction!(evaluate_junk).set_weight(4)?),
         })
     }
 }
@@ -224,6 +234,34 @@ async fn evaluate_bulk(user: &mut GooseUser) -> TransactionResult {
             let tag = format!("bulk answer with {flags} flags");
             return user.set_failure(&tag, &mut request, None, None);
         }
+    }
+    Ok(())
+}
+
+/// A bulk evaluation in an environment that was never written: `200 {"flags": []}`.
+async fn evaluate_junk(user: &mut GooseUser) -> TransactionResult {
+    let plan = plan()?;
+    let n = plan.tick();
+    let env = format!("junk-{n}");
+    let headers = [("X-Environment", env.as_str())];
+    let (mut request, answer) = send(
+        user,
+        GooseMethod::Post,
+        "junk",
+        "/ofrep/v1/evaluate/flags",
+        &headers,
+        plan.context(n),
+    )
+    .await?;
+    if let Some((200, body)) = &answer
+        && body.trim() != r#"{"flags":[]}"#
+    {
+        return user.set_failure(
+            "junk environment with flags",
+            &mut request,
+            None,
+            Some(body),
+        );
     }
     Ok(())
 }
