@@ -4,8 +4,11 @@
 //! Errors are `{"error": {"code", "message"}}` with the codes of the design contract.
 //! Decisions: an invalid environment or key in the path is `400 invalid_request`; a body that is
 //! not JSON is `invalid_request`, JSON of the wrong shape (unknown field, wrong type) or a flag
-//! that breaks a rule is `validation_failed`; an unparsable `If-Match` is `412` like a stale one;
-//! `If-Match: *` requires the flag to exist, checked in the write's own transaction.
+//! that breaks a rule is `validation_failed`; an unparsable `If-Match` is `400 invalid_request`
+//! (the OpenAPI document states its format, so a client sending another is told so rather than
+//! told of a conflict); `If-Match: *` requires the flag to exist, checked in the write's own
+//! transaction. `DELETE /v1/environments/{env}` removes an environment without flags (`409
+//! in_use` while it holds any); its revision is kept, so writing it again continues from there.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -111,33 +114,38 @@ async fn get_flag(
 
 /// The precondition the request's `If-Match` / `If-None-Match` headers ask for.
 fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
-    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
-        return if value.as_bytes() == b"*" {
-            Ok(Precondition::Absent)
-        } else {
-            Err(ApiError::invalid_request(
-                "If-None-Match on a write must be *",
-            ))
-        };
-    }
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(Precondition::None);
-    };
-    let text = value.to_str().unwrap_or_default().trim();
-    if text == "*" {
-        return Ok(Precondition::Exists);
-    }
-    text.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map(Precondition::Version)
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "version_conflict",
-                "If-Match must be a version such as \"3\"",
-            )
+    // A malformed `If-Match` is refused whatever else the request carries.
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|value| {
+            let text = value.to_str().unwrap_or_default().trim();
+            if text == "*" {
+                return Ok(Precondition::Exists);
+            }
+            text.strip_prefix("W/")
+                .unwrap_or(text)
+                .trim_matches('"')
+                .parse()
+                .map(Precondition::Version)
+                .map_err(|_| {
+                    ApiError::invalid_request("If-Match must be a version such as \"3\", or *")
+                })
         })
+        .transpose()?;
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        if value.as_bytes() != b"*" {
+            return Err(ApiError::invalid_request(
+                "If-None-Match on a write must be *",
+            ));
+        }
+        if if_match.is_some() {
+            return Err(ApiError::invalid_request(
+                "a write takes If-Match or If-None-Match, not both",
+            ));
+        }
+        return Ok(Precondition::Absent);
+    }
+    Ok(if_match.unwrap_or(Precondition::None))
 }
 
 async fn put_flag(

@@ -219,9 +219,14 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
             "invalid_request",
             "validation_failed",
             "unauthorized",
+            "forbidden",
             "not_found",
             "version_conflict",
+            "in_use",
+            "limit_exceeded",
+            "read_only",
             "payload_too_large",
+            "request_timeout",
             "unavailable",
             "internal"
         ])

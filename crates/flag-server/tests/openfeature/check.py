@@ -14,15 +14,11 @@ Stops the server with SIGTERM and expects exit status 0. Exits non-zero on the f
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
+
+import launch
+from launch import http
 
 from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
@@ -80,24 +76,6 @@ def expected_variant(flag_key: str, targeting_key: str, rollout) -> str:
     raise AssertionError("no variant")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http(method: str, url: str, body=None, headers=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 def check(condition: bool, what: str) -> None:
     if not condition:
         raise AssertionError(what)
@@ -107,47 +85,9 @@ def check(condition: bool, what: str) -> None:
 def main() -> int:
     binary = os.path.abspath(sys.argv[1])
     shared = "--redis-postgres" in sys.argv[2:]
-    scratch = tempfile.mkdtemp(prefix="openfeature-check-")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "FLAG_LISTEN": f"127.0.0.1:{port}",
-        "FLAG_ADMIN_TOKEN": ADMIN_TOKEN,
-        "RUST_LOG": "warn",
-    }
-    if shared:
-        for name in ("REDIS_URL", "DATABASE_URL"):
-            if not os.environ.get(name):
-                print(f"{name} is not set: --redis-postgres needs a running Redis and Postgres")
-                return 2
-            env[name] = os.environ[name]
-        env["REDIS_KEY_PREFIX"] = f"openfeature-check-{uuid.uuid4().hex[:8]}"
-    else:
-        env["DATABASE_URL"] = f"sqlite://{scratch}/flags.db?mode=rwc"
-    server = subprocess.Popen([binary], env=env, cwd=scratch)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http("GET", f"{base}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                print("flag-server did not become ready")
-                return 1
-            time.sleep(0.1)
-        run_checks(base, shared)
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        try:
-            status = server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            status = "killed after 20 s"
-    check(status == 0, f"flag-server exits 0 on SIGTERM (got {status})")
+    with launch.Server(binary, shared, ADMIN_TOKEN) as server:
+        run_checks(server.base, shared)
+    check(server.status == 0, f"flag-server exits 0 on SIGTERM (got {server.status})")
     print(f"all OpenFeature checks passed ({'Redis + Postgres' if shared else 'SQLite + memory'})")
     return 0
 
