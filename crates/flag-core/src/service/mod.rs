@@ -1,10 +1,17 @@
 //! `FeatureFlagService`: reads through the cache, writes through the repository.
 //!
-//! This module is the service's public API; `read_through` is the read path, `single_flight`
-//! shares concurrent repository reads, `invalidation` retries failed invalidations, and
-//! `last_good` keeps what to answer when the stores fail.
+//! This module is the service's public API; `read_through` is the read path, `catalog` knows
+//! which environments exist, `single_flight` shares concurrent repository reads, `invalidation`
+//! retries failed invalidations, `last_good` keeps what to answer when the stores fail, and
+//! `oversized` keeps snapshots the cache refused as too large.
 //!
-//! Guarantees, each proven by a test in `tests/service.rs`:
+//! Guarantees, each proven by a test (in `tests/service.rs` unless named):
+//! - **Environments that do not exist cost nothing.** A read of an environment that has never
+//!   had a write (or was removed) is answered as empty at revision 0 without a cache entry, a
+//!   last-known-good entry, a single-flight entry or a repository read per request: the catalog
+//!   lists the repository at most once a second for names it does not know, after asking a
+//!   shared cache whether another instance left a mark (`catalog.rs` unit tests,
+//!   `flag-server/tests/flood.rs`). Writes are refused past [`Limits`].
 //! - **Single flight.** Concurrent cache misses on one environment cause one repository read.
 //! - **A cache never fails a read.** A cache error is logged and counted, and the read is
 //!   answered from the repository. A cache that is down or slow is not asked to store the result;
