@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flag_core::{
-    EvaluationContext, EvaluationError, FeatureFlagService, Precondition, Reason, RepositoryError,
-    RetryPolicy, Revision, ServiceConfigError, ServiceError,
+    EvaluationContext, EvaluationError, FeatureFlagService, LimitExceeded, Limits, Precondition,
+    Reason, RepositoryError, RetryPolicy, Revision, ServiceConfigError, ServiceError,
 };
 use serde_json::json;
 use support::{FakeCache, FakeRepository, boolean, env, flag, key};
@@ -749,4 +749,109 @@ async fn a_write_after_the_repository_recovers_is_read_back_at_once_not_the_last
         (fresh.value().clone(), fresh.reason()),
         (json!(false), Reason::Static)
     );
+}
+
+#[tokio::test]
+async fn environments_that_do_not_exist_cost_no_read_per_request_and_touch_no_cache() {
+    let h = harness();
+    put_booleans(&h.service, "production", &[("checkout", true)]).await;
+    let (snapshots, reads, cache_reads, cache_sets) = (
+        h.repository.reads(),
+        h.service.metrics().repository_reads,
+        h.cache.reads.load(Ordering::SeqCst),
+        h.cache.sets.load(Ordering::SeqCst),
+    );
+    for index in 0..1_000 {
+        let junk = env(&format!("junk-{index}"));
+        let missing = h
+            .service
+            .evaluate(&junk, &key("checkout"), &EvaluationContext::new())
+            .await;
+        assert!(matches!(
+            missing,
+            Err(ServiceError::Evaluation(
+                EvaluationError::FlagNotFound { .. }
+            ))
+        ));
+        let bulk = h
+            .service
+            .evaluate_all(&junk, &EvaluationContext::new())
+            .await
+            .unwrap();
+        assert!(bulk.results.is_empty());
+        assert_eq!(bulk.revision, Revision(0));
+    }
+    assert_eq!(
+        h.repository.reads(),
+        snapshots,
+        "no snapshot read for a junk name"
+    );
+    assert!(
+        h.service.metrics().repository_reads - reads <= 1,
+        "at most one listing for 2,000 junk reads within a second"
+    );
+    assert_eq!(h.cache.reads.load(Ordering::SeqCst), cache_reads);
+    assert_eq!(h.cache.sets.load(Ordering::SeqCst), cache_sets);
+    // The real environment still answers.
+    assert_eq!(
+        value_of(&h.service, "production", "checkout").await,
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn a_write_creating_an_environment_is_seen_by_the_very_next_read() {
+    let h = harness();
+    // Asked once while it does not exist: the catalog has just listed the repository.
+    assert!(h.service.snapshot(&env("fresh")).await.unwrap().is_empty());
+    put_booleans(&h.service, "fresh", &[("new", true)]).await;
+    assert_eq!(value_of(&h.service, "fresh", "new").await, json!(true));
+    // Removed once empty: it no longer exists, and writing it again continues its revision.
+    h.service
+        .delete(&env("fresh"), &key("new"), Precondition::None)
+        .await
+        .unwrap();
+    let removed = h.service.delete_environment(&env("fresh")).await.unwrap();
+    assert_eq!(removed, Revision(3));
+    assert_eq!(
+        h.service.snapshot(&env("fresh")).await.unwrap().revision(),
+        Revision(0)
+    );
+    put_booleans(&h.service, "fresh", &[("again", false)]).await;
+    let snapshot = h.service.snapshot(&env("fresh")).await.unwrap();
+    assert_eq!(snapshot.revision(), Revision(4));
+}
+
+#[tokio::test]
+async fn writes_past_the_limits_are_refused_and_change_nothing() {
+    let repository = Arc::new(FakeRepository::default());
+    let service = FeatureFlagService::builder(repository, Arc::new(FakeCache::default()))
+        .limits(Limits {
+            max_environments: 1,
+            max_flags: 1,
+        })
+        .build()
+        .unwrap();
+    put_booleans(&service, "one", &[("a", true)]).await;
+    let second_flag = service
+        .upsert(&env("one"), boolean("b", true), Precondition::None)
+        .await;
+    assert!(matches!(
+        second_flag,
+        Err(ServiceError::Limit(LimitExceeded::Flags { limit: 1, .. }))
+    ));
+    let second_env = service
+        .upsert(&env("two"), boolean("a", true), Precondition::None)
+        .await;
+    assert!(matches!(
+        second_env,
+        Err(ServiceError::Limit(LimitExceeded::Environments {
+            limit: 1,
+            ..
+        }))
+    ));
+    // Replacing the one flag is not creating one.
+    put_booleans(&service, "one", &[("a", false)]).await;
+    assert_eq!(service.environments().await.unwrap().len(), 1);
+    assert_eq!(value_of(&service, "one", "a").await, json!(false));
 }
