@@ -175,3 +175,29 @@ fn secrets_in_urls_and_tokens_never_reach_the_logs_in_text_or_json() {
         }
     }
 }
+
+#[test]
+fn a_setting_out_of_range_refuses_to_start_naming_it() {
+    for (name, value) in [
+        ("CACHE_TTL_MS", "9223372036854775807"),
+        ("CACHE_TTL_MS", "0"),
+        ("FLAG_MAX_IN_FLIGHT", "0"),
+        ("REDIS_TIMEOUT_MS", "0"),
+        ("FLAG_MAX_CONTEXT_BYTES", "2000000"),
+    ] {
+        let directory = ScratchDir::new().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_flag-server"))
+            .env_clear()
+            .current_dir(directory.path())
+            .env("FLAG_LISTEN", "127.0.0.1:0")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}={value} started");
+        assert!(
+            stderr.contains(&format!("{name} must be between")),
+            "{name}={value}: {stderr}"
+        );
+    }
+}
