@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting flag-server {}", env!("CARGO_PKG_VERSION"));
     let state = wiring::state_from(&config).await?;
-    let limits = wiring::connection_limits(&config)?;
+    let mut limits = wiring::connection_limits(&config)?;
+    limits.max_connections = fit_descriptors(limits.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -65,6 +66,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Descriptors kept for everything but client connections: the listener, database and Redis
+/// connections, files, and the one a connection past the cap needs for an instant.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard one (a default soft limit of 1024, or 256, is far
+/// below `FLAG_MAX_CONNECTIONS`), and answers the connection cap that fits in it.
+fn fit_descriptors(max_connections: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "could not read or raise the descriptor limit");
+            return max_connections;
+        }
+    };
+    let fits = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if fits < max_connections {
+        tracing::warn!(
+            descriptors = limit,
+            max_connections,
+            held = fits,
+            "FLAG_MAX_CONNECTIONS does not fit in the descriptor limit; holding fewer"
+        );
+        return fits.max(1);
+    }
+    tracing::debug!(descriptors = limit, "descriptor limit");
+    max_connections
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

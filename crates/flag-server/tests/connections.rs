@@ -344,3 +344,31 @@ async fn two_hundred_concurrent_oversized_bodies_are_refused_at_once_with_bounde
         "peak resident memory grew from {peak_before} kB to {peak_after} kB"
     );
 }
+
+#[test]
+fn a_low_soft_descriptor_limit_is_raised_so_silent_sockets_do_not_starve_healthz() {
+    // Started as `prlimit --nofile=256:<hard>` would leave it: 256 descriptors unless raised.
+    let hard = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let hard: u64 = hard.trim().parse().unwrap_or(4096);
+    assert!(
+        hard > 1024,
+        "this test needs a hard descriptor limit above 1024, not {hard}"
+    );
+    let server = Running::start_under(&format!("256:{hard}"), &[]);
+    let silent: Vec<TcpStream> = (0..400)
+        .map(|_| TcpStream::connect(&server.address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        healthz(&server.address).starts_with("HTTP/1.1 200"),
+        "/healthz must answer with 400 silent sockets held under a soft limit of 256"
+    );
+    drop(silent);
+}

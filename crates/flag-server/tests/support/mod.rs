@@ -289,9 +289,29 @@ impl Running {
         Self::start_in(ScratchDir::new().unwrap(), extra_env)
     }
 
+    /// The binary on the embedded default, started under `prlimit --nofile=<nofile>`.
+    pub fn start_under(nofile: &str, extra_env: &[(&str, &str)]) -> Self {
+        let prlimit = std::env::var_os("PATH")
+            .and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|directory| directory.join("prlimit"))
+                    .find(|candidate| candidate.is_file())
+            })
+            .expect("prlimit not found: apt-get install util-linux");
+        let mut command = Command::new(prlimit);
+        command
+            .arg(format!("--nofile={nofile}"))
+            .arg(env!("CARGO_BIN_EXE_flag-server"));
+        Self::spawn(command, ScratchDir::new().unwrap(), extra_env)
+    }
+
     /// The binary with its working directory in `directory`, with `extra_env`.
     pub fn start_in(directory: ScratchDir, extra_env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flag-server"));
+        let command = Command::new(env!("CARGO_BIN_EXE_flag-server"));
+        Self::spawn(command, directory, extra_env)
+    }
+
+    fn spawn(mut command: Command, directory: ScratchDir, extra_env: &[(&str, &str)]) -> Self {
         command
             .env_clear()
             .current_dir(directory.path())
