@@ -1,4 +1,4 @@
-//! Authentication as extractors: a handler that takes [`Admin`] or [`Client`] runs only for a
+//! Authentication as extractors: a handler that takes `Admin` or `Client` runs only for a
 //! request that carries a valid token, and the check runs before the body is read (extractors of
 //! the request's head run before the one that reads the body).
 //!
