@@ -207,3 +207,37 @@ async fn an_environment_created_on_one_instance_is_seen_by_the_next_read_on_anot
         );
     }
 }
+
+#[tokio::test]
+async fn junk_environments_never_reach_a_cluster_instances_watch_set() {
+    let cluster = flag_fixtures::RedisCluster::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let database = PostgresDatabase::create()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let server = Running::start(&[
+        ("DATABASE_URL", database.url()),
+        ("REDIS_URL", cluster.url()),
+        ("CACHE_BACKEND", "tiered"),
+    ]);
+    let address = server.socket();
+    put(address, "production", "f").await;
+    assert_eq!(evaluate(address, "production", "f").await, 200);
+    // More junk names than the 1,024 environments a Cluster instance may watch.
+    let statuses = flood(address, 0, 3_000).await;
+    assert!(statuses.iter().all(|status| matches!(status, 200 | 404)));
+    let channels = cluster
+        .command_on_every_node("PUBSUB SHARDCHANNELS")
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(
+        channels.contains("production"),
+        "the real environment is watched (the check can see a watch): {channels}"
+    );
+    assert!(
+        !channels.contains("junk-"),
+        "junk names were watched: {channels}"
+    );
+}
