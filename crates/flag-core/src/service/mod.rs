@@ -400,7 +400,7 @@ impl FeatureFlagService {
         flag: FeatureFlag,
         precondition: Precondition,
     ) -> Result<Upserted, ServiceError> {
-        self.inner.check_limits(env, flag.key()).await?;
+        self.check_limits(env, flag.key()).await?;
         let upserted = self
             .inner
             .repository
@@ -431,6 +431,49 @@ impl FeatureFlagService {
         Ok(revision)
     }
 
+    /// Refuses a write of `key` in `env` that would create an environment or a flag past the
+    /// limits. Replacing a flag costs one point read; creating one in a known environment also
+    /// reads its snapshot through the cache; only a write to an environment this instance does
+    /// not know lists the repository. Checked before the write, so writers racing for the last
+    /// free places (or instances whose caches lag) can overshoot by their number.
+    async fn check_limits(&self, env: &Environment, key: &FlagKey) -> Result<(), ServiceError> {
+        let inner = &self.inner;
+        let limits = inner.limits;
+        let flags_full = |count: usize| count >= limits.max_flags;
+        if !inner.catalog.knows(env) {
+            let environments = inner.list_environments().await?;
+            match environments.iter().find(|summary| summary.name == *env) {
+                None if environments.len() >= limits.max_environments => {
+                    return Err(LimitExceeded::Environments {
+                        environment: env.clone(),
+                        limit: limits.max_environments,
+                    }
+                    .into());
+                }
+                None => return Ok(()),
+                Some(summary)
+                    if !flags_full(usize::try_from(summary.flag_count).unwrap_or(usize::MAX)) =>
+                {
+                    return Ok(());
+                }
+                Some(_) => {}
+            }
+        }
+        inner.counters.repository_reads.increment();
+        if inner.repository.flag(env, key).await?.is_some() {
+            return Ok(());
+        }
+        if !flags_full(self.snapshot(env).await?.len()) {
+            return Ok(());
+        }
+        Err(LimitExceeded::Flags {
+            environment: env.clone(),
+            key: key.clone(),
+            limit: limits.max_flags,
+        }
+        .into())
+    }
+
     /// Drops `env` from the cache at its current revision, so the next read refills it.
     pub async fn invalidate_cache(&self, env: &Environment) -> Result<Revision, ServiceError> {
         if !self.exists(env).await? {
@@ -455,38 +498,6 @@ impl Inner {
         let environments = self.repository.environments().await?;
         self.catalog.add_listed(&environments);
         Ok(environments)
-    }
-
-    /// Refuses a write of `key` in `env` that would create an environment or a flag past the
-    /// limits. Checked before the write (one listing; one flag read when the environment is
-    /// full), so writers racing to create the last free places can overshoot by their number.
-    async fn check_limits(&self, env: &Environment, key: &FlagKey) -> Result<(), ServiceError> {
-        let environments = self.list_environments().await?;
-        match environments.iter().find(|summary| summary.name == *env) {
-            None if environments.len() >= self.limits.max_environments => {
-                Err(LimitExceeded::Environments {
-                    environment: env.clone(),
-                    limit: self.limits.max_environments,
-                }
-                .into())
-            }
-            Some(summary)
-                if usize::try_from(summary.flag_count).unwrap_or(usize::MAX)
-                    >= self.limits.max_flags =>
-            {
-                self.counters.repository_reads.increment();
-                if self.repository.flag(env, key).await?.is_some() {
-                    return Ok(());
-                }
-                Err(LimitExceeded::Flags {
-                    environment: env.clone(),
-                    key: key.clone(),
-                    limit: self.limits.max_flags,
-                }
-                .into())
-            }
-            _ => Ok(()),
-        }
     }
 
     async fn after_write(self: &Arc<Self>, env: &Environment, revision: Revision) {
