@@ -276,23 +276,13 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     );
 }
 
-/// Peak resident memory of a process, in kB.
-fn peak_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 #[tokio::test]
 async fn two_hundred_concurrent_oversized_bodies_are_refused_at_once_with_bounded_memory() {
     let server = Running::start(&[]);
     let address = server.socket();
     // Warm up, then measure the peak from here.
     assert!(healthz(&server.address).starts_with("HTTP/1.1 200"));
-    let peak_before = peak_kb(server.child.id());
+    let peak_before = server.memory_kb("VmHWM");
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..200 {
@@ -335,7 +325,7 @@ async fn two_hundred_concurrent_oversized_bodies_are_refused_at_once_with_bounde
         refused += 1;
     }
     let took = started.elapsed();
-    let peak_after = peak_kb(server.child.id());
+    let peak_after = server.memory_kb("VmHWM");
     eprintln!("200 oversized bodies refused in {took:?}; peak {peak_before} kB -> {peak_after} kB");
     assert_eq!(refused, 200);
     assert!(took < Duration::from_secs(10), "refusing took {took:?}");

@@ -20,16 +20,6 @@ const JUNK_REQUESTS: usize = 200_000;
 /// The keep-alive connections the flood is spread over.
 const CONNECTIONS: usize = 8;
 
-/// Resident memory of a process, in kB.
-fn resident_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 /// Sends `count` evaluations (single and bulk, alternately), each in a distinct junk
 /// environment numbered from `first`, over keep-alive connections; answers the statuses seen.
 async fn flood(address: SocketAddr, first: usize, count: usize) -> Vec<u16> {
@@ -122,11 +112,11 @@ async fn junk_leaves_nothing_behind(server: &Running, dbsize: Option<&RedisProce
         Some(redis) => Some(redis.command("DBSIZE").await.unwrap()),
         None => None,
     };
-    let resident_before = resident_kb(server.child.id());
+    let resident_before = server.memory_kb("VmRSS");
     let started = Instant::now();
     let statuses = flood(address, 1_000_000, JUNK_REQUESTS).await;
     let took = started.elapsed();
-    let resident_after = resident_kb(server.child.id());
+    let resident_after = server.memory_kb("VmRSS");
     let reads = metric(address, "flag_repository_reads_total").await - reads_before;
     eprintln!(
         "{JUNK_REQUESTS} junk requests in {took:?}: resident {resident_before} kB -> \

@@ -340,6 +340,17 @@ impl Running {
         }
     }
 
+    /// A memory figure of the process from `/proc/<pid>/status`, in kB: `VmRSS` (resident now)
+    /// or `VmHWM` (the peak).
+    pub fn memory_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
+    }
+
     /// The address as a socket address.
     pub fn socket(&self) -> std::net::SocketAddr {
         self.address.parse().unwrap()
