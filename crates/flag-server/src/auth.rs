@@ -125,12 +125,12 @@ impl ClientTokens {
     }
 
     /// The scope of `presented`, if it is one of the tokens. Every token is compared.
-    fn scope_of(&self, presented: &str) -> Option<Scope> {
+    fn scope_of(&self, presented: &str) -> Option<&Scope> {
         let mut found = None;
         for (secret, scope) in &self.entries {
             let matched: bool = secret.matches(presented).into();
             if matched && found.is_none() {
-                found = Some(scope.clone());
+                found = Some(scope);
             }
         }
         found
@@ -170,8 +170,8 @@ impl FromRequestParts<AppState> for Client {
     type Rejection = OfrepError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, OfrepError> {
-        let scope = match &state.client_tokens {
-            None => Scope::Every,
+        let scope: &Scope = match &state.client_tokens {
+            None => &Scope::Every,
             Some(tokens) => {
                 let presented = bearer(&parts.headers).or_else(|| {
                     parts
@@ -192,7 +192,7 @@ impl FromRequestParts<AppState> for Client {
                     })?
             }
         };
-        let environment = requested_environment(state, &parts.headers, &scope)
+        let environment = requested_environment(state, &parts.headers, scope)
             .map_err(|error| error.about(&parts.uri))?;
         if !scope.allows(&environment) {
             return Err(OfrepError::new(
@@ -277,14 +277,14 @@ mod tests {
             .collect();
         let tokens = ClientTokens::parse(&entries).unwrap().unwrap();
         let env = |name: &str| Environment::parse(name).unwrap();
-        assert_eq!(tokens.scope_of("all"), Some(Scope::Every));
+        assert_eq!(tokens.scope_of("all"), Some(&Scope::Every));
         assert_eq!(
             tokens.scope_of("st"),
-            Some(Scope::Only(vec![env("staging"), env("dev")]))
+            Some(&Scope::Only(vec![env("staging"), env("dev")]))
         );
         assert_eq!(
             tokens.scope_of("a:b"),
-            Some(Scope::Only(vec![env("production")]))
+            Some(&Scope::Only(vec![env("production")]))
         );
         assert_eq!(tokens.scope_of("staging|dev:st"), None);
         assert_eq!(tokens.scope_of("nope"), None);

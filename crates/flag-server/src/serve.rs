@@ -141,7 +141,10 @@ async fn connection(
         .header_read_timeout(limits.header_timeout.max(limits.idle_timeout))
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
+    // Set at shutdown for a connection with nothing in flight: the instant it closes, after what
+    // it wrote has had a moment to flush.
     let mut close_at: Option<Instant> = None;
+    let mut stopped = false;
     loop {
         let deadline = [activity.deadline(&limits), close_at]
             .into_iter()
@@ -165,17 +168,17 @@ async fn connection(
                     return;
                 }
             }
-            changed = stopping.changed(), if close_at.is_none() => {
+            changed = stopping.changed(), if !stopped => {
                 if changed.is_err() || *stopping.borrow() {
+                    stopped = true;
                     if activity.is_sending() {
                         return;
                     }
+                    // A request in flight is finished (keep-alive off, so the connection ends
+                    // with it); the caller's grace period bounds it.
                     connection.as_mut().graceful_shutdown();
                     if !activity.is_in_flight() {
                         close_at = Some(Instant::now() + FLUSH_AT_SHUTDOWN);
-                    } else {
-                        // Finish the request in flight; the caller's grace period bounds it.
-                        close_at = Some(Instant::now() + Duration::from_secs(86_400));
                     }
                 }
             }

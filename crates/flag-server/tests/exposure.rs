@@ -255,16 +255,22 @@ async fn an_environment_too_large_for_redis_is_served_in_process_without_a_read_
         )
         .await;
     server.put("small", "f", json!({"enabled": true})).await;
+    let evaluate_f = |env: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .request(
+                    "POST",
+                    "/ofrep/v1/evaluate/flags/f",
+                    &[("X-Environment", env)],
+                    CONTEXT,
+                )
+                .await
+        }
+    };
     let reads_before = server.metric("flag_repository_reads_total").await;
     for _ in 0..50 {
-        let reply = server
-            .request(
-                "POST",
-                "/ofrep/v1/evaluate/flags/f",
-                &[("X-Environment", "big")],
-                CONTEXT,
-            )
-            .await;
+        let reply = evaluate_f("big").await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.json()["variant"], "on");
     }
@@ -272,14 +278,7 @@ async fn an_environment_too_large_for_redis_is_served_in_process_without_a_read_
     assert!(reads <= 3.0, "{reads} repository reads for 50 evaluations");
     assert!(server.metric("flag_cache_too_large_total").await >= 1.0);
     // The small environment is cached in Redis as usual; the big one is not there at all.
-    let small = server
-        .request(
-            "POST",
-            "/ofrep/v1/evaluate/flags/f",
-            &[("X-Environment", "small")],
-            CONTEXT,
-        )
-        .await;
+    let small = evaluate_f("small").await;
     assert_eq!(small.status, 200);
     let cache = flag_redis::RedisCache::builder(server.config.redis_url.clone().unwrap())
         .key_prefix(server.config.redis_key_prefix.clone())
@@ -297,13 +296,6 @@ async fn an_environment_too_large_for_redis_is_served_in_process_without_a_read_
             json!({"enabled": false, "variants": {"on": "x".repeat(8_192), "off": ""}}),
         )
         .await;
-    let after = server
-        .request(
-            "POST",
-            "/ofrep/v1/evaluate/flags/f",
-            &[("X-Environment", "big")],
-            CONTEXT,
-        )
-        .await;
+    let after = evaluate_f("big").await;
     assert_eq!(after.json()["reason"], "DISABLED");
 }
