@@ -35,6 +35,7 @@ use crate::names::FlagKey;
 /// Why a variant was served, in OpenFeature's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub enum Reason {
     /// The flag has no rules and no rollout: everyone gets the default variant.
@@ -77,6 +78,7 @@ impl fmt::Display for Reason {
 /// An OpenFeature error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub enum ErrorCode {
     /// The request could not be parsed.

@@ -27,18 +27,35 @@ use crate::names::{FlagKey, NameError};
 /// A validated feature flag, as stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", try_from = "FlagDocument")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureFlag {
+    /// The flag's key.
     key: FlagKey,
+    /// Free text for people.
     description: String,
+    /// A disabled flag serves `offVariant` to everyone.
     enabled: bool,
+    /// Variant names and their values (any JSON but `null`).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, Value>))]
     variants: BTreeMap<Arc<str>, Value>,
+    /// Served when no rule matches and there is no rollout.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     default_variant: Arc<str>,
+    /// Served while the flag is disabled.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     off_variant: Arc<str>,
+    /// Targeting rules, tried in order.
     rules: Vec<Rule>,
+    /// The flag-level rollout, `[]` when there is none.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<WeightedVariant>))]
     rollout: Rollout,
+    /// Strings for people and tools; served as OFREP metadata.
     metadata: BTreeMap<String, String>,
+    /// Server-set: 1 on creation, one more on each replacement.
     version: u64,
+    /// Server-set: when the flag was last written (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     updated_at: OffsetDateTime,
 }
 
@@ -150,11 +167,17 @@ impl FeatureFlag {
 
 /// A targeting rule: when all conditions match, serve a variant or a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rule {
+    /// All must match.
     conditions: Vec<Condition>,
+    /// The variant served on a match; present exactly when `rollout` is not.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     variant: Option<Arc<str>>,
+    /// The rollout served on a match; present exactly when `variant` is not.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<WeightedVariant>))]
     rollout: Option<Rollout>,
 }
 
@@ -187,10 +210,15 @@ impl Rule {
 
 /// One test of one context attribute.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Condition {
+    /// The context attribute tested (`targetingKey` included).
     attribute: String,
+    /// The comparison.
     operator: Operator,
+    /// The operand; absent for `exists`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     value: Option<Value>,
 }
 
@@ -214,6 +242,7 @@ impl Condition {
 /// A condition's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Operator {
     /// The attribute equals one element of the `value` array.
     In,
@@ -283,8 +312,13 @@ impl Operator {
 
 /// A variant and its share of a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WeightedVariant {
+    /// The variant served to this share.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     variant: Arc<str>,
+    /// The share's weight, relative to the rollout's total.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64, minimum = 0, maximum = 4294967295_u64))]
     weight: u32,
 }
 
@@ -333,18 +367,32 @@ impl Serialize for Rollout {
 /// The loose JSON shape of a flag, before validation: what a PUT body or a stored row holds.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        as = FlagDefinition,
+        description = "A flag as a client writes it: every field optional, `null` meaning the \
+                       default; `key`, `version` and `updatedAt` are the server's."
+    )
+)]
 pub struct FlagDocument {
     /// Must equal the path key when present.
+    #[cfg_attr(feature = "openapi", schema(read_only))]
     pub key: Option<String>,
     /// Defaults to `""`.
     pub description: Option<String>,
     /// Defaults to `false`.
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub enabled: Option<bool>,
     /// Defaults to `{"on": true, "off": false}`.
+    #[cfg_attr(feature = "openapi", schema(default = json!({"on": true, "off": false})))]
     pub variants: Option<BTreeMap<String, Value>>,
     /// Defaults to `on`.
+    #[cfg_attr(feature = "openapi", schema(default = "on"))]
     pub default_variant: Option<String>,
     /// Defaults to `off`.
+    #[cfg_attr(feature = "openapi", schema(default = "off"))]
     pub off_variant: Option<String>,
     /// Defaults to no rules.
     pub rules: Option<Vec<RuleDocument>>,
@@ -353,14 +401,28 @@ pub struct FlagDocument {
     /// Defaults to an empty map.
     pub metadata: Option<BTreeMap<String, String>>,
     /// Server-set; ignored in a definition.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, read_only))]
     pub version: Option<Value>,
     /// Server-set; ignored in a definition.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, read_only)
+    )]
     pub updated_at: Option<Value>,
 }
 
 /// The loose JSON shape of a rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        as = RuleDefinition,
+        description = "A rule as a client writes it: when all conditions match, serve exactly \
+                       one of `variant` and `rollout`."
+    )
+)]
 pub struct RuleDocument {
     /// Defaults to no conditions (always matches).
     pub conditions: Option<Vec<ConditionDocument>>,
@@ -373,13 +435,24 @@ pub struct RuleDocument {
 /// The loose JSON shape of a condition.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        as = ConditionDefinition,
+        description = "A condition as a client writes it; `value` is an array for `in` and \
+                       `not_in`, absent for `exists`."
+    )
+)]
 pub struct ConditionDocument {
     /// The context attribute tested.
     pub attribute: String,
     /// The operator's name, such as `in` or `starts_with`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Operator))]
     pub operator: String,
-    /// The operand, absent for `exists`. `Some(Value::Null)` is an explicit `null`.
+    /// The operand: any JSON, absent for `exists` (an explicit `null` is kept, as `Some(Null)`).
     #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub value: Option<Value>,
 }
 
@@ -391,10 +464,20 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<V
 /// The loose JSON shape of a rollout entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(as = WeightedVariantDefinition, description = "A variant and its share of a rollout.")
+)]
 pub struct WeightedVariantDocument {
     /// The variant served to this share.
     pub variant: String,
-    /// Any JSON number here; validation demands a whole number from 0 to 2^32 - 1.
+    /// The share's weight: any JSON here, which validation demands be a whole number from 0 to
+    /// 2^32 - 1.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = i64, minimum = 0, maximum = 4294967295_u64)
+    )]
     pub weight: Value,
 }
 

@@ -12,6 +12,8 @@
 //!   `flag-redis`'s `RedisCache`), [`FeatureFlagRepository`] (`flag-sql`'s `SqlRepository`, and
 //!   [`InMemoryRepository`] here, the reference the repository suite is checked against) and
 //!   [`InvalidationBus`] (`flag-memory`'s `LocalBus`, `flag-redis`'s `RedisBus`).
+//! - Feature `openapi`: OpenAPI schemas (`utoipa::ToSchema`) of the flag, definition, context,
+//!   name and answer types, so a server's document describes exactly what these types accept.
 //! - [`FeatureFlagService`]: read-through caching with single-flight fills, fallback to the
 //!   repository when the cache fails, read-your-writes after every write, retried invalidations,
 //!   and last-known-good answers (reason `CACHED`) when the cache and the repository both fail.
@@ -43,6 +45,8 @@ mod flag;
 mod in_memory;
 mod metrics;
 mod names;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod repository;
 mod secrets;
 mod service;

@@ -48,6 +48,9 @@ impl NameError {
 /// The grammar of one kind of name: first character, later characters, maximum length.
 struct Grammar {
     kind: &'static str,
+    /// What the name is, for people reading an API document.
+    #[cfg(feature = "openapi")]
+    description: &'static str,
     pattern: &'static str,
     max_len: usize,
     first: fn(u8) -> bool,
@@ -105,6 +108,8 @@ impl Grammar {
 
 const ENVIRONMENT: Grammar = Grammar {
     kind: "environment",
+    #[cfg(feature = "openapi")]
+    description: "An environment name, such as `production`.",
     pattern: "^[a-z0-9][a-z0-9_-]{0,63}$",
     max_len: 64,
     first: |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
@@ -113,6 +118,8 @@ const ENVIRONMENT: Grammar = Grammar {
 
 const FLAG_KEY: Grammar = Grammar {
     kind: "flag key",
+    #[cfg(feature = "openapi")]
+    description: "A flag key, such as `new-checkout`.",
     pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
     max_len: 128,
     first: |b| b.is_ascii_alphanumeric(),
@@ -188,6 +195,20 @@ macro_rules! name_type {
                 serializer.serialize_str(&self.0)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::openapi::name_schema(
+                    $grammar.description,
+                    $grammar.pattern,
+                    $grammar.max_len,
+                )
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

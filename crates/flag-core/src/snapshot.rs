@@ -170,6 +170,7 @@ pub enum FlagLookup {
 /// One line of the environment listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvironmentSummary {
     /// The environment.
     pub name: Environment,

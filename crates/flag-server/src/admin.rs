@@ -10,34 +10,83 @@
 //! transaction. `DELETE /v1/environments/{env}` removes an environment without flags (`409
 //! in_use` while it holds any); its revision is kept, so writing it again continues from there.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use flag_core::{
-    Environment, FeatureFlag, FlagDocument, FlagKey, Precondition, RepositoryError, ServiceError,
+    Environment, EnvironmentSummary, FeatureFlag, FlagDocument, FlagKey, Precondition,
+    RepositoryError, Revision, ServiceError,
 };
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Admin;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ApiErrorBody, ApiErrorCode};
+use crate::openapi::MANAGEMENT;
 use crate::state::AppState;
 
 /// `/v1/...` routes.
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/environments", get(list_environments))
-        .route("/v1/environments/{env}", delete(delete_environment))
-        .route("/v1/environments/{env}/flags", get(list_flags))
-        .route(
-            "/v1/environments/{env}/flags/{key}",
-            get(get_flag).put(put_flag).delete(delete_flag),
-        )
-        .route("/v1/environments/{env}/cache/invalidate", post(invalidate))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_environments))
+        .routes(routes!(delete_environment))
+        .routes(routes!(list_flags))
+        .routes(routes!(get_flag, put_flag, delete_flag))
+        .routes(routes!(invalidate))
+}
+
+/// The path of an environment's routes, as sent (names are parsed by the handler, so an invalid
+/// one is a `400`, not the router's `404`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct EnvironmentPath {
+    /// The environment.
+    #[param(value_type = Environment, inline)]
+    env: String,
+}
+
+/// The path of a flag's routes, as sent.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct FlagPath {
+    /// The environment.
+    #[param(value_type = Environment, inline)]
+    env: String,
+    /// The flag's key.
+    #[param(value_type = FlagKey, inline)]
+    key: String,
+}
+
+/// The answer of `GET /v1/environments`.
+#[derive(Serialize, ToSchema)]
+struct EnvironmentList {
+    /// Every environment that exists, by name.
+    environments: Vec<EnvironmentSummary>,
+}
+
+/// The answer of `GET /v1/environments/{env}/flags`.
+#[derive(Serialize, ToSchema)]
+struct FlagList<'a> {
+    /// The environment listed.
+    environment: Environment,
+    /// Its revision when read.
+    revision: Revision,
+    /// Its flags, by key.
+    flags: Vec<&'a FeatureFlag>,
+}
+
+/// The answer of `POST /v1/environments/{env}/cache/invalidate`.
+#[derive(Serialize, ToSchema)]
+struct Invalidated {
+    /// The environment whose cached snapshot was dropped.
+    environment: Environment,
+    /// Its revision now.
+    revision: Revision,
 }
 
 /// Path parameters; a path the router cannot decode (not UTF-8) is a JSON `404 not_found`.
@@ -75,31 +124,70 @@ fn version_tag(version: u64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments",
+    tag = MANAGEMENT,
+    operation_id = "listEnvironments",
+    summary = "Every environment, with its revision and number of flags.",
+    responses((status = 200, description = "The environments.", body = EnvironmentList))
+)]
 async fn list_environments(_: Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
     let environments = state.service.environments().await?;
-    Ok(axum::Json(json!({"environments": environments})).into_response())
+    Ok(axum::Json(EnvironmentList { environments }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env}/flags",
+    tag = MANAGEMENT,
+    operation_id = "listFlags",
+    summary = "Every flag of an environment, as stored.",
+    params(EnvironmentPath),
+    responses(
+        (status = 200, description = "The flags (none for an environment never written).", body = FlagList),
+        (status = 400, description = "An invalid environment name (`invalid_request`).", body = ApiErrorBody),
+    )
+)]
 async fn list_flags(
     _: Admin,
     State(state): State<AppState>,
-    Segments(env): Segments<String>,
+    Segments(path): Segments<EnvironmentPath>,
 ) -> Result<Response, ApiError> {
-    let env = environment(&env)?;
+    let env = environment(&path.env)?;
     let snapshot = state.service.stored_flags(&env).await?;
-    let flags: Vec<&FeatureFlag> = snapshot.flags().map(|flag| &**flag).collect();
-    Ok(
-        axum::Json(json!({"environment": env, "revision": snapshot.revision(), "flags": flags}))
-            .into_response(),
-    )
+    let answer = FlagList {
+        environment: env,
+        revision: snapshot.revision(),
+        flags: snapshot.flags().map(|flag| &**flag).collect(),
+    };
+    Ok(axum::Json(answer).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env}/flags/{key}",
+    tag = MANAGEMENT,
+    operation_id = "getFlag",
+    summary = "One flag, as stored.",
+    params(FlagPath),
+    responses(
+        (
+            status = 200,
+            description = "The flag.",
+            body = FeatureFlag,
+            headers(("ETag" = String, description = "The flag's version, quoted: `\"3\"`."))
+        ),
+        (status = 400, description = "An invalid environment or key (`invalid_request`).", body = ApiErrorBody),
+        (status = 404, description = "No such flag, or a path that is not UTF-8 (`not_found`).", body = ApiErrorBody),
+    )
+)]
 async fn get_flag(
     _: Admin,
     State(state): State<AppState>,
-    Segments((env, key)): Segments<(String, String)>,
+    Segments(path): Segments<FlagPath>,
 ) -> Result<Response, ApiError> {
-    let (env, key) = (environment(&env)?, flag_key(&key)?);
+    let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
     let flag = state
         .service
         .stored_flag(&env, &key)
@@ -112,6 +200,16 @@ async fn get_flag(
         .into_response())
 }
 
+/// The version an `If-Match` entity tag names: the documented `^(W/)?"?[0-9]{1,19}"?$`, read
+/// exactly (no sign, no second quote), so what the document calls invalid is refused.
+fn version_tag_value(text: &str) -> Option<u64> {
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let text = text.strip_prefix('"').unwrap_or(text);
+    let digits = text.strip_suffix('"').unwrap_or(text);
+    let plain = (1..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| digits.parse().ok()).flatten()
+}
+
 /// The precondition the request's `If-Match` / `If-None-Match` headers ask for.
 fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     // A malformed `If-Match` is refused whatever else the request carries.
@@ -122,12 +220,9 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
             if text == "*" {
                 return Ok(Precondition::Exists);
             }
-            text.strip_prefix("W/")
-                .unwrap_or(text)
-                .trim_matches('"')
-                .parse()
+            version_tag_value(text)
                 .map(Precondition::Version)
-                .map_err(|_| {
+                .ok_or_else(|| {
                     ApiError::invalid_request("If-Match must be a version such as \"3\", or *")
                 })
         })
@@ -148,20 +243,79 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     Ok(if_match.unwrap_or(Precondition::None))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{env}/flags/{key}",
+    tag = MANAGEMENT,
+    operation_id = "putFlag",
+    summary = "Create or replace a flag.",
+    params(
+        FlagPath,
+        (
+            "If-Match" = Option<String>,
+            Header,
+            nullable = false,
+            pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#,
+            description = "`\"<version>\"` (`W/` and quotes optional): replace only that version; \
+                           `*`: replace only an existing flag. `412` when it does not hold, `400` \
+                           when it is neither."
+        ),
+        (
+            "If-None-Match" = Option<String>,
+            Header,
+            nullable = false,
+            pattern = r"^\*$",
+            description = "`*`: create only; `412` when the flag exists."
+        ),
+    ),
+    request_body = FlagDocument,
+    responses(
+        (
+            status = 200,
+            description = "Replaced.",
+            body = FeatureFlag,
+            headers(("ETag" = String, description = "The flag's new version, quoted."))
+        ),
+        (
+            status = 201,
+            description = "Created.",
+            body = FeatureFlag,
+            headers(("ETag" = String, description = "The flag's version, quoted: `\"1\"`."))
+        ),
+        (
+            status = 400,
+            description = "An invalid environment, key or precondition header, a body that is not \
+                           JSON (`invalid_request`), or not a valid flag (`validation_failed`).",
+            body = ApiErrorBody
+        ),
+        (
+            status = 409,
+            description = "Creating the flag (or its environment) would exceed `FLAG_MAX_FLAGS` or \
+                           `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`).",
+            body = ApiErrorBody
+        ),
+        (
+            status = 412,
+            description = "`If-Match` names another version or a missing flag, or `If-None-Match: *` \
+                           and the flag exists (`version_conflict`).",
+            body = ApiErrorBody
+        ),
+    )
+)]
 async fn put_flag(
     _: Admin,
     State(state): State<AppState>,
-    Segments((env, key)): Segments<(String, String)>,
+    Segments(path): Segments<FlagPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
-    let (env, key) = (environment(&env)?, flag_key(&key)?);
+    let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
     let document: FlagDocument = serde_json::from_slice(&body).map_err(|error| {
         let code = if error.is_data() {
-            "validation_failed"
+            ApiErrorCode::ValidationFailed
         } else {
-            "invalid_request"
+            ApiErrorCode::InvalidRequest
         };
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -172,7 +326,7 @@ async fn put_flag(
     let flag = FeatureFlag::from_definition(&key, document).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            ApiErrorCode::ValidationFailed,
             error.to_string(),
         )
     })?;
@@ -193,13 +347,42 @@ async fn put_flag(
         .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{env}/flags/{key}",
+    tag = MANAGEMENT,
+    operation_id = "deleteFlag",
+    summary = "Delete a flag.",
+    params(
+        FlagPath,
+        (
+            "If-Match" = Option<String>,
+            Header,
+            nullable = false,
+            pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#,
+            description = "`\"<version>\"` (`W/` and quotes optional): delete only that version; \
+                           `*`: the flag must exist. `412` when it does not hold, `400` when it is \
+                           neither."
+        ),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "An invalid environment, key or `If-Match` (`invalid_request`).", body = ApiErrorBody),
+        (status = 404, description = "No such flag, or a path that is not UTF-8 (`not_found`).", body = ApiErrorBody),
+        (
+            status = 412,
+            description = "`If-Match` names another version, or `*` and no such flag (`version_conflict`).",
+            body = ApiErrorBody
+        ),
+    )
+)]
 async fn delete_flag(
     _: Admin,
     State(state): State<AppState>,
-    Segments((env, key)): Segments<(String, String)>,
+    Segments(path): Segments<FlagPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (env, key) = (environment(&env)?, flag_key(&key)?);
+    let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
     let precondition = precondition(&headers)?;
     match state.service.delete(&env, &key, precondition).await {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -221,22 +404,131 @@ async fn delete_flag(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{env}",
+    tag = MANAGEMENT,
+    operation_id = "deleteEnvironment",
+    summary = "Remove an environment that holds no flags.",
+    params(EnvironmentPath),
+    responses(
+        (status = 204, description = "Removed; writing it again continues from its revision."),
+        (status = 400, description = "An invalid environment name (`invalid_request`).", body = ApiErrorBody),
+        (status = 404, description = "No such environment, or a path that is not UTF-8 (`not_found`).", body = ApiErrorBody),
+        (status = 409, description = "The environment still holds flags (`in_use`).", body = ApiErrorBody),
+    )
+)]
 async fn delete_environment(
     _: Admin,
     State(state): State<AppState>,
-    Segments(env): Segments<String>,
+    Segments(path): Segments<EnvironmentPath>,
 ) -> Result<Response, ApiError> {
-    let env = environment(&env)?;
+    let env = environment(&path.env)?;
     state.service.delete_environment(&env).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env}/cache/invalidate",
+    tag = MANAGEMENT,
+    operation_id = "invalidateCache",
+    summary = "Drop the environment's cached snapshot on every instance.",
+    params(EnvironmentPath),
+    responses(
+        (status = 200, description = "Dropped; the next read fills from the database.", body = Invalidated),
+        (status = 400, description = "An invalid environment name (`invalid_request`).", body = ApiErrorBody),
+    )
+)]
 async fn invalidate(
     _: Admin,
     State(state): State<AppState>,
-    Segments(env): Segments<String>,
+    Segments(path): Segments<EnvironmentPath>,
 ) -> Result<Response, ApiError> {
-    let env = environment(&env)?;
-    let revision = state.service.invalidate_cache(&env).await?;
-    Ok(axum::Json(json!({"environment": env, "revision": revision})).into_response())
+    let environment = environment(&path.env)?;
+    let revision = state.service.invalidate_cache(&environment).await?;
+    Ok(axum::Json(Invalidated {
+        environment,
+        revision,
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::string::string_regex;
+    use proptest::test_runner::TestRunner;
+
+    use super::*;
+
+    /// The pattern the OpenAPI document gives the header `name` of the operation `id`.
+    fn documented_pattern(id: &str, name: &str) -> String {
+        let document = serde_json::to_value(crate::app::openapi()).unwrap();
+        let operation = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .find(|operation| operation["operationId"] == id)
+            .unwrap()
+            .clone();
+        let parameter = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == name)
+            .unwrap()
+            .clone();
+        parameter["schema"]["pattern"].as_str().unwrap().to_owned()
+    }
+
+    fn with_if_match(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn every_if_match_the_document_allows_is_understood() {
+        for id in ["putFlag", "deleteFlag"] {
+            let pattern = documented_pattern(id, "If-Match");
+            let unanchored = pattern.trim_start_matches('^').trim_end_matches('$');
+            let values = string_regex(unanchored).unwrap();
+            TestRunner::default()
+                .run(&values, |value| {
+                    let parsed = precondition(&with_if_match(&value));
+                    proptest::prop_assert!(parsed.is_ok(), "{id}: {value:?} refused");
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn an_if_match_the_document_calls_invalid_is_refused() {
+        for value in [
+            "+3",
+            "\"\"3\"\"",
+            "W/W/3",
+            "3 4",
+            "-1",
+            "",
+            "**",
+            "abc",
+            "12345678901234567890",
+        ] {
+            assert!(
+                precondition(&with_if_match(value)).is_err(),
+                "{value:?} accepted"
+            );
+        }
+        assert_eq!(
+            precondition(&with_if_match("W/\"3\"")).unwrap(),
+            Precondition::Version(3)
+        );
+        assert_eq!(
+            precondition(&with_if_match("*")).unwrap(),
+            Precondition::Exists
+        );
+    }
 }

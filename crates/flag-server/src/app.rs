@@ -8,15 +8,18 @@
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Extension};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
-use crate::errors::{ApiError, OfrepError, is_ofrep};
+use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
+use crate::openapi::{ApiDoc, Document, complete};
 use crate::state::{AppState, MAX_BODY_BYTES};
 use crate::tracking::{Tracking, track, unavailable};
 use crate::{admin, ofrep, ops};
@@ -31,18 +34,33 @@ pub fn router(state: AppState) -> Router {
         .layer(HandleErrorLayer::new(shed))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(state.max_in_flight));
-    let api = Router::new()
-        .merge(ofrep::router(state.max_context_bytes))
-        .merge(admin::router())
-        .route_layer(shedding);
-    Router::new()
-        .merge(api)
-        .merge(ops::router())
+    let (routes, document) = described(state.max_context_bytes, |api| api.route_layer(shedding));
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(tracking, track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(Extension(Document::new(&document)))
         .with_state(state)
+}
+
+/// The OpenAPI document of every route [`router`] serves (`GET /openapi.json` answers it).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    described(0, |api| api).1
+}
+
+/// Every route with its document: the API routes (OFREP and management, wrapped by `api`, where
+/// the concurrency limit goes) and the operations routes, reading OFREP bodies of at most
+/// `max_context_bytes`.
+fn described(
+    max_context_bytes: usize,
+    api: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api(ofrep::router(max_context_bytes).merge(admin::router())))
+        .merge(ops::router())
+        .split_for_parts();
+    (routes, complete(document))
 }
 
 /// A request refused because too many are in flight.
@@ -67,6 +85,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
             .about(&uri)
             .into_response()
     } else {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", message).into_response()
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ApiErrorCode::InvalidRequest,
+            message,
+        )
+        .into_response()
     }
 }

@@ -23,8 +23,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use flag_core::{Environment, ErrorCode};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::{IntoParams, PartialSchema};
 
-use crate::errors::{ApiError, OfrepError};
+use crate::errors::{ApiError, ApiErrorCode, OfrepError};
 use crate::state::AppState;
 
 /// A secret kept as its SHA-256 digest, compared in constant time.
@@ -151,7 +154,7 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ApiErrorCode::Unauthorized,
                 "a valid admin token is required (Authorization: Bearer <token>)",
             ))
         }
@@ -206,13 +209,33 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
+/// The request header naming the environment of an OFREP request.
+const ENVIRONMENT_HEADER: &str = "X-Environment";
+
+impl IntoParams for Client {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name(ENVIRONMENT_HEADER)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "The environment; when absent, the only environment of a token scoped to \
+                     one, else `FLAG_DEFAULT_ENVIRONMENT`.",
+                ))
+                .schema(Some(Environment::schema()))
+                .build(),
+        ]
+    }
+}
+
 /// `X-Environment`; else the only environment of a token scoped to one; else the default.
 fn requested_environment(
     state: &AppState,
     headers: &HeaderMap,
     scope: &Scope,
 ) -> Result<Environment, OfrepError> {
-    match headers.get("x-environment") {
+    match headers.get(ENVIRONMENT_HEADER) {
         Some(value) => value
             .to_str()
             .ok()

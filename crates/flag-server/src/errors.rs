@@ -3,11 +3,14 @@
 //! (with `key` for single-flag evaluations, [`OfrepError`]), and how each API tells a service
 //! failure or an unreadable body.
 
+use std::borrow::Cow;
+
 use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{ErrorCode, EvaluationError, RepositoryError, ServiceError};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::CHALLENGE;
 use crate::state::MAX_BODY_BYTES;
@@ -30,16 +33,102 @@ fn challenge(status: StatusCode, mut response: Response) -> Response {
     response
 }
 
+/// The management API's error codes, as the design contract names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// A malformed request: a path segment, header or body that is not what the route takes.
+    InvalidRequest,
+    /// A body of the wrong shape, or a flag that breaks a rule.
+    ValidationFailed,
+    /// No token, or the wrong one.
+    Unauthorized,
+    /// A token that may not do this.
+    Forbidden,
+    /// No such flag, environment or route.
+    NotFound,
+    /// `If-Match` or `If-None-Match` does not hold.
+    VersionConflict,
+    /// The environment still holds flags.
+    InUse,
+    /// The write would exceed `FLAG_MAX_FLAGS` or `FLAG_MAX_ENVIRONMENTS`.
+    LimitExceeded,
+    /// The repository takes no writes.
+    ReadOnly,
+    /// The body is over the limit.
+    PayloadTooLarge,
+    /// The body did not arrive in time.
+    RequestTimeout,
+    /// A store is unavailable, the request timed out or too many are in flight.
+    Unavailable,
+    /// A fault of the server itself.
+    Internal,
+}
+
+/// The management API's error body.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ApiError)]
+pub(crate) struct ApiErrorBody<'a> {
+    /// What went wrong.
+    error: ApiErrorDetail<'a>,
+}
+
+/// What went wrong, for programs (`code`) and for people (`message`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ApiErrorDetail<'a> {
+    /// Stable: programs branch on it.
+    code: ApiErrorCode,
+    /// For people; its wording may change.
+    message: &'a str,
+}
+
+/// A single-flag evaluation that failed (the answer of `/ofrep/v1/evaluate/flags/{key}`, and a
+/// bulk answer's entry for one flag).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = EvaluationFailure)]
+pub(crate) struct FlagFailure<'a> {
+    /// The flag asked for.
+    pub(crate) key: &'a str,
+    /// Why it failed.
+    pub(crate) error_code: ErrorCode,
+    /// For people.
+    pub(crate) error_details: Cow<'a, str>,
+}
+
+/// A bulk evaluation that failed as a whole.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = BulkEvaluationFailure)]
+pub(crate) struct Failure<'a> {
+    /// Why it failed.
+    error_code: ErrorCode,
+    /// For people.
+    error_details: &'a str,
+}
+
+/// The name of the error schema of `path`'s answers, as [`ApiError`] and [`OfrepError`] build
+/// them: single-flag OFREP errors carry `key`, bulk ones do not, management ones are nested.
+pub(crate) fn error_schema(path: &str) -> &'static str {
+    if path.starts_with(SINGLE_FLAG_PREFIX) {
+        "EvaluationFailure"
+    } else if is_ofrep(path) {
+        "BulkEvaluationFailure"
+    } else {
+        "ApiError"
+    }
+}
+
 /// A management API error: `{"error": {"code", "message"}}`.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ApiErrorCode,
     message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: ApiErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -49,17 +138,25 @@ impl ApiError {
 
     /// `400 invalid_request`.
     pub(crate) fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ApiErrorCode::InvalidRequest,
+            message,
+        )
     }
 
     /// `404 not_found`.
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
     }
 
     /// `408 request_timeout`: the body did not arrive in time.
     pub(crate) fn request_timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ApiErrorCode::RequestTimeout,
+            message,
+        )
     }
 
     /// A body that could not be read: `413 payload_too_large` past the limit, else `400`.
@@ -67,7 +164,7 @@ impl ApiError {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ApiErrorCode::PayloadTooLarge,
                 format!("request bodies are limited to {} MiB", MAX_BODY_BYTES >> 20),
             )
         } else {
@@ -78,7 +175,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ApiErrorBody {
+            error: ApiErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
         challenge(self.status, (self.status, axum::Json(body)).into_response())
     }
 }
@@ -92,7 +194,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Repository(RepositoryError::VersionConflict { current, .. }) => {
                 ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
-                    "version_conflict",
+                    ApiErrorCode::VersionConflict,
                     match current {
                         Some(version) => format!("the flag is at version {version}"),
                         None => "the flag does not exist".to_owned(),
@@ -103,16 +205,18 @@ impl From<ServiceError> for ApiError {
                 ApiError::not_found(format!("environment {environment} not found"))
             }
             ServiceError::Repository(error @ RepositoryError::EnvironmentInUse { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "in_use", error.to_string())
+                ApiError::new(StatusCode::CONFLICT, ApiErrorCode::InUse, error.to_string())
             }
-            ServiceError::Limit(limit) => {
-                ApiError::new(StatusCode::CONFLICT, "limit_exceeded", limit.to_string())
-            }
+            ServiceError::Limit(limit) => ApiError::new(
+                StatusCode::CONFLICT,
+                ApiErrorCode::LimitExceeded,
+                limit.to_string(),
+            ),
             other => {
                 tracing::warn!(error = %other, "management call failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ApiErrorCode::Unavailable,
                     "the flag store is unavailable; retry later",
                 )
             }
@@ -183,11 +287,20 @@ impl OfrepError {
 
 impl IntoResponse for OfrepError {
     fn into_response(self) -> Response {
-        let mut body = json!({"errorCode": self.code.as_str(), "errorDetails": self.details});
-        if let Some(key) = self.key {
-            body["key"] = Value::String(key);
-        }
-        challenge(self.status, (self.status, axum::Json(body)).into_response())
+        let answer = match &self.key {
+            Some(key) => axum::Json(FlagFailure {
+                key,
+                error_code: self.code,
+                error_details: Cow::Borrowed(&self.details),
+            })
+            .into_response(),
+            None => axum::Json(Failure {
+                error_code: self.code,
+                error_details: &self.details,
+            })
+            .into_response(),
+        };
+        challenge(self.status, (self.status, answer).into_response())
     }
 }
 

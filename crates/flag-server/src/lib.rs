@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `app` | the one router made of the areas' routers |
 //! | `routes` | the route table the metrics and the OpenAPI document are held to |
+//! | `openapi` | the OpenAPI document: the handlers' annotations plus what each area's layers add |
 //! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
 //! | `auth` | admin and client authentication, as extractors |
 //! | `errors` | the management and OFREP error bodies, each built once |
@@ -22,6 +23,8 @@
 //! - Every route is listed in [`routes::ROUTES`]; the metrics label requests with the route's
 //!   template from there (never a user's key or environment, so label cardinality is bounded) and
 //!   a test holds `/openapi.json` equal to it.
+//! - `/openapi.json` is OpenAPI 3.1, generated from the handlers (`utoipa`, `utoipa-axum`) and the
+//!   types they parse and answer, never written by hand.
 //! - A request still running after `FLAG_REQUEST_TIMEOUT_MS` (default 5 s) is answered `503` with
 //!   `Retry-After: 1`, in the error shape of its API (OFREP or management).
 //! - A known path with a method it does not serve is a `405` with the management error shape
@@ -46,9 +49,12 @@ pub mod config;
 mod errors;
 pub mod metrics;
 mod ofrep;
+mod openapi;
 mod ops;
 pub mod routes;
 pub mod serve;
 pub mod state;
 mod tracking;
 pub mod wiring;
+
+pub use errors::ApiErrorCode;

@@ -8,28 +8,47 @@
 //! and the request's context (JSON objects are key-sorted, so equal contexts hash equally): two
 //! users never share a `304`.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use flag_core::{Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, murmur3_x86_32};
+use flag_core::{
+    Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, murmur3_x86_32,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{KnownFormat, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Client;
-use crate::errors::OfrepError;
+use crate::errors::{Failure, FlagFailure, OfrepError};
+use crate::openapi::OFREP;
 use crate::state::AppState;
 
 /// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`, reading bodies
 /// of at most `max_context_bytes`.
-pub(crate) fn router(max_context_bytes: usize) -> Router<AppState> {
-    Router::new()
-        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
-        .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
+pub(crate) fn router(max_context_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(evaluate_one))
+        .routes(routes!(evaluate_all))
         .layer(DefaultBodyLimit::max(max_context_bytes))
+}
+
+/// An evaluation request, the shape [`context`] reads (by hand, so that a body that is not JSON
+/// is told from a `context` that is wrong).
+#[derive(ToSchema)]
+#[schema(description = "The user to evaluate for.")]
+#[expect(
+    dead_code,
+    reason = "only its schema is used: the body is parsed by `context`"
+)]
+struct EvaluationRequest {
+    /// The user's attributes.
+    context: EvaluationContext,
 }
 
 /// The request's `context`, from a body that could be read.
@@ -70,12 +89,21 @@ fn context(
 
 /// One evaluation as OFREP shows it, borrowed from the shared flag: serializing it copies no
 /// variant value and no metadata.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = EvaluationSuccess, description = "A flag's evaluation.")]
 struct Success<'a> {
+    /// The flag evaluated.
+    #[schema(value_type = FlagKey)]
     key: &'a FlagKey,
+    /// The variant's value: any JSON but `null` (integers stay integers).
+    #[schema(value_type = Value)]
     value: &'a Value,
+    /// Why this variant was served.
+    #[schema(value_type = Reason)]
     reason: &'static str,
+    /// The variant served.
     variant: &'a str,
+    /// The flag's metadata.
     metadata: Metadata<'a>,
 }
 
@@ -94,6 +122,31 @@ impl<'a> Success<'a> {
 /// The flag's metadata plus `flagVersion` (which wins over a user entry of that name).
 struct Metadata<'a>(&'a Evaluation);
 
+impl PartialSchema for Metadata<'_> {
+    fn schema() -> RefOr<Schema> {
+        let version = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .description(Some("The flag's version."));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("The flag's metadata (strings) plus `flagVersion`."))
+            .property("flagVersion", version)
+            .required("flagVersion")
+            .additional_properties(Some(AdditionalProperties::RefOr(
+                ObjectBuilder::new().schema_type(Type::String).into(),
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for Metadata<'_> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "EvaluationMetadata".into()
+    }
+}
+
 impl Serialize for Metadata<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -109,25 +162,48 @@ impl Serialize for Metadata<'_> {
 }
 
 /// A bulk answer: `{"flags": [...]}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = BulkEvaluationSuccess, description = "Every flag of the environment, evaluated.")]
 struct Bulk<'a> {
+    /// Every flag of the environment, in key order.
     flags: Vec<BulkEntry<'a>>,
 }
 
 /// One entry of a bulk answer: an evaluation, or that flag's error.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 enum BulkEntry<'a> {
     Evaluated(Success<'a>),
-    Failed {
-        key: &'a FlagKey,
-        #[serde(rename = "errorCode")]
-        error_code: &'static str,
-        #[serde(rename = "errorDetails")]
-        error_details: String,
-    },
+    Failed(FlagFailure<'a>),
 }
 
+#[utoipa::path(
+    post,
+    path = "/ofrep/v1/evaluate/flags/{key}",
+    tag = OFREP,
+    operation_id = "evaluateFlag",
+    summary = "Evaluate one flag for a context.",
+    params(
+        (
+            "key" = String,
+            Path,
+            description = "The flag's key; a key outside the key grammar answers `404 FLAG_NOT_FOUND`."
+        ),
+        Client,
+    ),
+    request_body = EvaluationRequest,
+    responses(
+        (status = 200, description = "The evaluation.", body = Success),
+        (
+            status = 400,
+            description = "A body that is not JSON (`PARSE_ERROR`), a missing or wrong `context` \
+                           (`INVALID_CONTEXT`), a rollout without `targetingKey` \
+                           (`TARGETING_KEY_MISSING`), or an invalid `X-Environment` (`GENERAL`).",
+            body = FlagFailure
+        ),
+        (status = 404, description = "No such flag (`FLAG_NOT_FOUND`).", body = FlagFailure),
+    )
+)]
 async fn evaluate_one(
     client: Client,
     State(state): State<AppState>,
@@ -162,6 +238,43 @@ async fn evaluate_one(
     Ok(axum::Json(Success::of(&evaluation)).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/ofrep/v1/evaluate/flags",
+    tag = OFREP,
+    operation_id = "evaluateAllFlags",
+    summary = "Evaluate every flag of the environment for a context.",
+    params(
+        Client,
+        (
+            "If-None-Match" = Option<String>,
+            Header,
+            nullable = false,
+            description = "An `ETag` of an earlier answer: `304` while the environment's revision \
+                           and the context are unchanged."
+        ),
+    ),
+    request_body = EvaluationRequest,
+    responses(
+        (
+            status = 200,
+            description = "Every flag, each evaluated or with its own error.",
+            body = Bulk,
+            headers(("ETag" = String, description = "Changes with the environment's revision and the context."))
+        ),
+        (
+            status = 304,
+            description = "`If-None-Match` names the current answer.",
+            headers(("ETag" = String, description = "The current answer's tag."))
+        ),
+        (
+            status = 400,
+            description = "A body that is not JSON (`PARSE_ERROR`), a missing or wrong `context` \
+                           (`INVALID_CONTEXT`), or an invalid `X-Environment` (`GENERAL`).",
+            body = Failure
+        ),
+    )
+)]
 async fn evaluate_all(
     client: Client,
     State(state): State<AppState>,
@@ -186,11 +299,11 @@ async fn evaluate_all(
         .iter()
         .map(|result| match result {
             Ok(evaluation) => BulkEntry::Evaluated(Success::of(evaluation)),
-            Err(error) => BulkEntry::Failed {
-                key: error.key(),
-                error_code: error.code().as_str(),
-                error_details: error.to_string(),
-            },
+            Err(error) => BulkEntry::Failed(FlagFailure {
+                key: error.key().as_str(),
+                error_code: error.code(),
+                error_details: error.to_string().into(),
+            }),
         })
         .collect();
     Ok(([(header::ETAG, etag_header)], axum::Json(Bulk { flags })).into_response())

@@ -2,32 +2,86 @@
 
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::Exposition;
+use crate::openapi::{Document, OPERATIONS};
 use crate::state::AppState;
-
-/// The OpenAPI 3 document of every route, served as written.
-const OPENAPI: &str = include_str!("openapi.json");
 
 /// How long a readiness probe waits for each store.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
 }
 
-/// The Prometheus text exposition.
+/// The answer of `/healthz`.
+#[derive(Serialize, ToSchema)]
+struct Liveness {
+    /// Always `ok`.
+    status: Alive,
+}
+
+/// The only state a process that answers can be in.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Alive {
+    Ok,
+}
+
+/// The answer of `/readyz`.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    /// `ready`; `degraded` while a store fails but answers can still be given; else `unready`.
+    status: ReadinessStatus,
+    /// Whether the repository answered the probe.
+    repository: StoreStatus,
+    /// Whether the cache answered the probe.
+    cache: StoreStatus,
+}
+
+/// Whether the instance should get traffic.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum ReadinessStatus {
+    Ready,
+    Degraded,
+    Unready,
+}
+
+/// How one store answered its probe.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum StoreStatus {
+    Ok,
+    Unavailable,
+}
+
+impl StoreStatus {
+    fn of(ok: bool) -> Self {
+        if ok { Self::Ok } else { Self::Unavailable }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = OPERATIONS,
+    operation_id = "metrics",
+    summary = "Prometheus text exposition.",
+    responses((status = 200, description = "Counters and histograms.", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let text = Exposition {
         http: &state.http_metrics,
@@ -47,25 +101,55 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI document.
-async fn openapi() -> Response {
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = OPERATIONS,
+    operation_id = "openapi",
+    summary = "This document.",
+    responses((status = 200, description = "OpenAPI 3.1.", body = Object))
+)]
+async fn openapi(Extension(document): Extension<Document>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        OPENAPI,
+        document.json(),
     )
         .into_response()
 }
 
-/// The process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = OPERATIONS,
+    operation_id = "health",
+    summary = "The process is alive.",
+    responses((status = 200, description = "Alive.", body = Liveness))
+)]
 async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+    axum::Json(Liveness { status: Alive::Ok }).into_response()
 }
 
 /// `200` while the repository answers (`degraded` when the cache does not), `200 degraded` while
 /// it fails but last-known-good flags can still be served, else `503`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = OPERATIONS,
+    operation_id = "ready",
+    summary = "Whether the stores answer.",
+    responses(
+        (
+            status = 200,
+            description = "`ready`, or `degraded` when the cache fails (reads fall back to the \
+                           database) or the database fails while last-known-good flags can be served.",
+            body = Readiness
+        ),
+        (status = 503, description = "`unready`: the database does not answer.", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let (repository, cache) = tokio::join!(
         tokio::time::timeout(PROBE_TIMEOUT, state.service.ping_repository()),
@@ -73,14 +157,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
     );
     let repository_ok = matches!(repository, Ok(Ok(())));
     let cache_ok = matches!(cache, Ok(Ok(())));
-    let (status, word) = match (repository_ok, cache_ok) {
-        (true, true) => (StatusCode::OK, "ready"),
-        (true, false) => (StatusCode::OK, "degraded"),
-        (false, _) if state.service.can_serve_last_known_good() => (StatusCode::OK, "degraded"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unready"),
+    let (code, status) = match (repository_ok, cache_ok) {
+        (true, true) => (StatusCode::OK, ReadinessStatus::Ready),
+        (true, false) => (StatusCode::OK, ReadinessStatus::Degraded),
+        (false, _) if state.service.can_serve_last_known_good() => {
+            (StatusCode::OK, ReadinessStatus::Degraded)
+        }
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, ReadinessStatus::Unready),
     };
-    let shown = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let body =
-        json!({"status": word, "repository": shown(repository_ok), "cache": shown(cache_ok)});
-    (status, axum::Json(body)).into_response()
+    let body = Readiness {
+        status,
+        repository: StoreStatus::of(repository_ok),
+        cache: StoreStatus::of(cache_ok),
+    };
+    (code, axum::Json(body)).into_response()
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
 
 use crate::arrival::Arrival;
-use crate::errors::{ApiError, OfrepError, is_ofrep};
+use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
 use crate::metrics::HttpMetrics;
 use crate::routes::ROUTES;
 
@@ -145,7 +145,12 @@ pub(crate) fn unavailable(uri: &Uri, message: String) -> Response {
             .about(uri)
             .into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiErrorCode::Unavailable,
+            message,
+        )
+        .into_response()
     };
     response
         .headers_mut()

@@ -211,8 +211,11 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
     }
 
     // The documented error codes are the contract's.
-    let codes = &document["components"]["schemas"]["ApiError"]["properties"]["error"]["properties"]
-        ["code"]["enum"];
+    let detail = &document["components"]["schemas"]["ApiError"]["properties"]["error"]["$ref"];
+    assert_eq!(detail, "#/components/schemas/ApiErrorDetail");
+    let code = &document["components"]["schemas"]["ApiErrorDetail"]["properties"]["code"]["$ref"];
+    assert_eq!(code, "#/components/schemas/ApiErrorCode");
+    let codes = &document["components"]["schemas"]["ApiErrorCode"]["enum"];
     assert_eq!(
         codes,
         &json!([
