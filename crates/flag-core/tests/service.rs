@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flag_core::{
-    EvaluationContext, EvaluationError, FeatureFlagService, LimitExceeded, Limits, Precondition,
-    Reason, RepositoryError, RetryPolicy, Revision, ServiceConfigError, ServiceError,
+    EvaluationContext, EvaluationError, FeatureFlagRepository, FeatureFlagService, LimitExceeded,
+    Limits, Precondition, Reason, RepositoryError, RetryPolicy, Revision, ServiceConfigError,
+    ServiceError,
 };
 use serde_json::json;
 use support::{FakeCache, FakeRepository, boolean, env, flag, key};
@@ -338,6 +339,55 @@ async fn a_slow_fill_racing_a_write_never_serves_pre_write_flags() {
             h.service.metrics()
         );
     }
+}
+
+#[tokio::test]
+async fn a_write_whose_caller_stops_waiting_after_the_commit_is_still_seen_by_every_read() {
+    let h = harness();
+    let prod = env("production");
+    put_booleans(&h.service, "production", &[("kill-switch", false)]).await;
+    assert_eq!(
+        value_of(&h.service, "production", "kill-switch").await,
+        json!(false)
+    );
+
+    // The caller gives up (a client hung up, a request timed out) after the repository
+    // committed and before its answer reached the service.
+    h.repository
+        .upsert_reply_delay_ms
+        .store(200, Ordering::SeqCst);
+    let write = {
+        let service = h.service.clone();
+        let prod = prod.clone();
+        tokio::spawn(async move {
+            service
+                .upsert(&prod, boolean("kill-switch", true), Precondition::None)
+                .await
+        })
+    };
+    while h
+        .repository
+        .flag(&prod, &key("kill-switch"))
+        .await
+        .unwrap()
+        .unwrap()
+        .version()
+        < 2
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    write.abort();
+    assert!(write.await.unwrap_err().is_cancelled());
+
+    // Once the repository's answer arrives, the write finishes behind the caller's back: the
+    // cache learns of it and it is served (the cache's TTL is a minute: a lost invalidation
+    // would leave the old value served until then).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.cache.known_revision(&prod), Revision(2));
+    assert_eq!(
+        value_of(&h.service, "production", "kill-switch").await,
+        json!(true)
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,11 @@
 //!   environment and treats an older cached snapshot as a miss, and a write detaches any fill
 //!   that was in flight before it, so no later reader can join a pre-write fill. This holds even
 //!   when the cache's invalidation failed.
+//! - **Writes finish whole.** Once a write has been handed to the repository, the commit and every
+//!   step after it (the read floor, detaching fills, the invalidation) run on a task of their
+//!   own, so a caller that stops waiting (a client that hung up, a request that timed out) never
+//!   leaves a write committed but unseen by later reads; it may only miss the answer
+//!   (`flag-server/tests/writes.rs` cuts writes short over real sockets).
 //! - **Invalidations are retried.** A failed invalidation after a write is retried in the
 //!   background with exponential backoff until it succeeds or the cache TTL has passed (after
 //!   which the stale entry has expired anyway). One retry task per environment at most.
@@ -146,6 +151,10 @@ pub enum ServiceError {
     /// The write would exceed a limit; nothing was written.
     #[error(transparent)]
     Limit(#[from] LimitExceeded),
+    /// The task running a write stopped before it finished (the runtime shut down, or a bug
+    /// panicked); the write may or may not have been committed.
+    #[error("the write stopped before it finished: {0}")]
+    WriteInterrupted(String),
 }
 
 /// Every flag of an environment evaluated for one context.
@@ -401,13 +410,13 @@ impl FeatureFlagService {
         precondition: Precondition,
     ) -> Result<Upserted, ServiceError> {
         self.check_limits(env, flag.key()).await?;
-        let upserted = self
-            .inner
-            .repository
-            .upsert(env, flag, precondition)
-            .await?;
-        self.inner.after_write(env, upserted.revision).await;
-        Ok(upserted)
+        let repository = Arc::clone(&self.inner.repository);
+        let target = env.clone();
+        self.write_to_the_end(env, async move {
+            let upserted = repository.upsert(&target, flag, precondition).await?;
+            Ok((upserted.revision, upserted))
+        })
+        .await
     }
 
     /// Deletes a flag, then invalidates the cache of `env`.
@@ -417,18 +426,48 @@ impl FeatureFlagService {
         key: &FlagKey,
         precondition: Precondition,
     ) -> Result<Deleted, ServiceError> {
-        let deleted = self.inner.repository.delete(env, key, precondition).await?;
-        self.inner.after_write(env, deleted.revision).await;
-        Ok(deleted)
+        let repository = Arc::clone(&self.inner.repository);
+        let (target, key) = (env.clone(), key.clone());
+        self.write_to_the_end(env, async move {
+            let deleted = repository.delete(&target, &key, precondition).await?;
+            Ok((deleted.revision, deleted))
+        })
+        .await
     }
 
     /// Removes `env`, which must hold no flags, then invalidates its cache; it no longer counts
     /// against `max_environments`.
     pub async fn delete_environment(&self, env: &Environment) -> Result<Revision, ServiceError> {
-        let revision = self.inner.repository.delete_environment(env).await?;
-        self.inner.after_write(env, revision).await;
+        let repository = Arc::clone(&self.inner.repository);
+        let target = env.clone();
+        let revision = self
+            .write_to_the_end(env, async move {
+                let revision = repository.delete_environment(&target).await?;
+                Ok((revision, revision))
+            })
+            .await?;
         self.inner.catalog.forget(env);
         Ok(revision)
+    }
+
+    /// Runs `write` and every step after it (floor, detaching fills, invalidation) on a task of
+    /// its own, so a caller that stops waiting (a client that hung up, a request that timed out)
+    /// cannot leave a committed write unseen by the next read: once handed to the repository, a
+    /// write finishes whole, or fails whole in the repository.
+    async fn write_to_the_end<T: Send + 'static>(
+        &self,
+        env: &Environment,
+        write: impl Future<Output = Result<(Revision, T), RepositoryError>> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let inner = Arc::clone(&self.inner);
+        let env = env.clone();
+        let task = tokio::spawn(async move {
+            let (revision, written) = write.await?;
+            inner.after_write(&env, revision).await;
+            Ok(written)
+        });
+        task.await
+            .unwrap_or_else(|error| Err(ServiceError::WriteInterrupted(error.to_string())))
     }
 
     /// Refuses a write of `key` in `env` that would create an environment or a flag past the

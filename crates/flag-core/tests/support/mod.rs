@@ -188,6 +188,9 @@ pub struct FakeRepository {
     /// When set, snapshot reads capture their data, then wait for a permit before returning it.
     pub hold_snapshots: AtomicBool,
     pub gate: Semaphore,
+    /// How long an upsert waits after it committed before it answers, in ms (the time between
+    /// a database's commit and its reply reaching the service).
+    pub upsert_reply_delay_ms: AtomicU64,
 }
 
 impl Default for FakeRepository {
@@ -199,6 +202,7 @@ impl Default for FakeRepository {
             snapshot_delay_ms: AtomicU64::new(0),
             hold_snapshots: AtomicBool::new(false),
             gate: Semaphore::new(0),
+            upsert_reply_delay_ms: AtomicU64::new(0),
         }
     }
 }
@@ -255,7 +259,12 @@ impl FeatureFlagRepository for FakeRepository {
         precondition: Precondition,
     ) -> Result<Upserted, RepositoryError> {
         self.check()?;
-        self.inner.upsert(env, flag, precondition).await
+        let upserted = self.inner.upsert(env, flag, precondition).await;
+        let delay = self.upsert_reply_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        upserted
     }
 
     async fn delete(
