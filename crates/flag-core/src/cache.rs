@@ -174,6 +174,15 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// Whether the backend is down or unreachable (a timeout, a refused or broken connection),
+    /// as opposed to a call it refused or data it holds: what opens the service's circuit.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            CacheError::Timeout { .. } | CacheError::Unavailable { .. }
+        )
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

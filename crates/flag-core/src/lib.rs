@@ -72,8 +72,9 @@ pub use repository::{
 };
 pub use secrets::redact_url;
 pub use service::{
-    BulkEvaluation, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, FeatureFlagService, LimitExceeded, Limits,
-    RELIST_EVERY, RetryPolicy, ServiceBuilder, ServiceConfigError, ServiceError,
+    BulkEvaluation, DEFAULT_OUTAGE_REFRESH, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
+    FeatureFlagService, LimitExceeded, Limits, RELIST_EVERY, RetryPolicy, ServiceBuilder,
+    ServiceConfigError, ServiceError,
 };
 pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision};
 

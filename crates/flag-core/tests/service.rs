@@ -211,7 +211,8 @@ async fn with_the_cache_down_every_read_is_still_correct() {
 
     let metrics = h.service.metrics();
     assert_eq!(metrics.cache_fallbacks, 12, "{metrics:?}");
-    assert!(metrics.cache_errors >= 12);
+    assert!(metrics.cache_errors >= 1);
+    assert!(h.service.cache_circuit_open());
     // A failing cache is not asked to store what a fallback read loaded.
     assert_eq!(h.cache.sets.load(Ordering::SeqCst), sets_before);
 }
@@ -698,9 +699,16 @@ async fn with_cache_and_repository_both_failing_the_last_known_good_snapshot_ans
             .is_err()
     );
 
-    // Back to normal: answers are current again.
+    // Back to normal: once the probe finds the cache back, answers are current again.
     h.cache.fail_reads.store(false, Ordering::SeqCst);
     h.repository.fail.store(false, Ordering::SeqCst);
+    for _ in 0..100 {
+        if !h.service.cache_circuit_open() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!h.service.cache_circuit_open());
     let current = h
         .service
         .evaluate(&production, &key("colour"), &context)
@@ -906,4 +914,103 @@ async fn writes_past_the_limits_are_refused_and_change_nothing() {
     put_booleans(&service, "one", &[("a", false)]).await;
     assert_eq!(service.environments().await.unwrap().len(), 1);
     assert_eq!(value_of(&service, "one", "a").await, json!(false));
+}
+
+#[tokio::test]
+async fn a_cache_outage_costs_one_call_then_reads_skip_it_until_a_probe_finds_it_back() {
+    let cache = Arc::new(FakeCache::default());
+    let repository = Arc::new(FakeRepository::default());
+    let service = FeatureFlagService::builder(repository.clone(), cache.clone())
+        .ttl(Duration::from_secs(60))
+        .outage_refresh(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let prod = env("production");
+    put_booleans(&service, "production", &[("kill-switch", true)]).await;
+    put_booleans(&service, "staging", &[("kill-switch", true)]).await;
+    for name in ["production", "staging"] {
+        assert_eq!(value_of(&service, name, "kill-switch").await, json!(true));
+    }
+
+    cache.fail_reads.store(true, Ordering::SeqCst);
+    cache.fail_sets.store(true, Ordering::SeqCst);
+    let (cache_reads, repository_reads) = (cache.reads.load(Ordering::SeqCst), repository.reads());
+    for _ in 0..50 {
+        for name in ["production", "staging"] {
+            assert_eq!(value_of(&service, name, "kill-switch").await, json!(true));
+        }
+    }
+    assert!(service.cache_circuit_open());
+    assert_eq!(
+        cache.reads.load(Ordering::SeqCst),
+        cache_reads + 1,
+        "one failed call opens the circuit; no read calls the cache after it"
+    );
+    assert_eq!(
+        repository.reads(),
+        repository_reads + 2,
+        "one repository read per environment per refresh interval"
+    );
+    assert!(
+        service.ping_cache().await.is_err(),
+        "readiness sees the open circuit"
+    );
+
+    // Read-your-writes holds with the cache out; the invalidation waits for the cache.
+    let invalidations = cache.invalidations.load(Ordering::SeqCst);
+    service
+        .upsert(&prod, boolean("kill-switch", false), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&service, "production", "kill-switch").await,
+        json!(false)
+    );
+    assert_eq!(cache.invalidations.load(Ordering::SeqCst), invalidations);
+
+    // Copies are read again after the refresh interval, once per environment.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let before = repository.reads();
+    for _ in 0..20 {
+        assert_eq!(
+            value_of(&service, "staging", "kill-switch").await,
+            json!(true)
+        );
+        assert_eq!(
+            value_of(&service, "production", "kill-switch").await,
+            json!(false)
+        );
+    }
+    assert_eq!(repository.reads(), before + 2);
+
+    // The cache comes back: a probe (due within a second while reads arrive) closes the
+    // circuit, the pending invalidation lands, and reads use the cache again.
+    cache.fail_reads.store(false, Ordering::SeqCst);
+    cache.fail_sets.store(false, Ordering::SeqCst);
+    let back = std::time::Instant::now();
+    while service.cache_circuit_open() {
+        assert!(
+            back.elapsed() < Duration::from_secs(2),
+            "the circuit stays open"
+        );
+        value_of(&service, "staging", "kill-switch").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cache.pings.load(Ordering::SeqCst) >= 2);
+    for _ in 0..100 {
+        if cache.known_revision(&prod) == Revision(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.known_revision(&prod), Revision(2));
+    let reads = cache.reads.load(Ordering::SeqCst);
+    assert_eq!(
+        value_of(&service, "production", "kill-switch").await,
+        json!(false)
+    );
+    assert!(
+        cache.reads.load(Ordering::SeqCst) > reads,
+        "reads use the cache again"
+    );
 }

@@ -86,6 +86,14 @@ pub struct Config {
         default_value_t = 86_400_000
     )]
     pub stale_if_error_ms: u64,
+    /// While the cache is out (its circuit open), how long an in-process copy of an environment
+    /// read from the database is served before the database is read again, in ms.
+    #[arg(
+        long = "flag-outage-refresh-ms",
+        env = "FLAG_OUTAGE_REFRESH_MS",
+        default_value_t = 1_000
+    )]
+    pub outage_refresh_ms: u64,
     /// Prefix of every Redis key.
     #[arg(
         long = "redis-key-prefix",
@@ -231,7 +239,13 @@ pub struct OutOfRange {
 impl Config {
     /// Checks every numeric setting against its range; the first one outside it is the error.
     pub fn validate(&self) -> Result<(), OutOfRange> {
-        let checks: [(&'static str, u64, u64, u64); 14] = [
+        let checks: [(&'static str, u64, u64, u64); 15] = [
+            (
+                "FLAG_OUTAGE_REFRESH_MS",
+                self.outage_refresh_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
             ("CACHE_TTL_MS", self.cache_ttl_ms, 1, MAX_TTL_MS),
             ("CACHE_L1_TTL_MS", self.cache_l1_ttl_ms, 1, MAX_TTL_MS),
             (
@@ -322,6 +336,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("cache_l1_ttl_ms", &self.cache_l1_ttl_ms)
             .field("stale_if_error_ms", &self.stale_if_error_ms)
+            .field("outage_refresh_ms", &self.outage_refresh_ms)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("cache_ttl_ms", &self.cache_ttl_ms)
@@ -388,6 +403,7 @@ mod tests {
             Some("86400000"),
             "FLAG_STALE_IF_ERROR_MS",
         );
+        expect("outage_refresh_ms", Some("1000"), "FLAG_OUTAGE_REFRESH_MS");
         expect(
             "redis_key_prefix",
             Some("feature_flags"),

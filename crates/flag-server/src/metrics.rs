@@ -90,6 +90,8 @@ pub(crate) struct Exposition<'a> {
     pub(crate) repository_backend: &'static str,
     /// The tiered cache's state, when that is the backend.
     pub(crate) tiered: Option<TierStatus>,
+    /// Whether reads skip the cache because it is out.
+    pub(crate) circuit_open: bool,
 }
 
 impl Exposition<'_> {
@@ -257,6 +259,17 @@ impl Exposition<'_> {
         }
         header(
             out,
+            "flag_cache_circuit_open",
+            "gauge",
+            "1 while reads skip the cache because it is out (until a probe finds it back), else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "flag_cache_circuit_open{{backend=\"{backend}\"}} {}",
+            u8::from(self.circuit_open)
+        );
+        header(
+            out,
             "flag_build_info",
             "gauge",
             "Always 1; the labels tell the version and the stores in use.",
@@ -293,6 +306,7 @@ mod tests {
             cache_backend: "memory",
             repository_backend: "sqlite",
             tiered: None,
+            circuit_open: false,
         }
         .render();
         assert!(

@@ -89,6 +89,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         cache_backend: state.service.cache_backend(),
         repository_backend: state.service.repository_backend(),
         tiered: state.service.cache_tier_status(),
+        circuit_open: state.service.cache_circuit_open(),
     }
     .render();
     (

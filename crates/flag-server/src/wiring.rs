@@ -41,6 +41,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     let service = FeatureFlagService::builder(Arc::new(repository), cache)
         .ttl(Duration::from_millis(config.cache_ttl_ms))
         .stale_if_error(Duration::from_millis(config.stale_if_error_ms))
+        .outage_refresh(Duration::from_millis(config.outage_refresh_ms))
         .limits(Limits {
             max_environments: usize::try_from(config.max_environments)?,
             max_flags: usize::try_from(config.max_flags)?,

@@ -51,10 +51,18 @@ impl Inner {
         env: &Environment,
         revision: Revision,
     ) {
+        if self.breaker.is_open() {
+            // The cache is out: the retry task invalidates once the probe finds it back.
+            self.schedule_invalidation_retry(env, revision);
+            return;
+        }
         if let Err(error) = self.cache.invalidate(env, revision).await {
             self.counters.cache_errors.increment();
-            warn!(%env, %revision, backend = self.cache.backend(), %error,
-                "cache invalidation failed; retrying in the background");
+            let outage = self.cache_outage(&error);
+            if !outage && let Some(held_back) = self.quiet.permit() {
+                warn!(%env, %revision, backend = self.cache.backend(), %error, held_back,
+                    "cache invalidation failed; retrying in the background");
+            }
             self.schedule_invalidation_retry(env, revision);
         }
     }
@@ -91,6 +99,11 @@ impl Inner {
             let Some(target) = lock(&self.invalidations.pending).get(&env).copied() else {
                 return;
             };
+            if self.breaker.is_open() && Instant::now() < deadline {
+                // Not worth a timeout: the probe closes the circuit when the cache is back.
+                delay = self.retry.first_delay;
+                continue;
+            }
             self.counters.invalidation_retries.increment();
             match self.cache.invalidate(&env, target).await {
                 Ok(()) => {
@@ -112,7 +125,10 @@ impl Inner {
                             "giving up on cache invalidation; entries expire with their TTL");
                         return;
                     }
-                    warn!(%env, revision = %target, %error, "cache invalidation retry failed");
+                    if let Some(held_back) = self.quiet.permit() {
+                        warn!(%env, revision = %target, %error, held_back,
+                            "cache invalidation retry failed");
+                    }
                     delay = (delay * 2).min(self.retry.max_delay);
                 }
             }

@@ -2,8 +2,9 @@
 //!
 //! This module is the service's public API; `read_through` is the read path, `catalog` knows
 //! which environments exist, `single_flight` shares concurrent repository reads, `invalidation`
-//! retries failed invalidations, `last_good` keeps what to answer when the stores fail, and
-//! `oversized` keeps snapshots the cache refused as too large.
+//! retries failed invalidations, `last_good` keeps what to answer when the stores fail,
+//! `breaker` stops calling a cache that is out, and `copies` keeps in-process copies of
+//! snapshots the cache cannot hold (too large, or the cache is out).
 //!
 //! Guarantees, each proven by a test (in `tests/service.rs` unless named):
 //! - **Environments that do not exist cost nothing.** A read of an environment that has never
@@ -29,6 +30,11 @@
 //! - **Invalidations are retried.** A failed invalidation after a write is retried in the
 //!   background with exponential backoff until it succeeds or the cache TTL has passed (after
 //!   which the stale entry has expired anyway). One retry task per environment at most.
+//! - **A cache outage costs one timeout.** The first call that fails with an outage opens a
+//!   circuit: reads stop calling the cache and are answered through in-process copies read from
+//!   the repository at most once per environment per outage refresh interval (default 1 s), with
+//!   read-your-writes kept; a background probe closes the circuit when the cache answers again.
+//!   Warnings are rate-limited to a line a second.
 //! - **Last-known-good.** When the cache cannot answer and the repository fails, reads are
 //!   answered from the newest snapshot this service served for the environment, as long as the
 //!   stores confirmed it less than the stale-if-error bound ago (default 24 h, zero turns it
@@ -36,10 +42,11 @@
 //!   reads served from the cache only see a revision, so when that revision is newer than the
 //!   kept snapshot the whole snapshot is fetched from the cache in the background.
 
+mod breaker;
 mod catalog;
+mod copies;
 mod invalidation;
 mod last_good;
-mod oversized;
 mod read_through;
 mod single_flight;
 
@@ -58,16 +65,21 @@ use crate::repository::{
 };
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
+use breaker::{Breaker, Quiet};
 use catalog::Catalog;
 pub use catalog::RELIST_EVERY;
+use copies::{Copies, OVERSIZED_REFRESH};
 use invalidation::PendingInvalidations;
 pub use invalidation::RetryPolicy;
 use last_good::LastKnownGood;
-use oversized::Oversized;
 use single_flight::Flights;
 
 /// The cache TTL used when none is configured: five minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_millis(300_000);
+
+/// How long an in-process copy of an environment is served while the cache is out, when none is
+/// configured: one second (`FLAG_OUTAGE_REFRESH_MS`).
+pub const DEFAULT_OUTAGE_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long last-known-good snapshots may be served when none is configured: 24 hours.
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 60 * 60);
@@ -174,6 +186,7 @@ pub struct ServiceBuilder {
     ttl: Duration,
     retry: RetryPolicy,
     stale_if_error: Duration,
+    outage_refresh: Duration,
     limits: Limits,
 }
 
@@ -197,6 +210,14 @@ impl ServiceBuilder {
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// How long an in-process copy of an environment is served while the cache is out, before
+    /// the repository is read again.
+    #[must_use]
+    pub fn outage_refresh(mut self, refresh: Duration) -> Self {
+        self.outage_refresh = refresh;
         self
     }
 
@@ -227,7 +248,10 @@ impl ServiceBuilder {
                 invalidations: PendingInvalidations::default(),
                 last_good: LastKnownGood::new(self.stale_if_error),
                 catalog: Catalog::default(),
-                oversized: Oversized::default(),
+                oversized: Copies::new(OVERSIZED_REFRESH),
+                outage_copies: Copies::new(self.outage_refresh),
+                breaker: Breaker::default(),
+                quiet: Quiet::default(),
                 limits: self.limits,
                 counters: Counters::default(),
             }),
@@ -252,7 +276,13 @@ struct Inner {
     /// The environments that exist.
     catalog: Catalog,
     /// Snapshots the cache refused as too large, served from process memory.
-    oversized: Oversized,
+    oversized: Copies,
+    /// Snapshots read while the cache's circuit is open, served from process memory.
+    outage_copies: Copies,
+    /// Whether reads skip the cache, which is out.
+    breaker: Breaker,
+    /// The rate limit of warnings about stores that fail.
+    quiet: Quiet,
     limits: Limits,
     counters: Counters,
 }
@@ -280,6 +310,7 @@ impl FeatureFlagService {
             ttl: DEFAULT_TTL,
             retry: RetryPolicy::default(),
             stale_if_error: DEFAULT_STALE_IF_ERROR,
+            outage_refresh: DEFAULT_OUTAGE_REFRESH,
             limits: Limits::default(),
         }
     }
@@ -390,9 +421,21 @@ impl FeatureFlagService {
         Ok(self.inner.repository.ping().await?)
     }
 
-    /// Succeeds while the cache answers (an in-process cache always does).
+    /// Succeeds while the cache answers (an in-process cache always does); fails at once while
+    /// its circuit is open.
     pub async fn ping_cache(&self) -> Result<(), ServiceError> {
+        if self.cache_circuit_open() {
+            return Err(CacheError::Unavailable {
+                message: "circuit open: the cache failed and has not answered a probe since".into(),
+            }
+            .into());
+        }
         Ok(self.inner.cache.ping().await?)
+    }
+
+    /// Whether reads skip the cache because it is out (until a probe finds it back).
+    pub fn cache_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
     }
 
     /// How the in-process layer of a layered cache is doing; `None` for a cache of one layer.
@@ -542,6 +585,7 @@ impl Inner {
     async fn after_write(self: &Arc<Self>, env: &Environment, revision: Revision) {
         self.catalog.learn(env);
         self.oversized.drop_copy(env);
+        self.outage_copies.drop_copy(env);
         // The repository just answered: reads stop resting it.
         self.last_good.repository_answered();
         self.raise_floor(env, revision);

@@ -48,6 +48,9 @@ impl FeatureFlagService {
         if let Some(snapshot) = inner.oversized.fresh(env, floor) {
             return Ok((snapshot, Freshness::Current));
         }
+        if inner.breaker.is_open() {
+            return self.without_cache(env, floor).await;
+        }
         let fill = match inner.cache.get(env).await {
             Ok(Some(snapshot)) if snapshot.revision() >= floor => {
                 inner.counters.cache_hits.increment();
@@ -77,6 +80,10 @@ impl FeatureFlagService {
         if let Some(snapshot) = inner.oversized.fresh(env, floor) {
             return Ok((snapshot.flag(key.as_str()).cloned(), Freshness::Current));
         }
+        if inner.breaker.is_open() {
+            let (snapshot, freshness) = self.without_cache(env, floor).await?;
+            return Ok((snapshot.flag(key.as_str()).cloned(), freshness));
+        }
         let fill = match inner.cache.get_flag(env, key).await {
             Ok(FlagLookup::Hit { flag, revision }) if revision >= floor => {
                 inner.counters.cache_hits.increment();
@@ -105,15 +112,18 @@ impl FeatureFlagService {
         if inner.catalog.knows(env) {
             return Ok(true);
         }
-        match inner.cache.holds_environment(env).await {
-            Ok(true) => {
-                inner.catalog.learn(env);
-                return Ok(true);
-            }
-            Ok(false) => {}
-            Err(error) => {
-                inner.counters.cache_errors.increment();
-                debug!(%env, %error, "cache could not tell whether an environment exists");
+        if !inner.breaker.is_open() {
+            match inner.cache.holds_environment(env).await {
+                Ok(true) => {
+                    inner.catalog.learn(env);
+                    return Ok(true);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    inner.counters.cache_errors.increment();
+                    inner.cache_outage(&error);
+                    debug!(%env, %error, "cache could not tell whether an environment exists");
+                }
             }
         }
         Ok(inner
@@ -143,7 +153,25 @@ impl FeatureFlagService {
         });
     }
 
-    /// [`Self::load`], or the last-known-good snapshot when the repository fails or rests.
+    /// The snapshot of `env` while the cache's circuit is open: this instance's in-process copy
+    /// while it is younger than the outage refresh interval, else a repository read (shared by
+    /// concurrent readers) that becomes the copy.
+    async fn without_cache(
+        &self,
+        env: &Environment,
+        floor: Revision,
+    ) -> Result<(Arc<EnvironmentSnapshot>, Freshness), ServiceError> {
+        let inner = &self.inner;
+        inner.breaker.bypassed();
+        inner.counters.cache_fallbacks.increment();
+        if let Some(snapshot) = inner.outage_copies.fresh(env, floor) {
+            return Ok((snapshot, Freshness::Current));
+        }
+        self.load_or_last_good(env, floor, false).await
+    }
+
+    /// [`Self::load`], or the last-known-good snapshot when the repository fails or rests. While
+    /// the cache's circuit is open, what the repository answered becomes the in-process copy.
     async fn load_or_last_good(
         &self,
         env: &Environment,
@@ -159,6 +187,9 @@ impl FeatureFlagService {
         match self.load(env, floor, fill).await {
             Ok(snapshot) => {
                 last_good.answered(&snapshot);
+                if inner.breaker.is_open() {
+                    inner.outage_copies.keep(env, Arc::clone(&snapshot));
+                }
                 Ok((snapshot, Freshness::Current))
             }
             Err(error) => {
@@ -166,8 +197,10 @@ impl FeatureFlagService {
                     return Err(error);
                 };
                 inner.counters.stale_answers.increment();
-                warn!(%env, revision = %snapshot.revision(), %error,
-                    "cache and repository failed; answering from the last-known-good snapshot");
+                if let Some(held_back) = inner.quiet.permit() {
+                    warn!(%env, revision = %snapshot.revision(), %error, held_back,
+                        "cache and repository failed; answering from the last-known-good snapshot");
+                }
                 Ok((snapshot, Freshness::LastKnownGood))
             }
         }
@@ -219,18 +252,23 @@ impl Inner {
     ///
     /// Unreadable data in a working cache is replaced by the fill that follows; a cache that is
     /// down or slow is not asked to store anything (that would only add its timeout to the read).
-    fn cache_failed_read(&self, env: &Environment, error: &CacheError) -> bool {
+    fn cache_failed_read(self: &Arc<Self>, env: &Environment, error: &CacheError) -> bool {
         self.counters.cache_errors.increment();
         self.counters.cache_fallbacks.increment();
+        if self.cache_outage(error) {
+            return false;
+        }
         let refill = matches!(error, CacheError::Corrupt { .. });
-        warn!(%env, backend = self.cache.backend(), %error, refill,
-            "cache read failed; answering from the repository");
+        if let Some(held_back) = self.quiet.permit() {
+            warn!(%env, backend = self.cache.backend(), %error, refill, held_back,
+                "cache read failed; answering from the repository");
+        }
         refill
     }
 
     /// One repository read, and the cache fill that follows it.
     async fn fetch(
-        &self,
+        self: &Arc<Self>,
         env: &Environment,
         fill: bool,
     ) -> Result<Arc<EnvironmentSnapshot>, RepositoryError> {
@@ -253,7 +291,12 @@ impl Inner {
                 }
                 Err(error) => {
                     self.counters.cache_errors.increment();
-                    warn!(%env, backend = self.cache.backend(), %error, "cache fill failed");
+                    if !self.cache_outage(&error)
+                        && let Some(held_back) = self.quiet.permit()
+                    {
+                        warn!(%env, backend = self.cache.backend(), %error, held_back,
+                            "cache fill failed");
+                    }
                 }
             }
         }

@@ -59,6 +59,8 @@ pub struct FakeCache {
     /// How many upcoming invalidations fail; `u32::MAX` for all of them.
     pub failing_invalidations: AtomicU32,
     pub reads: AtomicU64,
+    /// Pings, which fail while reads do.
+    pub pings: AtomicU64,
     pub sets: AtomicU64,
     pub invalidations: AtomicU64,
     pub last_ttl: Mutex<Option<Duration>>,
@@ -156,6 +158,14 @@ impl FeatureFlagCache for FakeCache {
         Ok(SetOutcome::Stored)
     }
 
+    async fn ping(&self) -> Result<(), CacheError> {
+        self.pings.fetch_add(1, Ordering::SeqCst);
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(Self::fault());
+        }
+        Ok(())
+    }
+
     async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
         let failing = self.failing_invalidations.load(Ordering::SeqCst);
@@ -163,7 +173,10 @@ impl FeatureFlagCache for FakeCache {
             if failing != u32::MAX {
                 self.failing_invalidations.fetch_sub(1, Ordering::SeqCst);
             }
-            return Err(Self::fault());
+            // A refusal, not an outage: the circuit stays closed, so retries are what is tested.
+            return Err(CacheError::Backend {
+                message: "injected invalidation failure".into(),
+            });
         }
         let mut entries = self.entries.lock().unwrap();
         let entry = entries.entry(env.clone()).or_default();
