@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flag_core::{
-    EvaluationContext, EvaluationError, FeatureFlagRepository, FeatureFlagService, LimitExceeded,
-    Limits, Precondition, Reason, RepositoryError, RetryPolicy, Revision, ServiceConfigError,
-    ServiceError,
+    EvaluationContext, EvaluationError, FeatureFlagCache, FeatureFlagRepository,
+    FeatureFlagService, LimitExceeded, Limits, Precondition, Reason, RepositoryError, RetryPolicy,
+    Revision, ServiceConfigError, ServiceError,
 };
 use serde_json::json;
 use support::{FakeCache, FakeRepository, boolean, env, flag, key};
@@ -1013,4 +1013,54 @@ async fn a_cache_outage_costs_one_call_then_reads_skip_it_until_a_probe_finds_it
         cache.reads.load(Ordering::SeqCst) > reads,
         "reads use the cache again"
     );
+}
+
+#[tokio::test]
+async fn a_repository_failure_in_one_environment_never_hides_another_environments_data() {
+    for failure in [
+        RepositoryError::Corrupt {
+            message: "a damaged row".into(),
+        },
+        RepositoryError::Unavailable {
+            message: "this environment's read failed".into(),
+        },
+    ] {
+        let h = harness();
+        let (prod, broken) = (env("production"), env("broken"));
+        put_booleans(&h.service, "production", &[("kill-switch", true)]).await;
+        put_booleans(&h.service, "broken", &[("f", true)]).await;
+        assert_eq!(value_of(&h.service, "broken", "f").await, json!(true));
+        assert_eq!(
+            value_of(&h.service, "production", "kill-switch").await,
+            json!(true)
+        );
+
+        // Reading `broken` from the repository fails (it is answered from last-known-good).
+        *h.repository.failing_environment.lock().unwrap() = Some((broken.clone(), failure.clone()));
+        h.cache.invalidate(&broken, Revision(1)).await.unwrap();
+        let stale = h
+            .service
+            .evaluate(&broken, &key("f"), &EvaluationContext::new())
+            .await
+            .unwrap();
+        assert_eq!(stale.reason(), Reason::Cached, "{failure}");
+
+        // Another instance flips the kill switch: this one reads production from the repository
+        // at once, not from last-known-good.
+        let revision = h
+            .repository
+            .write_behind_the_service(&prod, boolean("kill-switch", false))
+            .await;
+        h.cache.invalidate(&prod, revision).await.unwrap();
+        let fresh = h
+            .service
+            .evaluate(&prod, &key("kill-switch"), &EvaluationContext::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (fresh.value().clone(), fresh.reason()),
+            (json!(false), Reason::Static),
+            "{failure}"
+        );
+    }
 }

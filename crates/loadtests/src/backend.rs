@@ -97,6 +97,16 @@ impl Stores {
         }
     }
 
+    /// The stores of one run against the Redis at `redis_url` and a SQLite file (the outage run,
+    /// whose Redis is its own to kill).
+    pub(crate) fn with_redis(redis_url: String) -> Self {
+        Self {
+            redis_url: Some(redis_url),
+            database_url: None,
+            _own_redis: None,
+        }
+    }
+
     /// Why `backend` cannot run here, if it cannot.
     pub(crate) fn missing(&self, backend: Backend) -> Option<String> {
         if backend.needs_redis() && self.redis_url.is_none() {
@@ -242,9 +252,20 @@ impl Drop for Server {
 }
 
 /// A child process that is stopped when dropped.
-struct OwnedChild(Child);
+pub(crate) struct OwnedChild(Child);
 
 impl OwnedChild {
+    /// The process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL, and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
     fn stop(&mut self) {
         if matches!(self.0.try_wait(), Ok(Some(_))) {
             return;
@@ -293,7 +314,12 @@ fn redis_answers(address: &str) -> bool {
 
 /// Starts a `redis-server` from the PATH on a free port, without persistence.
 fn start_redis() -> anyhow::Result<(String, OwnedChild)> {
-    let port = free_port()?;
+    start_redis_on(free_port()?)
+}
+
+/// Starts a `redis-server` from the PATH on `port`, without persistence, and waits until it
+/// answers.
+pub(crate) fn start_redis_on(port: u16) -> anyhow::Result<(String, OwnedChild)> {
     let child = Command::new("redis-server")
         .args([
             "--port",

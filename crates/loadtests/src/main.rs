@@ -15,6 +15,7 @@
 
 mod backend;
 mod ceiling;
+mod outage;
 mod propagation;
 mod report;
 mod scenarios;
@@ -27,6 +28,7 @@ use clap::Parser;
 
 use crate::backend::{Backend, Server, Stores, build_release, release_binary};
 use crate::ceiling::CeilingRow;
+use crate::outage::Outage;
 use crate::propagation::Propagation;
 use crate::report::{MemoryRow, Row, table};
 use crate::scenarios::{Attack, Mode, Plan, ScenarioKind};
@@ -66,6 +68,13 @@ struct Cli {
     /// Writes of the propagation run on `tiered` (0 skips it).
     #[arg(long, default_value_t = 1_000)]
     propagation_writes: usize,
+    /// Seconds of the Redis outage run (its own redis-server, killed then frozen mid-run; 0
+    /// skips it).
+    #[arg(long, default_value_t = 30)]
+    outage_seconds: usize,
+    /// Run the outage run only (no backend attacks).
+    #[arg(long)]
+    outage_only: bool,
     /// Seconds of each `wrk` run.
     #[arg(long, default_value_t = 10)]
     wrk_duration: usize,
@@ -89,6 +98,7 @@ impl Cli {
             self.backends = vec![Backend::Memory];
             self.scenarios = vec![ScenarioKind::Single];
             self.modes = vec![Mode::Paced];
+            self.outage_seconds = 0;
         }
         self
     }
@@ -98,8 +108,13 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().resolved();
     let mut run = Run::prepare(cli)?;
-    for backend in or_all(&run.cli.backends, &Backend::ALL) {
-        run.backend(backend).await?;
+    if !run.cli.outage_only {
+        for backend in or_all(&run.cli.backends, &Backend::ALL) {
+            run.backend(backend).await?;
+        }
+    }
+    if run.cli.outage_seconds > 0 {
+        run.outage().await?;
     }
     let summary = run.summary();
     println!("\n{summary}");
@@ -127,6 +142,8 @@ struct Run {
     spread: Option<Propagation>,
     /// The server's resident memory around each hostile attack.
     memory: Vec<MemoryRow>,
+    /// The Redis outage run's figures.
+    outage: Option<Outage>,
 }
 
 impl Run {
@@ -166,6 +183,7 @@ impl Run {
             skipped: Vec::new(),
             spread: None,
             memory: Vec::new(),
+            outage: None,
             cli,
         })
     }
@@ -313,6 +331,35 @@ impl Run {
         Ok(())
     }
 
+    /// The Redis outage run, on a Redis of its own (needs `redis-server` on the PATH).
+    async fn outage(&mut self) -> anyhow::Result<()> {
+        println!(
+            "== outage: {} users for {} s; Redis killed, restarted, frozen, thawed",
+            self.cli.users, self.cli.outage_seconds
+        );
+        let directory = self.out.join("outage");
+        match outage::measure(
+            &self.binary,
+            &directory.join("data"),
+            &self.token,
+            self.cli.users,
+            self.cli.outage_seconds,
+        )
+        .await
+        {
+            Ok(measured) => {
+                println!("{}", measured.table());
+                self.outage = Some(measured);
+            }
+            Err(error) if format!("{error:#}").contains("redis-server is not on the PATH") => {
+                println!("skipping the outage run: {error:#}");
+                self.skipped.push(format!("outage: {error:#}"));
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+
     /// The one table of every attack, then the ceiling and propagation figures.
     fn summary(&self) -> String {
         let cli = &self.cli;
@@ -333,6 +380,9 @@ impl Run {
         if let Some(measured) = &self.spread {
             summary.push_str(&measured.line());
         }
+        if let Some(outage) = &self.outage {
+            summary.push_str(&outage.table());
+        }
         summary
     }
 
@@ -345,6 +395,7 @@ impl Run {
             "ceiling": self.ceilings,
             "propagation": self.spread,
             "hostileMemory": self.memory,
+            "outage": self.outage,
             "skipped": self.skipped,
         });
         std::fs::write(
@@ -358,7 +409,7 @@ impl Run {
 
     /// Every error and missed target; an error when nothing ran at all.
     fn problems(&self) -> anyhow::Result<Vec<String>> {
-        if self.rows.is_empty() {
+        if self.rows.is_empty() && self.outage.is_none() {
             bail!("no attack ran");
         }
         let mut problems: Vec<String> = self
@@ -366,6 +417,9 @@ impl Run {
             .iter()
             .flat_map(|row| row.problems(!self.cli.smoke))
             .collect();
+        if let Some(outage) = &self.outage {
+            problems.extend(outage.problems());
+        }
         if let Some(measured) = &self.spread
             && !measured.within_target()
         {

@@ -5,8 +5,8 @@
 //! answered from the repository through in-process copies (`copies.rs`), one repository read per
 //! environment per `FLAG_OUTAGE_REFRESH_MS`, and writes leave their invalidation to the retry
 //! task. A background probe pings the cache after 100 ms, then after intervals that double up
-//! to 5 s; while reads keep arriving a probe is due at least once a second, so the cache is used
-//! again within about a second of coming back. The first successful ping closes the circuit.
+//! to 5 s; while reads keep arriving a probe is due at least every 500 ms, so the cache is used
+//! again within about half a second of coming back. The first successful ping closes the circuit.
 //!
 //! Warnings are rate-limited ([`Quiet`]): one line per second at most, with the number of lines
 //! held back since the last one.
@@ -24,8 +24,10 @@ use crate::cache::CacheError;
 const FIRST_PROBE: Duration = Duration::from_millis(100);
 /// The longest interval between probes while nothing asks for the cache.
 const LAST_PROBE: Duration = Duration::from_secs(5);
-/// The longest interval between probes while reads are being answered without the cache.
-const PROBE_UNDER_TRAFFIC: Duration = Duration::from_secs(1);
+/// The longest interval between probes while reads are being answered without the cache: one
+/// ping per half second costs nothing, and puts the cache back to use within about that much of
+/// its return.
+const PROBE_UNDER_TRAFFIC: Duration = Duration::from_millis(500);
 
 /// Whether the cache is being skipped, and what happened since.
 #[derive(Debug, Default)]

@@ -14,9 +14,12 @@ use crate::snapshot::{EnvironmentSnapshot, Revision};
 /// tens of thousands per second then take the write lock about once a second per environment.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
-/// After the repository failed, how long reads that can be answered from last-known-good skip
-/// it; then one read probes it again while the others keep being answered at once. A repository
-/// that is down often fails only after its connect timeout, which no read should wait for twice.
+/// After the repository failed with an outage (a timeout, unreachable) for an environment, how
+/// long reads of that environment that can be answered from last-known-good skip it; then one
+/// read probes it again while the others keep being answered at once. A repository that is down
+/// often fails only after its connect timeout, which no read should wait for twice. Other
+/// environments are not rested (one environment's failure must not hide another's data), and a
+/// refusal or unreadable data never rests anything.
 const REPOSITORY_REST: Duration = Duration::from_secs(1);
 
 /// The last snapshot served per environment.
@@ -26,8 +29,8 @@ pub(crate) struct LastKnownGood {
     entries: RwLock<HashMap<Environment, Entry>>,
     /// Environments whose whole snapshot is being fetched to catch up with a single-flag read.
     catching_up: Mutex<HashSet<Environment>>,
-    /// Until when reads with a fallback skip the repository, after it failed.
-    repository_resting_until: Mutex<Option<Instant>>,
+    /// Per environment, until when reads with a fallback skip the repository after an outage.
+    resting_until: Mutex<HashMap<Environment, Instant>>,
 }
 
 #[derive(Debug)]
@@ -43,7 +46,7 @@ impl LastKnownGood {
             bound,
             entries: RwLock::default(),
             catching_up: Mutex::default(),
-            repository_resting_until: Mutex::default(),
+            resting_until: Mutex::default(),
         }
     }
 
@@ -134,42 +137,42 @@ impl LastKnownGood {
         confirmed.elapsed() <= self.bound
     }
 
-    /// Whether a read that has a fallback should skip the repository now. When a rest has just
-    /// ended, the caller is the one probe: the rest is extended for everyone else meanwhile.
-    fn skip_repository(&self) -> bool {
-        let mut resting = self
-            .repository_resting_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match *resting {
+    /// Whether a read of `env` that has a fallback should skip the repository now. When a rest
+    /// has just ended, the caller is the one probe: the rest is extended for everyone else
+    /// meanwhile.
+    fn skip_repository(&self, env: &Environment) -> bool {
+        let mut resting = self.resting();
+        match resting.get_mut(env) {
             None => false,
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                *resting = Some(Instant::now() + REPOSITORY_REST);
+            Some(until) if Instant::now() < *until => true,
+            Some(until) => {
+                *until = Instant::now() + REPOSITORY_REST;
                 false
             }
         }
     }
 
-    /// The repository answered: reads go to it again.
-    pub(crate) fn repository_answered(&self) {
-        let mut resting = self
-            .repository_resting_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if resting.is_some() {
-            *resting = None;
+    /// The repository answered for `env`: its reads go to it again.
+    pub(crate) fn repository_answered(&self, env: &Environment) {
+        let mut resting = self.resting();
+        if !resting.is_empty() {
+            resting.remove(env);
         }
     }
 
-    /// The repository failed: reads that have a fallback skip it for a while.
-    fn repository_failed(&self) {
+    /// The repository failed for `env` with an outage: reads of `env` that have a fallback skip
+    /// it for a while.
+    fn repository_out(&self, env: &Environment) {
         if self.enabled() {
-            *self
-                .repository_resting_until
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + REPOSITORY_REST);
+            self.resting()
+                .insert(env.clone(), Instant::now() + REPOSITORY_REST);
         }
+    }
+
+    fn resting(&self) -> std::sync::MutexGuard<'_, HashMap<Environment, Instant>> {
+        self.resting_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether any environment could be served from here now.
@@ -225,20 +228,23 @@ impl Consulted<'_> {
         let kept = self.kept.as_ref()?;
         (kept.snapshot.revision() >= floor
             && self.last_good.servable(kept.confirmed)
-            && self.last_good.skip_repository())
+            && self.last_good.skip_repository(self.env))
         .then(|| Arc::clone(&kept.snapshot))
     }
 
     /// The repository answered `snapshot`: reads stop resting it, and the snapshot is kept.
     pub(crate) fn answered(&self, snapshot: &Arc<EnvironmentSnapshot>) {
-        self.last_good.repository_answered();
+        self.last_good.repository_answered(self.env);
         self.last_good.confirm(self.env, snapshot);
     }
 
-    /// The repository failed: reads that have a fallback rest it for a while, and this one gets
-    /// the kept snapshot if it is young enough.
-    pub(crate) fn failed(self) -> Option<Arc<EnvironmentSnapshot>> {
-        self.last_good.repository_failed();
+    /// The repository failed (`outage`: timed out or unreachable): after an outage, reads of
+    /// this environment that have a fallback rest it for a while; this read gets the kept
+    /// snapshot if it is young enough.
+    pub(crate) fn failed(self, outage: bool) -> Option<Arc<EnvironmentSnapshot>> {
+        if outage {
+            self.last_good.repository_out(self.env);
+        }
         let kept = self.kept?;
         self.last_good
             .servable(kept.confirmed)
@@ -258,16 +264,40 @@ mod tests {
     fn keeps_the_newest_revision_and_forgets_past_the_bound() {
         let env = Environment::parse("production").unwrap();
         let kept = LastKnownGood::new(Duration::from_millis(300));
-        assert!(kept.consult(&env).failed().is_none());
+        assert!(kept.consult(&env).failed(true).is_none());
         kept.confirm(&env, &snapshot(2));
         kept.confirm(&env, &snapshot(1));
-        assert_eq!(kept.consult(&env).failed().unwrap().revision(), Revision(2));
+        assert_eq!(
+            kept.consult(&env).failed(true).unwrap().revision(),
+            Revision(2)
+        );
         assert!(kept.confirm_revision(&env, Revision(2)));
         assert!(!kept.confirm_revision(&env, Revision(3)));
         assert!(kept.can_serve());
         std::thread::sleep(Duration::from_millis(350));
-        assert!(kept.consult(&env).failed().is_none(), "past the bound");
+        assert!(kept.consult(&env).failed(true).is_none(), "past the bound");
         assert!(!kept.can_serve());
+    }
+
+    #[test]
+    fn an_outage_rests_its_environment_only_and_a_refusal_rests_nothing() {
+        let (a, b) = (
+            Environment::parse("a").unwrap(),
+            Environment::parse("b").unwrap(),
+        );
+        let kept = LastKnownGood::new(Duration::from_secs(60));
+        kept.confirm(&a, &snapshot(1));
+        kept.confirm(&b, &snapshot(1));
+        // A refusal or unreadable data (not an outage) rests nothing.
+        assert!(kept.consult(&a).failed(false).is_some());
+        assert!(kept.consult(&a).resting_answer(Revision(0)).is_none());
+        // An outage of `a` rests `a` only.
+        assert!(kept.consult(&a).failed(true).is_some());
+        assert!(kept.consult(&a).resting_answer(Revision(0)).is_some());
+        assert!(kept.consult(&b).resting_answer(Revision(0)).is_none());
+        // A write's answer for `a` ends its rest.
+        kept.repository_answered(&a);
+        assert!(kept.consult(&a).resting_answer(Revision(0)).is_none());
     }
 
     #[test]
@@ -275,7 +305,7 @@ mod tests {
         let env = Environment::parse("production").unwrap();
         let kept = LastKnownGood::new(Duration::ZERO);
         kept.confirm(&env, &snapshot(1));
-        assert!(kept.consult(&env).failed().is_none());
+        assert!(kept.consult(&env).failed(true).is_none());
         assert!(!kept.can_serve());
     }
 }

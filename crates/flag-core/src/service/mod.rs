@@ -586,8 +586,8 @@ impl Inner {
         self.catalog.learn(env);
         self.oversized.drop_copy(env);
         self.outage_copies.drop_copy(env);
-        // The repository just answered: reads stop resting it.
-        self.last_good.repository_answered();
+        // The repository just answered for `env`: its reads stop resting it.
+        self.last_good.repository_answered(env);
         self.raise_floor(env, revision);
         self.flights.detach(env);
         self.invalidate_after_write(env, revision).await;

@@ -193,7 +193,8 @@ impl FeatureFlagService {
                 Ok((snapshot, Freshness::Current))
             }
             Err(error) => {
-                let Some(snapshot) = last_good.failed() else {
+                let outage = matches!(&error, ServiceError::Repository(error) if error.is_outage());
+                let Some(snapshot) = last_good.failed(outage) else {
                     return Err(error);
                 };
                 inner.counters.stale_answers.increment();

@@ -204,6 +204,8 @@ pub struct FakeRepository {
     /// How long an upsert waits after it committed before it answers, in ms (the time between
     /// a database's commit and its reply reaching the service).
     pub upsert_reply_delay_ms: AtomicU64,
+    /// Snapshot reads of this environment fail with this error.
+    pub failing_environment: Mutex<Option<(Environment, RepositoryError)>>,
 }
 
 impl Default for FakeRepository {
@@ -216,6 +218,7 @@ impl Default for FakeRepository {
             hold_snapshots: AtomicBool::new(false),
             gate: Semaphore::new(0),
             upsert_reply_delay_ms: AtomicU64::new(0),
+            failing_environment: Mutex::new(None),
         }
     }
 }
@@ -229,6 +232,15 @@ impl FakeRepository {
         } else {
             Ok(())
         }
+    }
+
+    /// Writes `flag` straight to the repository, as another instance would.
+    pub async fn write_behind_the_service(&self, env: &Environment, flag: FeatureFlag) -> Revision {
+        self.inner
+            .upsert(env, flag, Precondition::None)
+            .await
+            .unwrap()
+            .revision
     }
 
     pub fn reads(&self) -> u64 {
@@ -245,6 +257,11 @@ impl FeatureFlagRepository for FakeRepository {
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
         self.snapshot_reads.fetch_add(1, Ordering::SeqCst);
         self.check()?;
+        if let Some((failing, error)) = &*self.failing_environment.lock().unwrap()
+            && failing == env
+        {
+            return Err(error.clone());
+        }
         let snapshot = self.inner.snapshot(env).await?;
         let delay = self.snapshot_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
