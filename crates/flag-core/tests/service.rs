@@ -1064,3 +1064,36 @@ async fn a_repository_failure_in_one_environment_never_hides_another_environment
         );
     }
 }
+
+#[tokio::test]
+async fn pending_invalidations_are_flushed_at_shutdown() {
+    // Retries far apart, so only the flush can land the invalidation within the test.
+    let h = harness_with(RetryPolicy {
+        first_delay: Duration::from_secs(30),
+        max_delay: Duration::from_secs(30),
+        give_up_after: None,
+    });
+    let prod = env("production");
+    put_booleans(&h.service, "production", &[("kill-switch", true)]).await;
+    assert_eq!(
+        value_of(&h.service, "production", "kill-switch").await,
+        json!(true)
+    );
+    h.cache
+        .failing_invalidations
+        .store(u32::MAX, Ordering::SeqCst);
+    put_booleans(&h.service, "production", &[("kill-switch", false)]).await;
+    assert_eq!(h.cache.known_revision(&prod), Revision(1));
+
+    // Still failing: the flush says so.
+    assert_eq!(h.service.flush_invalidations().await, 1);
+    // The cache answers again: the flush lands the write's invalidation.
+    h.cache.failing_invalidations.store(0, Ordering::SeqCst);
+    assert_eq!(h.service.flush_invalidations().await, 0);
+    assert_eq!(h.cache.known_revision(&prod), Revision(2));
+    assert_eq!(
+        h.service.flush_invalidations().await,
+        0,
+        "nothing is left pending"
+    );
+}

@@ -95,14 +95,24 @@ impl Target {
                         .map_err(|_| UrlError::new(url, "the database must be a number"))?,
                     None => 0,
                 };
+                // URL userinfo is percent-encoded (a password with `@` or `/` is written `%40`,
+                // `%2F`); the master is sent the decoded text, as single-node URLs are.
+                let decoded = |part: &str| {
+                    percent_encoding::percent_decode_str(part)
+                        .decode_utf8()
+                        .map(|text| text.into_owned())
+                        .map_err(|_| {
+                            UrlError::new(url, "the credentials are not UTF-8 once percent-decoded")
+                        })
+                };
                 let (username, password) = match credentials {
                     None => (None, None),
                     Some(credentials) => match credentials.split_once(':') {
                         Some((user, password)) => (
-                            (!user.is_empty()).then(|| user.to_owned()),
-                            Some(password.to_owned()),
+                            (!user.is_empty()).then(|| decoded(user)).transpose()?,
+                            Some(decoded(password)?),
                         ),
-                        None => (None, Some(credentials.to_owned())),
+                        None => (None, Some(decoded(credentials)?)),
                     },
                 };
                 Ok(Target::Sentinel {
@@ -199,6 +209,22 @@ mod tests {
             }
         );
         assert!(Target::parse("redis+sentinel://s1:26379").is_err());
+    }
+
+    #[test]
+    fn sentinel_credentials_are_percent_decoded() {
+        let target =
+            Target::parse("redis+sentinel://app%40eu:p%2Fw%40rd%25@s1:26379/mymaster").unwrap();
+        let Target::Sentinel {
+            username, password, ..
+        } = target
+        else {
+            panic!("not a sentinel target");
+        };
+        assert_eq!(username.as_deref(), Some("app@eu"));
+        assert_eq!(password.as_deref(), Some("p/w@rd%"));
+        let error = Target::parse("redis+sentinel://:%FF@s1:26379/m").unwrap_err();
+        assert!(error.to_string().contains("UTF-8"), "{error}");
     }
 
     #[test]

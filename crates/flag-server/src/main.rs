@@ -3,7 +3,8 @@
 //! `flag-server` (or `flag-server serve`) serves the API; `flag-server migrate` applies the
 //! database migrations and exits. SIGTERM or Ctrl-C stops accepting connections, closes idle
 //! and half-sent ones at once and lets in-flight requests finish for up to
-//! `FLAG_SHUTDOWN_GRACE_MS`, then exits 0.
+//! `FLAG_SHUTDOWN_GRACE_MS`, then tries pending cache invalidations once more within what is left
+//! of it, and exits 0.
 
 use std::time::Duration;
 
@@ -51,19 +52,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("flag-server listening on http://{address}");
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = state.service.clone();
     let server = tokio::spawn(serve::serve(listener, app::router(state), limits, async {
         let _ = stopped.await;
     }));
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop.send(());
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
-    match tokio::time::timeout(grace, server).await {
+    let grace = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_grace_ms);
+    match tokio::time::timeout_at(grace, server).await {
         Ok(joined) => joined.context("server task")?,
-        Err(_) => tracing::warn!(
-            ?grace,
-            "grace period over; exiting with requests still in flight"
+        Err(_) => tracing::warn!("grace period over; exiting with requests still in flight"),
+    }
+    // Invalidations still being retried would be lost with the process: try each once more,
+    // within what is left of the grace period.
+    match tokio::time::timeout_at(grace, service.flush_invalidations()).await {
+        Ok(0) => {}
+        Ok(left) => tracing::warn!(
+            environments = left,
+            "invalidations still failing at exit; those cache entries expire with their TTL"
         ),
+        Err(_) => tracing::warn!("grace period over while flushing pending invalidations"),
     }
     Ok(())
 }

@@ -91,6 +91,34 @@ impl Inner {
         }
     }
 
+    /// Tries every pending invalidation once now (at shutdown, when the retry tasks would die
+    /// with the process); answers how many environments are still pending.
+    pub(super) async fn flush_invalidations(&self) -> usize {
+        let pending: Vec<(Environment, Revision)> = lock(&self.invalidations.pending)
+            .iter()
+            .map(|(env, revision)| (env.clone(), *revision))
+            .collect();
+        let mut left = 0;
+        for (env, target) in pending {
+            self.counters.invalidation_retries.increment();
+            match self.cache.invalidate(&env, target).await {
+                Ok(()) => {
+                    let mut pending = lock(&self.invalidations.pending);
+                    if pending.get(&env) == Some(&target) {
+                        pending.remove(&env);
+                    }
+                    info!(%env, revision = %target, "pending cache invalidation flushed at shutdown");
+                }
+                Err(error) => {
+                    self.counters.cache_errors.increment();
+                    left += 1;
+                    warn!(%env, revision = %target, %error, "pending cache invalidation failed at shutdown");
+                }
+            }
+        }
+        left
+    }
+
     async fn retry_invalidation(self: Arc<Self>, env: Environment) {
         let deadline = Instant::now() + self.retry.give_up_after.unwrap_or(self.ttl);
         let mut delay = self.retry.first_delay;

@@ -556,6 +556,12 @@ impl FeatureFlagService {
         .into())
     }
 
+    /// Tries every invalidation still being retried once now, for a process about to exit;
+    /// answers how many environments are still pending (their entries expire with the TTL).
+    pub async fn flush_invalidations(&self) -> usize {
+        self.inner.flush_invalidations().await
+    }
+
     /// Drops `env` from the cache at its current revision, so the next read refills it.
     pub async fn invalidate_cache(&self, env: &Environment) -> Result<Revision, ServiceError> {
         if !self.exists(env).await? {
