@@ -14,6 +14,10 @@
 //! - A rule's `conditions` may be left out and then is empty (the rule always matches).
 //! - `metadata` is a map of strings; the OFREP `flagVersion` entry is added by the server and
 //!   wins over a user entry of the same name.
+//! - Input is strict, stored data is read tolerantly: a definition sent to the API with a field
+//!   this release does not know is refused, while a stored flag (the `Deserialize` of
+//!   [`FeatureFlag`], what repositories and caches decode) with such fields, written by a newer
+//!   release during a rolling deploy, is read with them ignored.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use crate::names::{FlagKey, NameError};
 
 /// A validated feature flag, as stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", try_from = "FlagDocument")]
+#[serde(rename_all = "camelCase", try_from = "Value")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureFlag {
     /// The flag's key.
@@ -650,7 +654,75 @@ impl FlagDocument {
     }
 }
 
-/// Stored flags carry their key, version and timestamp, and are parsed strictly.
+/// The fields of each level of a stored flag that this release reads; any other is a newer
+/// release's and is ignored when reading stored data (a test holds these lists equal to what a
+/// flag serializes).
+const FLAG_FIELDS: &[&str] = &[
+    "key",
+    "description",
+    "enabled",
+    "variants",
+    "defaultVariant",
+    "offVariant",
+    "rules",
+    "rollout",
+    "metadata",
+    "version",
+    "updatedAt",
+];
+const RULE_FIELDS: &[&str] = &["conditions", "variant", "rollout"];
+const CONDITION_FIELDS: &[&str] = &["attribute", "operator", "value"];
+const WEIGHTED_VARIANT_FIELDS: &[&str] = &["variant", "weight"];
+
+/// Drops, at every level of a stored flag, the fields this release does not know.
+fn keep_known_fields(flag: &mut Value) {
+    fn keep(value: &mut Value, fields: &[&str]) {
+        if let Value::Object(object) = value {
+            object.retain(|name, _| fields.contains(&name.as_str()));
+        }
+    }
+    fn keep_rollout(value: Option<&mut Value>) {
+        if let Some(Value::Array(entries)) = value {
+            entries
+                .iter_mut()
+                .for_each(|entry| keep(entry, WEIGHTED_VARIANT_FIELDS));
+        }
+    }
+    keep(flag, FLAG_FIELDS);
+    let Value::Object(flag) = flag else {
+        return;
+    };
+    keep_rollout(flag.get_mut("rollout"));
+    if let Some(Value::Array(rules)) = flag.get_mut("rules") {
+        for rule in rules {
+            keep(rule, RULE_FIELDS);
+            if let Value::Object(rule) = rule {
+                keep_rollout(rule.get_mut("rollout"));
+                if let Some(Value::Array(conditions)) = rule.get_mut("conditions") {
+                    conditions
+                        .iter_mut()
+                        .for_each(|condition| keep(condition, CONDITION_FIELDS));
+                }
+            }
+        }
+    }
+}
+
+/// A stored flag, read tolerantly: fields this release does not know are ignored, then the
+/// flag is validated as a [`FlagDocument`].
+impl TryFrom<Value> for FeatureFlag {
+    type Error = ValidationError;
+
+    fn try_from(mut stored: Value) -> Result<Self, ValidationError> {
+        keep_known_fields(&mut stored);
+        let document: FlagDocument = serde_json::from_value(stored).map_err(|error| {
+            ValidationError::new("$", ValidationReason::Malformed(error.to_string()))
+        })?;
+        Self::try_from(document)
+    }
+}
+
+/// Stored flags carry their key, version and timestamp.
 impl TryFrom<FlagDocument> for FeatureFlag {
     type Error = ValidationError;
 

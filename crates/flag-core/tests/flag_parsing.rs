@@ -206,3 +206,56 @@ fn a_hostile_variant_name_is_echoed_short() {
         error.to_string().len()
     );
 }
+
+/// A stored flag using every field of every level.
+fn complete_stored_flag() -> Value {
+    json!({
+        "key": "full", "description": "d", "enabled": true,
+        "variants": {"on": true, "off": false}, "defaultVariant": "on", "offVariant": "off",
+        "rules": [
+            {"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}], "variant": "on"},
+            {"conditions": [{"attribute": "beta", "operator": "exists"}],
+             "rollout": [{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}]}
+        ],
+        "rollout": [{"variant": "on", "weight": 3}],
+        "metadata": {"team": "web"}, "version": 4, "updatedAt": "2026-01-01T00:00:00Z"
+    })
+}
+
+#[test]
+fn stored_flags_from_a_newer_release_are_read_with_unknown_fields_ignored() {
+    let known = serde_json::from_value::<FeatureFlag>(complete_stored_flag()).unwrap();
+    let mut newer = complete_stored_flag();
+    newer["segmentsUsed"] = json!(["beta"]);
+    newer["rules"][0]["bucketBy"] = json!("companyId");
+    newer["rules"][0]["conditions"][0]["caseSensitive"] = json!(false);
+    newer["rules"][1]["rollout"][0]["note"] = json!("half");
+    newer["rollout"][0]["label"] = json!({"nested": [1, 2]});
+    let read = serde_json::from_value::<FeatureFlag>(newer.clone()).unwrap();
+    assert_eq!(read, known);
+    // The same text through the string decoder the adapters use.
+    let read: FeatureFlag = serde_json::from_str(&newer.to_string()).unwrap();
+    assert_eq!(read, known);
+    // Input stays strict: the same fields in a definition are refused.
+    let mut definition = newer;
+    for server_field in ["key", "version", "updatedAt"] {
+        definition.as_object_mut().unwrap().remove(server_field);
+    }
+    let refused = parse(definition).unwrap_err();
+    assert!(refused.to_string().contains("unknown field"), "{refused}");
+}
+
+#[test]
+fn the_fields_read_from_storage_are_every_field_a_flag_is_stored_with() {
+    // Every field a flag serializes must survive the tolerant read: a stored flag read back
+    // and written again is the same flag (a field missing from the known lists would be lost).
+    let flag = serde_json::from_value::<FeatureFlag>(complete_stored_flag()).unwrap();
+    let stored = serde_json::to_value(&flag).unwrap();
+    assert_eq!(
+        stored,
+        complete_stored_flag(),
+        "the sample uses every stored field"
+    );
+    let again = serde_json::from_value::<FeatureFlag>(stored.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&again).unwrap(), stored);
+}

@@ -454,3 +454,47 @@ async fn a_snapshot_past_the_size_limit_is_refused_before_it_is_sent() {
     let cached = cache.get(&env).await.unwrap().unwrap();
     assert_eq!(cached.revision(), Revision(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_a_newer_release_cached_with_fields_unknown_here_are_read_with_them_ignored() {
+    let redis = redis().await;
+    let cache = cache_for(&redis);
+    let env = production();
+    let snapshot = generation_snapshot(1, 2, 1);
+    cache
+        .set(&env, Arc::new(snapshot.clone()), TTL)
+        .await
+        .unwrap();
+    let stored = redis_cli(
+        &redis,
+        &["HGET", "feature_flags:{production}", "flag-00000"],
+    )
+    .join("\n");
+    let mut newer: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    newer["bucketBy"] = serde_json::json!("companyId");
+    newer["rules"] = serde_json::json!([
+        {"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"], "caseSensitive": false}],
+         "variant": newer["defaultVariant"].clone(), "segments": ["beta"]}
+    ]);
+    redis_cli(
+        &redis,
+        &[
+            "HSET",
+            "feature_flags:{production}",
+            "flag-00000",
+            &newer.to_string(),
+        ],
+    );
+    let read = cache.get(&env).await.unwrap().unwrap();
+    let flag = read.flag("flag-00000").unwrap();
+    assert_eq!(
+        flag.rules().len(),
+        1,
+        "the known part of the newer flag is read"
+    );
+    assert_eq!(read.len(), snapshot.len());
+    assert!(matches!(
+        cache.get_flag(&env, &key("flag-00000")).await,
+        Ok(FlagLookup::Hit { .. })
+    ));
+}

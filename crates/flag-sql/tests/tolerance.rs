@@ -1,0 +1,73 @@
+//! Tolerant reads on both databases: a row written by a newer release, whose definition holds
+//! fields this release does not know (during a rolling deploy), is read with them ignored, by the
+//! snapshot, the point read and the listing alike.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
+use flag_conformance::flag_with_value;
+use flag_core::{Environment, FeatureFlagRepository, FlagKey, Precondition};
+use flag_fixtures::{PostgresDatabase, ScratchDir};
+use flag_sql::SqlRepository;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// Writes a flag, rewrites its stored definition as a newer release would (extra fields at
+/// every level), and reads it back through `repository`.
+async fn newer_rows_are_read(repository: &SqlRepository, url: &str) {
+    let env = Environment::parse("rolling").unwrap();
+    let key = FlagKey::parse("kill-switch").unwrap();
+    let written = repository
+        .upsert(
+            &env,
+            flag_with_value("kill-switch", json!(true)),
+            Precondition::None,
+        )
+        .await
+        .unwrap()
+        .flag;
+    let mut newer: Value = serde_json::to_value(&written).unwrap();
+    newer["schedule"] = json!({"from": "2027-01-01T00:00:00Z"});
+    newer["rules"] = json!([{
+        "conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"], "negate": false}],
+        "variant": written.default_variant(),
+        "bucketBy": "companyId"
+    }]);
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query("UPDATE flags SET definition = $1 WHERE environment = $2 AND key = $3")
+        .bind(newer.to_string())
+        .bind(env.as_str())
+        .bind(key.as_str())
+        .execute(&mut connection)
+        .await
+        .unwrap();
+
+    let snapshot = repository.snapshot(&env).await.unwrap();
+    let read = snapshot.flag("kill-switch").unwrap();
+    assert_eq!(read.rules().len(), 1);
+    assert_eq!(read.version(), written.version());
+    let point = repository.flag(&env, &key).await.unwrap().unwrap();
+    assert_eq!(&point, &**read);
+    assert_eq!(repository.environments().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_rows_of_a_newer_release_are_read() {
+    sqlx::any::install_default_drivers();
+    let directory = ScratchDir::new().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        directory.path().join("rolling.db").display()
+    );
+    let repository = SqlRepository::connect(&url).await.unwrap();
+    newer_rows_are_read(&repository, &url).await;
+}
+
+#[tokio::test]
+async fn postgres_rows_of_a_newer_release_are_read() {
+    sqlx::any::install_default_drivers();
+    let database = PostgresDatabase::create()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let repository = SqlRepository::connect(database.url()).await.unwrap();
+    newer_rows_are_read(&repository, database.url()).await;
+}
