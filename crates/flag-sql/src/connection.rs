@@ -11,8 +11,20 @@ use sqlx::migrate::Migrator;
 
 use crate::repository::SqlRepository;
 
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+// Migrations a newer release applied are tolerated (`ignore_missing`): migrations only ever add
+// (expand, then contract in a later release), so this release runs on a database a newer one
+// migrated, and a rollback keeps working. They are logged at connect.
+static POSTGRES_MIGRATIONS: Migrator = Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations/postgres")
+};
+static SQLITE_MIGRATIONS: Migrator = Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations/sqlite")
+};
+
+/// How long the migrations at connect may take before connecting fails.
+pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The timeout of every repository call unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +97,7 @@ pub struct SqlRepositoryBuilder {
     pub(crate) url: String,
     pub(crate) max_connections: u32,
     pub(crate) timeout: Duration,
+    pub(crate) migration_timeout: Duration,
     pub(crate) actor: String,
 }
 
@@ -110,6 +123,13 @@ impl SqlRepositoryBuilder {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long the migrations at connect may take.
+    #[must_use]
+    pub fn migration_timeout(mut self, timeout: Duration) -> Self {
+        self.migration_timeout = timeout;
         self
     }
 
@@ -141,7 +161,12 @@ impl SqlRepositoryBuilder {
         .await
         .map_err(|_| connect_error(format!("no answer within {:?}", self.timeout)))?
         .map_err(|error| connect_error(error.to_string()))?;
-        migrate(backend, &pool, &shown).await?;
+        tokio::time::timeout(self.migration_timeout, migrate(backend, &pool, &shown))
+            .await
+            .map_err(|_| SqlError::Migrate {
+                url: shown.clone(),
+                message: format!("not done within {:?}", self.migration_timeout),
+            })??;
         Ok(SqlRepository::new(
             pool,
             backend,
@@ -185,16 +210,36 @@ impl SqlRepositoryBuilder {
     }
 }
 
-/// Applies the backend's embedded migrations.
+/// Applies the backend's embedded migrations, and warns of any a newer release applied.
 async fn migrate(backend: Backend, pool: &AnyPool, shown_url: &str) -> Result<(), SqlError> {
-    backend
-        .migrator()
+    let migrator = backend.migrator();
+    migrator
         .run(pool)
         .await
         .map_err(|error| SqlError::Migrate {
             url: shown_url.to_owned(),
             message: error.to_string(),
-        })
+        })?;
+    let known = migrator
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    let newer: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE version > $1")
+            .bind(known)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    if !newer.is_empty() {
+        tracing::warn!(
+            url = shown_url,
+            ?newer,
+            newest_known = known,
+            "the database has migrations of a newer release; running on it (migrations only add)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

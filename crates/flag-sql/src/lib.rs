@@ -47,5 +47,7 @@ mod connection;
 mod repository;
 
 pub use audit::AuditEntry;
-pub use connection::{Backend, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder};
+pub use connection::{
+    Backend, DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder,
+};
 pub use repository::SqlRepository;

@@ -13,7 +13,9 @@ use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 use crate::audit::{self, Audit};
 use crate::columns::{map_error, now_rfc3339, parse_stored, to_i64, to_u64};
-use crate::connection::{Backend, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder};
+use crate::connection::{
+    Backend, DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder,
+};
 
 /// Flags in Postgres or SQLite.
 #[derive(Clone)]
@@ -46,6 +48,7 @@ impl SqlRepository {
             url: url.into(),
             max_connections: 10,
             timeout: DEFAULT_TIMEOUT,
+            migration_timeout: DEFAULT_MIGRATION_TIMEOUT,
             actor: "flag-server".to_owned(),
         }
     }

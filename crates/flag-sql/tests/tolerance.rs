@@ -71,3 +71,37 @@ async fn postgres_rows_of_a_newer_release_are_read() {
     let repository = SqlRepository::connect(database.url()).await.unwrap();
     newer_rows_are_read(&repository, database.url()).await;
 }
+
+/// Records a migration this release does not have, as a newer release's connect would.
+async fn apply_newer_migration(url: &str) {
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'a newer release', TRUE, $1, 0)",
+    )
+    .bind(vec![0_u8; 48])
+    .execute(&mut connection)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_a_newer_release_migrated_is_accepted_on_both_databases() {
+    sqlx::any::install_default_drivers();
+    let directory = ScratchDir::new().unwrap();
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        directory.path().join("newer.db").display()
+    );
+    let postgres = PostgresDatabase::create()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    for url in [sqlite.as_str(), postgres.url()] {
+        drop(SqlRepository::connect(url).await.unwrap());
+        apply_newer_migration(url).await;
+        let repository = SqlRepository::connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("an older release refused the database: {error}"));
+        newer_rows_are_read(&repository, url).await;
+    }
+}
