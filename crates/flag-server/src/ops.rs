@@ -134,7 +134,7 @@ async fn healthz() -> Response {
 }
 
 /// `200` while the repository answers (`degraded` when the cache does not), `200 degraded` while
-/// it fails but last-known-good flags can still be served, else `503`.
+/// it fails but a shared cache answers or last-known-good flags can still be served, else `503`.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -161,6 +161,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let (code, status) = match (repository_ok, cache_ok) {
         (true, true) => (StatusCode::OK, ReadinessStatus::Ready),
         (true, false) => (StatusCode::OK, ReadinessStatus::Degraded),
+        // A shared cache that answers holds what other instances (or this one) put there.
+        (false, true) if state.shared_cache => (StatusCode::OK, ReadinessStatus::Degraded),
         (false, _) if state.service.can_serve_last_known_good() => {
             (StatusCode::OK, ReadinessStatus::Degraded)
         }

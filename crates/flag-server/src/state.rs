@@ -41,6 +41,9 @@ pub struct AppState {
     pub max_context_bytes: usize,
     /// How many API requests may be in flight before more are shed (`FLAG_MAX_IN_FLIGHT`).
     pub max_in_flight: usize,
+    /// Whether the cache is shared by instances (Redis), so it holds flags this instance never
+    /// read: with the database down it can still serve.
+    pub shared_cache: bool,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            shared_cache: false,
         }
     }
 }

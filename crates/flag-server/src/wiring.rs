@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use flag_core::{DynFeatureFlagCache, Environment, FeatureFlagService, Limits};
+use flag_core::{
+    DynFeatureFlagCache, DynFeatureFlagRepository, Environment, FeatureFlagService, Limits,
+};
 use flag_memory::{MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
-use flag_sql::SqlRepository;
+use flag_sql::{DeferredSqlRepository, SqlError, SqlRepository};
 
 use crate::auth::ClientTokens;
 use crate::config::{CacheBackend, Config};
@@ -20,9 +22,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     config.validate()?;
     let default_environment = Environment::parse(&config.default_environment)
         .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
-    let repository = SqlRepository::connect(&config.database_url)
-        .await
-        .context("connecting to the database")?;
+    let repository = repository(config).await?;
     let cache: Arc<DynFeatureFlagCache> = match config.effective_cache_backend() {
         CacheBackend::Memory => Arc::new(MemoryCache::new()),
         CacheBackend::None => Arc::new(NoCache),
@@ -38,7 +38,11 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
             ))
         }
     };
-    let service = FeatureFlagService::builder(Arc::new(repository), cache)
+    let shared_cache = matches!(
+        config.effective_cache_backend(),
+        CacheBackend::Redis | CacheBackend::Tiered
+    );
+    let service = FeatureFlagService::builder(repository, cache)
         .ttl(Duration::from_millis(config.cache_ttl_ms))
         .stale_if_error(Duration::from_millis(config.stale_if_error_ms))
         .outage_refresh(Duration::from_millis(config.outage_refresh_ms))
@@ -63,8 +67,29 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         max_context_bytes: usize::try_from(config.max_context_bytes)?,
         max_in_flight: usize::try_from(config.max_in_flight)?,
+        shared_cache,
         ..AppState::new(service, default_environment, &admin_token)
     })
+}
+
+/// The database the configuration names, connected and migrated; when it cannot be reached, a
+/// repository that keeps connecting in the background (every call `503` meanwhile), so the
+/// server starts and serves what the cache holds instead of failing. A URL that cannot work or
+/// migrations that fail still refuse to start.
+async fn repository(config: &Config) -> anyhow::Result<Arc<DynFeatureFlagRepository>> {
+    let builder = SqlRepository::builder(&config.database_url);
+    match builder.clone().connect().await {
+        Ok(repository) => Ok(Arc::new(repository)),
+        Err(error @ SqlError::Connect { .. }) => {
+            tracing::warn!(%error, "the database is unreachable: starting without it, serving what \
+                the cache holds and connecting in the background");
+            Ok(Arc::new(DeferredSqlRepository::start(
+                builder,
+                error.to_string(),
+            )))
+        }
+        Err(error) => Err(error).context("connecting to the database"),
+    }
 }
 
 /// How the configuration says connections are held.

@@ -51,7 +51,7 @@ impl Backend {
     }
 
     /// The backend's name in metrics and logs.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Backend::Postgres => "postgres",
             Backend::Sqlite => "sqlite",

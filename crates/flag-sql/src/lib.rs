@@ -24,7 +24,9 @@
 //!
 //! # Modules
 //!
-//! `connection` (URL, pool, migrations), `repository` (the port: reads and write transactions),
+//! `connection` (URL, pool, migrations), `deferred` (a repository still connecting in the
+//! background, for a server started while the database is down), `repository` (the port: reads
+//! and write transactions),
 //! `audit` (the log each write appends to), `columns` (values across the SQL boundary). The
 //! precondition rule itself is `flag_core::Precondition::check`, shared with every repository.
 //!
@@ -44,10 +46,12 @@
 mod audit;
 mod columns;
 mod connection;
+mod deferred;
 mod repository;
 
 pub use audit::AuditEntry;
 pub use connection::{
     Backend, DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder,
 };
+pub use deferred::DeferredSqlRepository;
 pub use repository::SqlRepository;

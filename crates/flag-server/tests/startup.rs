@@ -1,0 +1,131 @@
+//! Starting during a database outage, over real sockets: an instance whose database refuses
+//! every connection still starts, serves what the shared Redis holds, says `200 degraded`, refuses
+//! writes with `503`, and once the database answers connects, migrates and serves writes with no
+//! restart. A database behind a small TCP proxy of the test's own is "down" while the proxy
+//! closes every connection it accepts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Backend, TestServer};
+
+/// A TCP proxy to `target` that closes every connection while `open` is false.
+async fn proxy(target: SocketAddr, open: Arc<AtomicBool>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if !open.load(Ordering::SeqCst) {
+                drop(client);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    address
+}
+
+/// `url` with its `host:port` replaced by `address`.
+fn through(url: &str, address: SocketAddr) -> (String, SocketAddr) {
+    let (scheme_and_user, rest) = url.split_once('@').unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let target: SocketAddr = host.replace("localhost", "127.0.0.1").parse().unwrap();
+    (format!("{scheme_and_user}@{address}/{path}"), target)
+}
+
+const FLAG: &str = "/v1/environments/production/flags/kill-switch";
+const EVALUATE: &str = "/ofrep/v1/evaluate/flags/kill-switch";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_while_the_database_is_down_serves_the_cache_then_connects() {
+    // A first instance writes the flag and warms Redis.
+    let first = TestServer::start(Backend::RedisPostgres).await;
+    let written = first.admin("PUT", FLAG, &[], r#"{"enabled": true}"#).await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    let warm = first
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(warm.json()["value"], json!(true));
+
+    // The second starts on the same Redis, with its database refusing every connection.
+    let open = Arc::new(AtomicBool::new(false));
+    let (_, target) = through(&first.config.database_url, "127.0.0.1:1".parse().unwrap());
+    let address = proxy(target, Arc::clone(&open)).await;
+    let (url, _) = through(&first.config.database_url, address);
+    let (redis_url, prefix) = (
+        first.config.redis_url.clone(),
+        first.config.redis_key_prefix.clone(),
+    );
+    let second = TestServer::start_with(Backend::RedisPostgres, move |config| {
+        config.database_url = url;
+        config.redis_url = redis_url;
+        config.redis_key_prefix = prefix;
+    })
+    .await;
+
+    let served = second
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.json()["value"], json!(true));
+    let ready = second.request("GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (
+            200,
+            json!({"status": "degraded", "repository": "unavailable", "cache": "ok"})
+        )
+    );
+    let refused = second
+        .admin("PUT", FLAG, &[], r#"{"enabled": false}"#)
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.code(), json!("unavailable"));
+
+    // The database comes back: the instance connects by itself.
+    open.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = second.request("GET", "/readyz", &[], "").await;
+        if ready.json()["status"] == json!("ready") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never connected: {}", ready.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flipped = second
+        .admin("PUT", FLAG, &[], r#"{"enabled": false}"#)
+        .await;
+    assert_eq!(flipped.status, 200, "{}", flipped.body);
+    let served = second
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(served.json()["value"], json!(false));
+}
+
+#[tokio::test]
+async fn an_embedded_instance_without_its_database_is_unready_not_crashed() {
+    // SQLite cannot be "down"; a Postgres URL nothing listens on can.
+    let server = TestServer::start_with(Backend::Embedded, |config| {
+        config.database_url = "postgres://postgres@127.0.0.1:1/none".to_owned();
+    })
+    .await;
+    let ready = server.request("GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.json()["status"], json!("unready"));
+    let evaluation = server
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(evaluation.status, 503, "{}", evaluation.body);
+}
