@@ -1097,3 +1097,97 @@ async fn pending_invalidations_are_flushed_at_shutdown() {
         "nothing is left pending"
     );
 }
+
+/// A fresh directory under the system's temporary one.
+fn scratch_directory(name: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("flag-core-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    directory
+}
+
+#[tokio::test]
+async fn last_known_good_snapshots_persisted_on_disk_answer_after_a_restart_in_a_full_outage() {
+    let directory = scratch_directory("last-good");
+    {
+        let (cache, repository) = (
+            Arc::new(FakeCache::default()),
+            Arc::new(FakeRepository::default()),
+        );
+        let service = FeatureFlagService::builder(repository, cache)
+            .last_good_dir(&directory)
+            .build()
+            .unwrap();
+        put_booleans(
+            &service,
+            "production",
+            &[("kill-switch", false), ("other", true)],
+        )
+        .await;
+        assert_eq!(
+            value_of(&service, "production", "kill-switch").await,
+            json!(false)
+        );
+        let file = directory.join("production.json");
+        for _ in 0..200 {
+            if std::fs::read_to_string(&file).is_ok_and(|text| text.contains("\"revision\":2")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(file.exists(), "the snapshot was written");
+    }
+    // A new process, with the cache and the database both out.
+    let (cache, repository) = (
+        Arc::new(FakeCache::default()),
+        Arc::new(FakeRepository::default()),
+    );
+    cache.fail_reads.store(true, Ordering::SeqCst);
+    repository.fail.store(true, Ordering::SeqCst);
+    let service = FeatureFlagService::builder(repository.clone(), cache.clone())
+        .last_good_dir(&directory)
+        .build()
+        .unwrap();
+    assert!(service.can_serve_last_known_good());
+    let answer = service
+        .evaluate(
+            &env("production"),
+            &key("kill-switch"),
+            &EvaluationContext::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.value().clone(), answer.reason()),
+        (json!(false), Reason::Cached)
+    );
+    assert_eq!(
+        service
+            .evaluate_all(&env("production"), &EvaluationContext::new())
+            .await
+            .unwrap()
+            .results
+            .len(),
+        2
+    );
+    // Past the stale-if-error bound, the files are not served.
+    let strict = FeatureFlagService::builder(repository, cache)
+        .last_good_dir(&directory)
+        .stale_if_error(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(!strict.can_serve_last_known_good());
+    // An unreadable file is skipped, not fatal.
+    std::fs::write(directory.join("broken.json"), "{not json").unwrap();
+    let (cache, repository) = (
+        Arc::new(FakeCache::default()),
+        Arc::new(FakeRepository::default()),
+    );
+    assert!(
+        FeatureFlagService::builder(repository, cache)
+            .last_good_dir(&directory)
+            .build()
+            .is_ok()
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}

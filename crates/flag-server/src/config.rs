@@ -94,6 +94,10 @@ pub struct Config {
         default_value_t = 1_000
     )]
     pub outage_refresh_ms: u64,
+    /// A directory where last-known-good snapshots are also written, and read back at start, so
+    /// an instance restarted during a full outage still serves; unset keeps them in memory only.
+    #[arg(long = "flag-last-good-dir", env = "FLAG_LAST_GOOD_DIR")]
+    pub last_good_dir: Option<std::path::PathBuf>,
     /// Prefix of every Redis key.
     #[arg(
         long = "redis-key-prefix",
@@ -337,6 +341,7 @@ impl fmt::Debug for Config {
             .field("cache_l1_ttl_ms", &self.cache_l1_ttl_ms)
             .field("stale_if_error_ms", &self.stale_if_error_ms)
             .field("outage_refresh_ms", &self.outage_refresh_ms)
+            .field("last_good_dir", &self.last_good_dir)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("cache_ttl_ms", &self.cache_ttl_ms)
@@ -404,6 +409,7 @@ mod tests {
             "FLAG_STALE_IF_ERROR_MS",
         );
         expect("outage_refresh_ms", Some("1000"), "FLAG_OUTAGE_REFRESH_MS");
+        expect("last_good_dir", None, "FLAG_LAST_GOOD_DIR");
         expect(
             "redis_key_prefix",
             Some("feature_flags"),

@@ -42,7 +42,11 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         config.effective_cache_backend(),
         CacheBackend::Redis | CacheBackend::Tiered
     );
-    let service = FeatureFlagService::builder(repository, cache)
+    let mut service = FeatureFlagService::builder(repository, cache);
+    if let Some(directory) = &config.last_good_dir {
+        service = service.last_good_dir(directory);
+    }
+    let service = service
         .ttl(Duration::from_millis(config.cache_ttl_ms))
         .stale_if_error(Duration::from_millis(config.stale_if_error_ms))
         .outage_refresh(Duration::from_millis(config.outage_refresh_ms))
@@ -51,7 +55,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
             max_flags: usize::try_from(config.max_flags)?,
         })
         .build()
-        .context("CACHE_TTL_MS")?;
+        .context("building the service (CACHE_TTL_MS, FLAG_LAST_GOOD_DIR)")?;
     let client_tokens = client_tokens(config.client_tokens.as_deref())?;
     let admin_token = match &config.admin_token {
         Some(token) if !token.is_empty() => token.clone(),

@@ -129,3 +129,51 @@ async fn an_embedded_instance_without_its_database_is_unready_not_crashed() {
         .await;
     assert_eq!(evaluation.status, 503, "{}", evaluation.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_restarted_in_a_full_outage_serves_its_last_known_good_flags_from_disk() {
+    let kept = flag_fixtures::ScratchDir::new().unwrap();
+    let directory = kept.path().join("last-good");
+    {
+        let dir = directory.clone();
+        let first = TestServer::start_with(Backend::Embedded, move |config| {
+            config.last_good_dir = Some(dir);
+        })
+        .await;
+        let written = first.admin("PUT", FLAG, &[], r#"{"enabled": true}"#).await;
+        assert_eq!(written.status, 201, "{}", written.body);
+        let served = first
+            .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+            .await;
+        assert_eq!(served.json()["value"], json!(true));
+        let file = directory.join("production.json");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !file.exists() {
+            assert!(Instant::now() < deadline, "the snapshot was never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Restarted with the database out and an in-process (empty) cache.
+    let dir = directory.clone();
+    let second = TestServer::start_with(Backend::Embedded, move |config| {
+        config.database_url = "postgres://postgres@127.0.0.1:1/none".to_owned();
+        config.last_good_dir = Some(dir);
+    })
+    .await;
+    let served = second
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(
+        (
+            served.json()["value"].clone(),
+            served.json()["reason"].clone()
+        ),
+        (json!(true), json!("CACHED"))
+    );
+    let ready = second.request("GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, json!("degraded"))
+    );
+}

@@ -5,8 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use super::archive::{Archive, Restored};
 use crate::names::Environment;
 use crate::snapshot::{EnvironmentSnapshot, Revision};
 
@@ -31,6 +32,8 @@ pub(crate) struct LastKnownGood {
     catching_up: Mutex<HashSet<Environment>>,
     /// Per environment, until when reads with a fallback skip the repository after an outage.
     resting_until: Mutex<HashMap<Environment, Instant>>,
+    /// Where the snapshots are also written, when `FLAG_LAST_GOOD_DIR` is set.
+    archive: Option<Archive>,
 }
 
 #[derive(Debug)]
@@ -41,12 +44,53 @@ struct Entry {
 
 impl LastKnownGood {
     /// Keeps snapshots servable for `bound` after their last confirmation; zero keeps nothing.
+    #[cfg(test)]
     pub(crate) fn new(bound: Duration) -> Self {
+        Self::archived(bound, None)
+    }
+
+    /// Keeps snapshots servable for `bound` after their last confirmation (zero keeps nothing),
+    /// also writing each to `archive` when there is one.
+    pub(crate) fn archived(bound: Duration, archive: Option<Archive>) -> Self {
         Self {
             bound,
             entries: RwLock::default(),
             catching_up: Mutex::default(),
             resting_until: Mutex::default(),
+            archive,
+        }
+    }
+
+    /// Keeps a snapshot read back from disk, as confirmed when it was written; `false` (and
+    /// nothing kept) when it is already older than the bound.
+    pub(crate) fn restore(&self, restored: Restored) -> bool {
+        let age = SystemTime::now()
+            .duration_since(restored.confirmed)
+            .unwrap_or(Duration::ZERO);
+        let confirmed = match Instant::now().checked_sub(age) {
+            Some(confirmed) if self.enabled() && age <= self.bound => confirmed,
+            _ => return false,
+        };
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let newer_kept = entries
+            .get(&restored.environment)
+            .is_some_and(|entry| entry.snapshot.revision() >= restored.snapshot.revision());
+        if !newer_kept {
+            entries.insert(
+                restored.environment,
+                Entry {
+                    snapshot: restored.snapshot,
+                    confirmed,
+                },
+            );
+        }
+        true
+    }
+
+    /// Hands a just-confirmed snapshot to the archive, if there is one.
+    fn archive(&self, env: &Environment, snapshot: &Arc<EnvironmentSnapshot>) {
+        if let Some(archive) = &self.archive {
+            archive.offer(env, snapshot);
         }
     }
 
@@ -73,6 +117,7 @@ impl LastKnownGood {
             Some(entry) => {
                 entry.snapshot = Arc::clone(snapshot);
                 entry.confirmed = Instant::now();
+                self.archive(env, snapshot);
             }
             None => {
                 entries.insert(
@@ -82,6 +127,7 @@ impl LastKnownGood {
                         confirmed: Instant::now(),
                     },
                 );
+                self.archive(env, snapshot);
             }
         }
     }
@@ -106,6 +152,7 @@ impl LastKnownGood {
                 let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
                 if let Some(entry) = entries.get_mut(env) {
                     entry.confirmed = Instant::now();
+                    self.archive(env, &entry.snapshot);
                 }
                 true
             }

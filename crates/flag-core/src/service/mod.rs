@@ -35,6 +35,9 @@
 //!   the repository at most once per environment per outage refresh interval (default 1 s), with
 //!   read-your-writes kept; a background probe closes the circuit when the cache answers again.
 //!   Warnings are rate-limited to a line a second.
+//! - **Last-known-good survives restarts** when a directory is given
+//!   ([`ServiceBuilder::last_good_dir`]): snapshots are written there atomically by a background
+//!   task and read back at start (`archive.rs`).
 //! - **Last-known-good.** When the cache cannot answer and the repository fails, reads are
 //!   answered from the newest snapshot this service served for the environment, as long as the
 //!   stores confirmed it less than the stale-if-error bound ago (default 24 h, zero turns it
@@ -42,6 +45,7 @@
 //!   reads served from the cache only see a revision, so when that revision is newer than the
 //!   kept snapshot the whole snapshot is fetched from the cache in the background.
 
+mod archive;
 mod breaker;
 mod catalog;
 mod copies;
@@ -99,6 +103,14 @@ pub enum ServiceConfigError {
     /// The cache TTL is zero.
     #[error("the cache TTL must be greater than zero")]
     ZeroTtl,
+    /// The last-known-good directory cannot be created or read.
+    #[error("the last-known-good directory {path} cannot be used: {message}")]
+    LastGoodDir {
+        /// The directory.
+        path: String,
+        /// What the system said.
+        message: String,
+    },
 }
 
 /// How many environments may exist, and flags each may hold.
@@ -187,6 +199,7 @@ pub struct ServiceBuilder {
     retry: RetryPolicy,
     stale_if_error: Duration,
     outage_refresh: Duration,
+    last_good_dir: Option<std::path::PathBuf>,
     limits: Limits,
 }
 
@@ -221,6 +234,14 @@ impl ServiceBuilder {
         self
     }
 
+    /// A directory where last-known-good snapshots are also written, and read back at start
+    /// (must be called within a Tokio runtime's context: the writing runs on it).
+    #[must_use]
+    pub fn last_good_dir(mut self, directory: impl Into<std::path::PathBuf>) -> Self {
+        self.last_good_dir = Some(directory.into());
+        self
+    }
+
     /// How failed invalidations are retried.
     #[must_use]
     pub fn invalidation_retry(mut self, retry: RetryPolicy) -> Self {
@@ -233,10 +254,38 @@ impl ServiceBuilder {
         if self.ttl.is_zero() {
             return Err(ServiceConfigError::ZeroTtl);
         }
-        Ok(self.assemble())
+        let archive = match &self.last_good_dir {
+            None => None,
+            Some(directory) => Some(archive::Archive::open(directory).map_err(|error| {
+                ServiceConfigError::LastGoodDir {
+                    path: directory.display().to_string(),
+                    message: error.to_string(),
+                }
+            })?),
+        };
+        let (archive, restored) = match archive {
+            Some((archive, restored)) => (Some(archive), restored),
+            None => (None, Vec::new()),
+        };
+        let service = self.assemble(archive);
+        let mut kept = 0;
+        for snapshot in restored {
+            let env = snapshot.environment.clone();
+            if service.inner.last_good.restore(snapshot) {
+                service.inner.catalog.learn(&env);
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            tracing::info!(
+                environments = kept,
+                "last-known-good snapshots read back from disk"
+            );
+        }
+        Ok(service)
     }
 
-    fn assemble(self) -> FeatureFlagService {
+    fn assemble(self, archive: Option<archive::Archive>) -> FeatureFlagService {
         FeatureFlagService {
             inner: Arc::new(Inner {
                 repository: self.repository,
@@ -246,7 +295,7 @@ impl ServiceBuilder {
                 flights: Flights::default(),
                 floors: RwLock::new(HashMap::new()),
                 invalidations: PendingInvalidations::default(),
-                last_good: LastKnownGood::new(self.stale_if_error),
+                last_good: LastKnownGood::archived(self.stale_if_error, archive),
                 catalog: Catalog::default(),
                 oversized: Copies::new(OVERSIZED_REFRESH),
                 outage_copies: Copies::new(self.outage_refresh),
@@ -296,7 +345,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl FeatureFlagService {
     /// A service with the default TTL (five minutes) and retry policy.
     pub fn new(repository: Arc<DynFeatureFlagRepository>, cache: Arc<DynFeatureFlagCache>) -> Self {
-        Self::builder(repository, cache).assemble()
+        Self::builder(repository, cache).assemble(None)
     }
 
     /// A builder for a service with another TTL or retry policy.
@@ -311,6 +360,7 @@ impl FeatureFlagService {
             retry: RetryPolicy::default(),
             stale_if_error: DEFAULT_STALE_IF_ERROR,
             outage_refresh: DEFAULT_OUTAGE_REFRESH,
+            last_good_dir: None,
             limits: Limits::default(),
         }
     }

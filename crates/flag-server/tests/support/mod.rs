@@ -54,6 +54,7 @@ pub fn default_config() -> Config {
         cache_l1_ttl_ms: 5_000,
         stale_if_error_ms: 86_400_000,
         outage_refresh_ms: 1_000,
+        last_good_dir: None,
         redis_key_prefix: "feature_flags".to_owned(),
         redis_timeout_ms: 100,
         cache_ttl_ms: 300_000,
