@@ -19,7 +19,10 @@
 //! `CLIENT KILL TYPE pubsub`, a failover; on a Cluster, any node's connection, or the server
 //! unsubscribing a channel whose slot moved) the task reports [`BusEvent::Lost`], connects again
 //! with backoff (50 ms doubling to 1 s), subscribes to every channel again, and reports
-//! [`BusEvent::Restored`] once every one is confirmed. A loss on one node of a Cluster is
+//! [`BusEvent::Restored`] once every one is confirmed. The classic subscriber connection is pinged
+//! every `FLAG_BUS_PING_MS` (1 s): one that stays silent for two intervals (a partition without
+//! a reset, a frozen Redis) is a loss too, so a tiered cache stops serving from memory instead of
+//! waiting for its L1 TTL. A loss on one node of a Cluster is
 //! reported as a loss of everything: which environments lived there is not known for sure while
 //! slots may be moving, and a whole drop of the in-process layer is always safe.
 
@@ -48,6 +51,9 @@ pub const MAX_WATCHED: usize = 1024;
 const FIRST_DELAY: Duration = Duration::from_millis(50);
 /// The longest wait between two attempts to connect.
 const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How often the subscriber connection is pinged when not configured (`FLAG_BUS_PING_MS`).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A message on a channel.
 #[derive(Serialize, Deserialize)]
@@ -105,6 +111,18 @@ impl RedisBus {
     /// at once (in the background: a Redis that is down now is subscribed to when it is up).
     /// Call it inside a Tokio runtime, which runs the subscriber task.
     pub fn start(cache: &RedisCache) -> Self {
+        Self::start_with_ping(cache, DEFAULT_PING_INTERVAL)
+    }
+
+    /// Like [`RedisBus::start`], pinging the subscriber connection every `ping` (a zero interval
+    /// is taken as the default): a connection that stays silent past two intervals (a network
+    /// partition without a reset, a frozen Redis) is taken as lost.
+    pub fn start_with_ping(cache: &RedisCache, ping: Duration) -> Self {
+        let ping = if ping.is_zero() {
+            DEFAULT_PING_INTERVAL
+        } else {
+            ping
+        };
         let client = cache.client().clone();
         let sharded = client.connector().is_cluster();
         let sender = broadcast::channel(BUS_CAPACITY).0;
@@ -115,6 +133,7 @@ impl RedisBus {
             client: client.clone(),
             sender: sender.clone(),
             live: Arc::clone(&live),
+            ping,
         };
         let subscriber = if sharded {
             tokio::spawn(listener.keep_sharded(Arc::clone(&watched), requested))
@@ -168,6 +187,8 @@ struct Listener {
     client: RedisClient,
     sender: broadcast::Sender<BusEvent>,
     live: Arc<AtomicBool>,
+    /// How often the classic subscriber connection is pinged.
+    ping: Duration,
 }
 
 impl Listener {
@@ -211,17 +232,52 @@ impl Listener {
                     self.restored();
                     debug!(%channel, "subscribed to invalidations");
                     delay = FIRST_DELAY;
-                    let mut messages = pubsub.into_on_message();
-                    while let Some(message) = messages.next().await {
-                        self.forward(message.get_payload_bytes());
-                    }
-                    self.lost("the connection closed");
+                    let why = self.listen(pubsub).await;
+                    self.lost(why);
                 }
                 Ok(Err(error)) => debug!(%channel, %error, "subscribing to invalidations failed"),
                 Err(_) => debug!(%channel, "subscribing to invalidations timed out"),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_DELAY);
+        }
+    }
+
+    /// Forwards what arrives on `pubsub` and pings it every interval, until the connection closes
+    /// or a ping is not answered by the next one (a partition without a reset leaves a connection
+    /// that looks open and carries nothing), so silence is noticed within two intervals; answers
+    /// why it ended.
+    async fn listen(&self, pubsub: redis::aio::PubSub) -> &'static str {
+        let (sink, mut messages) = pubsub.split();
+        let mut pings = tokio::time::interval(self.ping);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings.tick().await;
+        let mut pending: Option<tokio::task::JoinHandle<bool>> = None;
+        // Whether a message arrived since the last tick: proof enough that the connection lives.
+        let mut heard = false;
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => {
+                        heard = true;
+                        self.forward(message.get_payload_bytes());
+                    }
+                    None => return "the connection closed",
+                },
+                _ = pings.tick() => {
+                    // The previous ping had a whole interval to be answered.
+                    if let Some(ping) = pending.take()
+                        && !std::mem::take(&mut heard)
+                        && (!ping.is_finished() || !matches!(ping.await, Ok(true)))
+                    {
+                        return "PING not answered within an interval";
+                    }
+                    let mut sink = sink.clone();
+                    pending = Some(tokio::spawn(async move {
+                        sink.ping::<String>().await.is_ok()
+                    }));
+                }
+            }
         }
     }
 

@@ -81,7 +81,7 @@ mod connection;
 mod scripts;
 mod target;
 
-pub use bus::{MAX_WATCHED, RedisBus};
+pub use bus::{DEFAULT_PING_INTERVAL, MAX_WATCHED, RedisBus};
 pub use cache::{
     DECODED_ENVIRONMENTS, DEFAULT_KEY_PREFIX, DEFAULT_MAX_SNAPSHOT_BYTES, DEFAULT_TIMEOUT,
     RedisCache, RedisCacheBuilder, RedisConnection, TTL_SLACK,

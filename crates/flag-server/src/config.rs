@@ -98,6 +98,14 @@ pub struct Config {
     /// an instance restarted during a full outage still serves; unset keeps them in memory only.
     #[arg(long = "flag-last-good-dir", env = "FLAG_LAST_GOOD_DIR")]
     pub last_good_dir: Option<std::path::PathBuf>,
+    /// How often the invalidation subscriber connection is pinged, in ms; one silent for two
+    /// intervals is taken as lost (`tiered` stops serving from memory).
+    #[arg(
+        long = "flag-bus-ping-ms",
+        env = "FLAG_BUS_PING_MS",
+        default_value_t = 1_000
+    )]
+    pub bus_ping_ms: u64,
     /// Prefix of every Redis key.
     #[arg(
         long = "redis-key-prefix",
@@ -243,7 +251,8 @@ pub struct OutOfRange {
 impl Config {
     /// Checks every numeric setting against its range; the first one outside it is the error.
     pub fn validate(&self) -> Result<(), OutOfRange> {
-        let checks: [(&'static str, u64, u64, u64); 15] = [
+        let checks: [(&'static str, u64, u64, u64); 16] = [
+            ("FLAG_BUS_PING_MS", self.bus_ping_ms, 1, MAX_TIMEOUT_MS),
             (
                 "FLAG_OUTAGE_REFRESH_MS",
                 self.outage_refresh_ms,
@@ -342,6 +351,7 @@ impl fmt::Debug for Config {
             .field("stale_if_error_ms", &self.stale_if_error_ms)
             .field("outage_refresh_ms", &self.outage_refresh_ms)
             .field("last_good_dir", &self.last_good_dir)
+            .field("bus_ping_ms", &self.bus_ping_ms)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("cache_ttl_ms", &self.cache_ttl_ms)
@@ -410,6 +420,7 @@ mod tests {
         );
         expect("outage_refresh_ms", Some("1000"), "FLAG_OUTAGE_REFRESH_MS");
         expect("last_good_dir", None, "FLAG_LAST_GOOD_DIR");
+        expect("bus_ping_ms", Some("1000"), "FLAG_BUS_PING_MS");
         expect(
             "redis_key_prefix",
             Some("feature_flags"),

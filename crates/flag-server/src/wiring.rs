@@ -29,7 +29,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         CacheBackend::Redis => Arc::new(redis_cache(config, "redis")?),
         CacheBackend::Tiered => {
             let cache = redis_cache(config, "tiered")?;
-            let bus = RedisBus::start(&cache);
+            let bus = RedisBus::start_with_ping(&cache, Duration::from_millis(config.bus_ping_ms));
             Arc::new(TieredCache::start(
                 Arc::new(MemoryCache::new()),
                 Arc::new(cache),

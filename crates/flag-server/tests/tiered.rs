@@ -370,3 +370,55 @@ async fn three_tiered_processes_see_each_others_writes(#[values(false, true)] cl
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_gone_silent_is_lost_within_two_ping_intervals_and_comes_back() {
+    // A frozen Redis keeps its connections open and answers nothing, as a partition without a
+    // reset does: only the pings can tell.
+    let redis = RedisProcess::spawn(&[])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = RedisCache::builder(redis.url())
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let ping = Duration::from_millis(200);
+    let bus = RedisBus::start_with_ping(&cache, ping);
+    let l1_ttl = Duration::from_secs(30);
+    let tiered = TieredCache::start(
+        Arc::new(MemoryCache::new()),
+        Arc::new(cache),
+        Arc::new(bus.clone()),
+        l1_ttl,
+    );
+    subscribed(&bus).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tiered.l1_serving() {
+        assert!(Instant::now() < deadline, "L1 never served");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    redis.pause().unwrap();
+    let frozen = Instant::now();
+    while bus.is_live() {
+        // Two intervals, plus room for a loaded machine: far below the L1 TTL it replaces.
+        assert!(
+            frozen.elapsed() < ping * 2 + Duration::from_secs(1),
+            "a silent subscription was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("silent subscription noticed after {:?}", frozen.elapsed());
+    assert!(
+        !tiered.l1_serving(),
+        "L1 stops serving once the subscription is lost"
+    );
+
+    redis.resume().unwrap();
+    subscribed(&bus).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tiered.l1_serving() {
+        assert!(Instant::now() < deadline, "L1 never served again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

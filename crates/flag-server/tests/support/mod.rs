@@ -55,6 +55,7 @@ pub fn default_config() -> Config {
         stale_if_error_ms: 86_400_000,
         outage_refresh_ms: 1_000,
         last_good_dir: None,
+        bus_ping_ms: 1_000,
         redis_key_prefix: "feature_flags".to_owned(),
         redis_timeout_ms: 100,
         cache_ttl_ms: 300_000,
