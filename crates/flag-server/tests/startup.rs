@@ -2,7 +2,9 @@
 //! every connection still starts, serves what the shared Redis holds, says `200 degraded`, refuses
 //! writes with `503`, and once the database answers connects, migrates and serves writes with no
 //! restart. A database behind a small TCP proxy of the test's own is "down" while the proxy
-//! closes every connection it accepts.
+//! closes every connection it accepts, and partitioned (no reset, nothing carried) while a
+//! stalling proxy holds every byte: reads keep being answered from Redis, a write ends within the
+//! database bound with a `503`, and everything works again when the partition heals.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
@@ -176,4 +178,122 @@ async fn an_instance_restarted_in_a_full_outage_serves_its_last_known_good_flags
         (ready.status, ready.json()["status"].clone()),
         (200, json!("degraded"))
     );
+}
+
+/// Copies `from` to `to`, holding every byte while `cut` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    while let Ok(read) = from.read(&mut buffer).await {
+        if read == 0 {
+            return;
+        }
+        while cut.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A TCP proxy to `target` that, while `cut` is set, forwards nothing in either direction and
+/// holds every connection open: a partition without resets.
+async fn stalling_proxy(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let cut = Arc::clone(&cut);
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::join!(
+                    pump(client_read, server_write, Arc::clone(&cut)),
+                    pump(server_read, client_write, cut),
+                );
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_from_the_database_without_resets_is_survived_and_healed() {
+    let cut = Arc::new(AtomicBool::new(false));
+    let seed = TestServer::start(Backend::RedisPostgres).await;
+    let (_, target) = through(&seed.config.database_url, "127.0.0.1:1".parse().unwrap());
+    let address = stalling_proxy(target, Arc::clone(&cut)).await;
+    let (url, _) = through(&seed.config.database_url, address);
+    let (redis_url, prefix) = (
+        seed.config.redis_url.clone(),
+        seed.config.redis_key_prefix.clone(),
+    );
+    let server = TestServer::start_with(Backend::RedisPostgres, move |config| {
+        config.database_url = url;
+        config.redis_url = redis_url;
+        config.redis_key_prefix = prefix;
+    })
+    .await;
+    let written = server.admin("PUT", FLAG, &[], r#"{"enabled": true}"#).await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    let served = server
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(served.json()["value"], json!(true));
+
+    cut.store(true, Ordering::SeqCst);
+    // Reads are answered from Redis at once; a write ends within the database's bound (5 s) with
+    // a clear 503, and readiness says degraded, all with no answer from the database.
+    for _ in 0..20 {
+        let started = Instant::now();
+        let served = server
+            .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+            .await;
+        assert_eq!(served.json()["value"], json!(true));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    let started = Instant::now();
+    let refused = server
+        .admin("PUT", FLAG, &[], r#"{"enabled": false}"#)
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    let ready = server.request("GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, json!("degraded"))
+    );
+
+    cut.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let flipped = server
+            .admin("PUT", FLAG, &[], r#"{"enabled": false}"#)
+            .await;
+        if flipped.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never worked again: {}",
+            flipped.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = server
+        .request("POST", EVALUATE, &[], r#"{"context":{}}"#)
+        .await;
+    assert_eq!(served.json()["value"], json!(false));
 }
