@@ -800,6 +800,42 @@ pub async fn unusual_keys_and_values_round_trip(
     }
 }
 
+/// A stored flag that could not be read (its unreadable stand-in, `FeatureFlag::unreadable`) is
+/// kept as such beside the readable ones: the cache never turns it into a readable flag, nor
+/// makes its environment unreadable.
+pub async fn unreadable_stand_ins_round_trip(
+    cache: &SharedCache,
+    _: CacheCapabilities,
+) -> Result<(), Violation> {
+    const P: &str = "unreadable_stand_ins_round_trip";
+    let env = env("damaged");
+    let stand_in = flag_core::FeatureFlag::unreadable(
+        key("broken"),
+        7,
+        flag_core::time::OffsetDateTime::UNIX_EPOCH,
+        "expected value at line 1 column 2",
+    );
+    let snapshot = EnvironmentSnapshot::new(
+        Revision(3),
+        vec![flag_with_value("fine", json!("ok")), stand_in],
+    )
+    .map_err(|error| Violation::new(P, error.to_string()))?;
+    expect_outcome(
+        P,
+        "set",
+        set(P, cache, &env, snapshot.clone(), LONG_TTL).await?,
+        SetOutcome::Stored,
+    )?;
+    expect_snapshot(P, "get", get(P, cache, &env).await?, Some(&snapshot))?;
+    match cache.get_flag(&env, &key("broken")).await {
+        Ok(FlagLookup::Hit { flag, .. }) if flag.unreadable_reason().is_some() => Ok(()),
+        other => Err(Violation::new(
+            P,
+            format!("get_flag of the unreadable flag answered {other:?}"),
+        )),
+    }
+}
+
 /// A 10,000-flag environment is stored and read back whole.
 pub async fn large_environment_round_trips(
     cache: &SharedCache,
@@ -865,6 +901,7 @@ where
         get_flag_agrees_with_get,
         get_with_ttl_never_outlives_get,
         unusual_keys_and_values_round_trip,
+        unreadable_stand_ins_round_trip,
         large_environment_round_trips,
     );
     violations

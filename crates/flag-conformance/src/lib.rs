@@ -189,6 +189,7 @@ macro_rules! cache_suite {
             $crate::__cache_property!(get_flag_agrees_with_get);
             $crate::__cache_property!(get_with_ttl_never_outlives_get);
             $crate::__cache_property!(unusual_keys_and_values_round_trip);
+            $crate::__cache_property!(unreadable_stand_ins_round_trip);
             $crate::__cache_property!(large_environment_round_trips);
 
             #[test]

@@ -134,6 +134,14 @@ pub enum EvaluationError {
         /// The flag evaluated.
         key: FlagKey,
     },
+    /// The stored flag could not be read (a damaged row); its environment's other flags can.
+    #[error("flag {key} is stored in a form that cannot be read: {reason}")]
+    Unreadable {
+        /// The flag asked for.
+        key: FlagKey,
+        /// Why it could not be read.
+        reason: String,
+    },
 }
 
 impl EvaluationError {
@@ -142,7 +150,9 @@ impl EvaluationError {
         match self {
             EvaluationError::FlagNotFound { .. } => ErrorCode::FlagNotFound,
             EvaluationError::TargetingKeyMissing { .. } => ErrorCode::TargetingKeyMissing,
-            EvaluationError::General { .. } => ErrorCode::General,
+            EvaluationError::General { .. } | EvaluationError::Unreadable { .. } => {
+                ErrorCode::General
+            }
         }
     }
 
@@ -151,7 +161,8 @@ impl EvaluationError {
         match self {
             EvaluationError::FlagNotFound { key }
             | EvaluationError::TargetingKeyMissing { key }
-            | EvaluationError::General { key } => key,
+            | EvaluationError::General { key }
+            | EvaluationError::Unreadable { key, .. } => key,
         }
     }
 }
@@ -172,6 +183,12 @@ pub fn evaluate<'f>(
     flag: &'f FeatureFlag,
     context: &EvaluationContext,
 ) -> Result<Resolution<'f>, EvaluationError> {
+    if let Some(reason) = flag.unreadable_reason() {
+        return Err(EvaluationError::Unreadable {
+            key: flag.key().clone(),
+            reason: reason.to_owned(),
+        });
+    }
     if !flag.enabled() {
         return resolve(flag, flag.off_variant(), Reason::Disabled);
     }

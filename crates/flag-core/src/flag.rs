@@ -61,9 +61,43 @@ pub struct FeatureFlag {
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     updated_at: OffsetDateTime,
+    /// Server-set, only on a stored flag that could not be read: why. Such a flag evaluates to a
+    /// `GENERAL` error; writing it again replaces it.
+    #[serde(rename = "error", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    unreadable: Option<Arc<str>>,
 }
 
 impl FeatureFlag {
+    /// The stand-in for the stored flag `key` (at `version`, written at `updated_at`) that could
+    /// not be read, saying `why`: it keeps its environment readable, and evaluates to an error.
+    pub fn unreadable(
+        key: FlagKey,
+        version: u64,
+        updated_at: OffsetDateTime,
+        why: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            key,
+            description: String::new(),
+            enabled: false,
+            variants: BTreeMap::new(),
+            default_variant: Arc::from(""),
+            off_variant: Arc::from(""),
+            rules: Vec::new(),
+            rollout: Rollout::default(),
+            metadata: BTreeMap::new(),
+            version,
+            updated_at,
+            unreadable: Some(why.into()),
+        }
+    }
+
+    /// Why the stored flag could not be read, for a stand-in made by [`FeatureFlag::unreadable`].
+    pub fn unreadable_reason(&self) -> Option<&str> {
+        self.unreadable.as_deref()
+    }
+
     /// Parses a PUT body for the flag at `path_key`; server-set fields in it are ignored.
     ///
     /// The result has version 0 ("never stored"); the repository gives it its real version.
@@ -71,6 +105,12 @@ impl FeatureFlag {
         path_key: &FlagKey,
         document: FlagDocument,
     ) -> Result<Self, ValidationError> {
+        if document.error.is_some() {
+            return Err(ValidationError::new(
+                "error",
+                ValidationReason::BadServerField("error is set by the server only"),
+            ));
+        }
         if let Some(key) = &document.key
             && key != path_key.as_str()
         {
@@ -413,6 +453,9 @@ pub struct FlagDocument {
         schema(value_type = Option<String>, format = DateTime, read_only)
     )]
     pub updated_at: Option<Value>,
+    /// Server-set: why a stored flag could not be read; refused in a definition.
+    #[cfg_attr(feature = "openapi", schema(read_only))]
+    pub error: Option<String>,
 }
 
 /// The loose JSON shape of a rule.
@@ -650,6 +693,7 @@ impl FlagDocument {
             metadata: self.metadata.unwrap_or_default(),
             version,
             updated_at,
+            unreadable: None,
         })
     }
 }
@@ -669,6 +713,7 @@ const FLAG_FIELDS: &[&str] = &[
     "metadata",
     "version",
     "updatedAt",
+    "error",
 ];
 const RULE_FIELDS: &[&str] = &["conditions", "variant", "rollout"];
 const CONDITION_FIELDS: &[&str] = &["attribute", "operator", "value"];
@@ -752,6 +797,9 @@ impl TryFrom<FlagDocument> for FeatureFlag {
                     ValidationReason::BadServerField("updatedAt must be an RFC 3339 timestamp"),
                 )
             })?;
+        if let Some(why) = document.error.take() {
+            return Ok(FeatureFlag::unreadable(key, version, updated_at, why));
+        }
         document.validate(key, version, updated_at)
     }
 }

@@ -33,6 +33,8 @@ pub struct ServiceMetrics {
     pub stale_answers: u64,
     /// Fills the cache refused because the snapshot is larger than it accepts.
     pub fills_too_large: u64,
+    /// Stored flags that could not be read, each counted once (per version) when first met.
+    pub unreadable_flags: u64,
 }
 
 /// The live counters behind [`ServiceMetrics`].
@@ -50,6 +52,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations_abandoned: Counter,
     pub(crate) stale_answers: Counter,
     pub(crate) fills_too_large: Counter,
+    pub(crate) unreadable_flags: Counter,
 }
 
 impl Counters {
@@ -67,6 +70,7 @@ impl Counters {
             invalidations_abandoned: self.invalidations_abandoned.get(),
             stale_answers: self.stale_answers.get(),
             fills_too_large: self.fills_too_large.get(),
+            unreadable_flags: self.unreadable_flags.get(),
         }
     }
 }

@@ -262,6 +262,8 @@ impl OfrepError {
     pub(crate) fn evaluation(error: &EvaluationError) -> Self {
         let status = match error {
             EvaluationError::FlagNotFound { .. } => StatusCode::NOT_FOUND,
+            // Stored data this server cannot read: its fault, not the request's.
+            EvaluationError::Unreadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, error.code(), error.to_string()).for_key(error.key().as_str())

@@ -249,6 +249,12 @@ impl Exposition<'_> {
                 metrics.fills_too_large,
             ),
             (
+                "flag_unreadable_flags_total",
+                "Stored flags that could not be read (each version counted once): each answers a \
+                 GENERAL error, its environment's other flags are served.",
+                metrics.unreadable_flags,
+            ),
+            (
                 "flag_stale_answers_total",
                 "Reads answered from last-known-good flags because cache and database both failed.",
                 metrics.stale_answers,

@@ -202,6 +202,12 @@ enum BulkEntry<'a> {
             body = FlagFailure
         ),
         (status = 404, description = "No such flag (`FLAG_NOT_FOUND`).", body = FlagFailure),
+        (
+            status = 500,
+            description = "The stored flag cannot be read (`GENERAL`); the environment's other \
+                           flags are served.",
+            body = FlagFailure
+        ),
     )
 )]
 async fn evaluate_one(

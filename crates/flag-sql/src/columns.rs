@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flag_core::time::OffsetDateTime;
 use flag_core::time::format_description::well_known::Rfc3339;
-use flag_core::{FeatureFlag, RepositoryError};
+use flag_core::{FeatureFlag, FlagKey, RepositoryError};
 
 /// A version or revision as a column; saturates at `i64::MAX` (no write ever gets there).
 pub(crate) fn to_i64(value: u64) -> i64 {
@@ -17,9 +17,30 @@ pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// A stored definition, read back as the flag it is.
-pub(crate) fn parse_stored(definition: &str) -> Result<FeatureFlag, sqlx::Error> {
-    serde_json::from_str(definition).map_err(|error| sqlx::Error::Decode(Box::new(error)))
+/// A stored row, read back as the flag it is; a definition that cannot be read becomes the
+/// flag's unreadable stand-in (so the rest of its environment stays readable), and only a row
+/// whose key itself is unusable is an error.
+pub(crate) fn parse_stored(
+    key: &str,
+    definition: &str,
+    version: i64,
+    updated_at: &str,
+) -> Result<FeatureFlag, sqlx::Error> {
+    match serde_json::from_str::<FeatureFlag>(definition) {
+        Ok(flag) => Ok(flag),
+        Err(error) => {
+            let key =
+                FlagKey::parse(key).map_err(|refused| sqlx::Error::Decode(Box::new(refused)))?;
+            let updated_at =
+                OffsetDateTime::parse(updated_at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            Ok(FeatureFlag::unreadable(
+                key,
+                to_u64(version),
+                updated_at,
+                error.to_string(),
+            ))
+        }
+    }
 }
 
 /// Now, and now as RFC 3339 text for the `updated_at` and `at` columns.

@@ -306,8 +306,9 @@ impl FeatureFlagRepository for SqlRepository {
         self.bounded(async {
             // One statement: revision and flags from one committed state.
             let rows = sqlx::query(
-                "SELECT e.revision, f.definition FROM environments e \
-                 LEFT JOIN flags f ON f.environment = e.name WHERE e.name = $1 ORDER BY f.key",
+                "SELECT e.revision, f.key, f.definition, f.version, f.updated_at \
+                 FROM environments e LEFT JOIN flags f ON f.environment = e.name \
+                 WHERE e.name = $1 ORDER BY f.key",
             )
             .bind(name)
             .fetch_all(&self.pool)
@@ -319,7 +320,10 @@ impl FeatureFlagRepository for SqlRepository {
             let mut flags = Vec::with_capacity(rows.len());
             for row in &rows {
                 if let Some(definition) = row.try_get::<Option<String>, _>("definition")? {
-                    flags.push(parse_stored(&definition)?);
+                    let key: String = row.try_get("key")?;
+                    let version: i64 = row.try_get("version")?;
+                    let updated_at: String = row.try_get("updated_at")?;
+                    flags.push(parse_stored(&key, &definition, version, &updated_at)?);
                 }
             }
             EnvironmentSnapshot::new(revision, flags)
@@ -348,14 +352,18 @@ impl FeatureFlagRepository for SqlRepository {
     ) -> Result<Option<FeatureFlag>, RepositoryError> {
         let (env, key) = (env.to_string(), key.to_string());
         self.bounded(async {
-            let definition: Option<String> = sqlx::query_scalar(
-                "SELECT definition FROM flags WHERE environment = $1 AND key = $2",
+            let row: Option<(String, i64, String)> = sqlx::query_as(
+                "SELECT definition, version, updated_at FROM flags \
+                 WHERE environment = $1 AND key = $2",
             )
             .bind(env)
-            .bind(key)
+            .bind(&key)
             .fetch_optional(&self.pool)
             .await?;
-            definition.as_deref().map(parse_stored).transpose()
+            row.map(|(definition, version, updated_at)| {
+                parse_stored(&key, &definition, version, &updated_at)
+            })
+            .transpose()
         })
         .await
     }

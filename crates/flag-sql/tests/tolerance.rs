@@ -105,3 +105,70 @@ async fn a_database_a_newer_release_migrated_is_accepted_on_both_databases() {
         newer_rows_are_read(&repository, url).await;
     }
 }
+
+/// Damages one stored row, then reads its environment: the other flags are served, the damaged
+/// one is its unreadable stand-in, and writing it again replaces it.
+async fn a_damaged_row_is_isolated(repository: &SqlRepository, url: &str) {
+    let env = Environment::parse("damaged").unwrap();
+    for name in ["broken", "fine"] {
+        repository
+            .upsert(&env, flag_with_value(name, json!(name)), Precondition::None)
+            .await
+            .unwrap();
+    }
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query("UPDATE flags SET definition = '{not json' WHERE environment = $1 AND key = $2")
+        .bind(env.as_str())
+        .bind("broken")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+
+    let snapshot = repository.snapshot(&env).await.unwrap();
+    assert_eq!(snapshot.len(), 2);
+    assert!(snapshot.flag("fine").unwrap().unreadable_reason().is_none());
+    let broken = snapshot.flag("broken").unwrap();
+    assert!(broken.unreadable_reason().is_some(), "{broken:?}");
+    assert_eq!(broken.version(), 1);
+    let key = FlagKey::parse("broken").unwrap();
+    let point = repository.flag(&env, &key).await.unwrap().unwrap();
+    assert!(point.unreadable_reason().is_some());
+    // The API shows it with its error.
+    let shown = serde_json::to_value(&point).unwrap();
+    assert!(shown["error"].as_str().is_some(), "{shown}");
+
+    let replaced = repository
+        .upsert(
+            &env,
+            flag_with_value("broken", json!("fixed")),
+            Precondition::Version(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replaced.flag.version(), 2);
+    let snapshot = repository.snapshot(&env).await.unwrap();
+    assert!(
+        snapshot
+            .flag("broken")
+            .unwrap()
+            .unreadable_reason()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_row_is_isolated_to_its_flag_on_both_databases() {
+    sqlx::any::install_default_drivers();
+    let directory = ScratchDir::new().unwrap();
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        directory.path().join("damaged.db").display()
+    );
+    let postgres = PostgresDatabase::create()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    for url in [sqlite.as_str(), postgres.url()] {
+        let repository = SqlRepository::connect(url).await.unwrap();
+        a_damaged_row_is_isolated(&repository, url).await;
+    }
+}

@@ -301,6 +301,7 @@ impl ServiceBuilder {
                 outage_copies: Copies::new(self.outage_refresh),
                 breaker: Breaker::default(),
                 quiet: Quiet::default(),
+                unreadable_seen: Mutex::default(),
                 limits: self.limits,
                 counters: Counters::default(),
             }),
@@ -332,6 +333,8 @@ struct Inner {
     breaker: Breaker,
     /// The rate limit of warnings about stores that fail.
     quiet: Quiet,
+    /// The unreadable stored flags (environment, key, version) already counted and logged.
+    unreadable_seen: Mutex<std::collections::HashSet<(Environment, FlagKey, u64)>>,
     limits: Limits,
     counters: Counters,
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 
 use tracing::{debug, warn};
 
-use super::{FeatureFlagService, Inner, ServiceError};
+use super::{FeatureFlagService, Inner, ServiceError, lock};
 use crate::cache::{CacheError, SetOutcome};
 use crate::evaluation::{Evaluation, Reason};
 use crate::flag::FeatureFlag;
@@ -267,6 +267,27 @@ impl Inner {
         refill
     }
 
+    /// Counts and logs, once per flag version, the stored flags of `snapshot` that could not be
+    /// read (their stand-ins answer a `GENERAL` error; the rest of the environment is served).
+    fn note_unreadable(&self, env: &Environment, snapshot: &EnvironmentSnapshot) {
+        for flag in snapshot.flags() {
+            let Some(reason) = flag.unreadable_reason() else {
+                continue;
+            };
+            let first = lock(&self.unreadable_seen).insert((
+                env.clone(),
+                flag.key().clone(),
+                flag.version(),
+            ));
+            if first {
+                self.counters.unreadable_flags.increment();
+                warn!(%env, key = %flag.key(), version = flag.version(), reason,
+                    "a stored flag cannot be read: it answers an error; its environment's other \
+                     flags are served; writing it again replaces it");
+            }
+        }
+    }
+
     /// One repository read, and the cache fill that follows it.
     async fn fetch(
         self: &Arc<Self>,
@@ -275,6 +296,7 @@ impl Inner {
     ) -> Result<Arc<EnvironmentSnapshot>, RepositoryError> {
         self.counters.repository_reads.increment();
         let snapshot = Arc::new(self.repository.snapshot(env).await?);
+        self.note_unreadable(env, &snapshot);
         if fill {
             match self.cache.set(env, Arc::clone(&snapshot), self.ttl).await {
                 Ok(SetOutcome::Stored) => {
