@@ -557,12 +557,18 @@ impl FeatureFlagService {
     ) -> Result<T, ServiceError> {
         let inner = Arc::clone(&self.inner);
         let env = env.clone();
-        let task = tokio::spawn(async move {
+        let finish = async move {
             let (revision, written) = write.await?;
             inner.after_write(&env, revision).await;
             Ok(written)
-        });
-        task.await
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No Tokio runtime to detach onto (another executor): run in place.
+            return finish.await;
+        };
+        runtime
+            .spawn(finish)
+            .await
             .unwrap_or_else(|error| Err(ServiceError::WriteInterrupted(error.to_string())))
     }
 
