@@ -103,10 +103,7 @@ impl Inner {
             self.counters.invalidation_retries.increment();
             match self.cache.invalidate(&env, target).await {
                 Ok(()) => {
-                    let mut pending = lock(&self.invalidations.pending);
-                    if pending.get(&env) == Some(&target) {
-                        pending.remove(&env);
-                    }
+                    self.landed(&env, target);
                     info!(%env, revision = %target, "pending cache invalidation flushed at shutdown");
                 }
                 Err(error) => {
@@ -117,6 +114,17 @@ impl Inner {
             }
         }
         left
+    }
+
+    /// The invalidation of `env` at `target` succeeded: it is no longer pending, unless a newer
+    /// write's failed meanwhile (answers whether it was the one pending).
+    fn landed(&self, env: &Environment, target: Revision) -> bool {
+        let mut pending = lock(&self.invalidations.pending);
+        let was_pending = pending.get(env) == Some(&target);
+        if was_pending {
+            pending.remove(env);
+        }
+        was_pending
     }
 
     async fn retry_invalidation(self: Arc<Self>, env: Environment) {
@@ -135,9 +143,7 @@ impl Inner {
             self.counters.invalidation_retries.increment();
             match self.cache.invalidate(&env, target).await {
                 Ok(()) => {
-                    let mut pending = lock(&self.invalidations.pending);
-                    if pending.get(&env) == Some(&target) {
-                        pending.remove(&env);
+                    if self.landed(&env, target) {
                         info!(%env, revision = %target, "cache invalidation succeeded on retry");
                         return;
                     }

@@ -377,3 +377,52 @@ impl Drop for Running {
         }
     }
 }
+
+/// What an instance cut off from its database (while its shared cache answers) must do: serve
+/// `evaluate` (answering `true`) at once, refuse a PUT of `flag` with `503` within the database's
+/// bound, and say it is degraded.
+pub async fn assert_cut_off_from_the_database(server: &TestServer, flag: &str, evaluate: &str) {
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let served = server
+            .request("POST", evaluate, &[], r#"{"context":{}}"#)
+            .await;
+        assert_eq!(served.json()["value"], serde_json::json!(true));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+    let started = std::time::Instant::now();
+    let refused = server
+        .admin("PUT", flag, &[], r#"{"enabled": false}"#)
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(7),
+        "a write took {:?}",
+        started.elapsed()
+    );
+    let ready = server.request("GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, serde_json::json!("degraded"))
+    );
+}
+
+/// Writes `{"enabled": false}` to `flag` until it is accepted (`200`), within `within`: the
+/// database is back.
+pub async fn write_once_healed(server: &TestServer, flag: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let flipped = server
+            .admin("PUT", flag, &[], r#"{"enabled": false}"#)
+            .await;
+        if flipped.status == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never worked again: {}",
+            flipped.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
