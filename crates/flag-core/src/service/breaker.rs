@@ -6,7 +6,8 @@
 //! environment per `FLAG_OUTAGE_REFRESH_MS`, and writes leave their invalidation to the retry
 //! task. A background probe pings the cache after 100 ms, then after intervals that double up
 //! to 5 s; while reads keep arriving a probe is due at least every 500 ms, so the cache is used
-//! again within about half a second of coming back. The first successful ping closes the circuit.
+//! again within about a second of coming back (a probe's interval plus the reconnect). The
+//! first successful ping closes the circuit.
 //!
 //! Warnings are rate-limited ([`Quiet`]): one line per second at most, with the number of lines
 //! held back since the last one.
