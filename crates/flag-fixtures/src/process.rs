@@ -113,19 +113,9 @@ kill $child 2>/dev/null"#;
     /// Sends a signal by name (`STOP`, `CONT`, `KILL`, `TERM`) with the `kill` command.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only the Redis fixtures use it
     pub(crate) fn signal(&self, signal: &str) -> std::io::Result<()> {
-        let Some(pid) = self.pid() else {
-            return Ok(());
-        };
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "kill -{signal} {pid} failed"
-            )))
+        match self.pid() {
+            Some(pid) => signal_pid(pid, signal),
+            None => Ok(()),
         }
     }
 
@@ -153,5 +143,21 @@ kill $child 2>/dev/null"#;
 impl Drop for OwnedProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends a signal by name (`STOP`, `CONT`, ...) to the process `pid` with the `kill` command.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // only the Redis fixtures use it
+pub(crate) fn signal_pid(pid: u32, signal: &str) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "kill -{signal} {pid} failed"
+        )))
     }
 }

@@ -19,9 +19,10 @@
 //! `CLIENT KILL TYPE pubsub`, a failover; on a Cluster, any node's connection, or the server
 //! unsubscribing a channel whose slot moved) the task reports [`BusEvent::Lost`], connects again
 //! with backoff (50 ms doubling to 1 s), subscribes to every channel again, and reports
-//! [`BusEvent::Restored`] once every one is confirmed. The classic subscriber connection is pinged
-//! every `FLAG_BUS_PING_MS` (1 s): one that stays silent for two intervals (a partition without
-//! a reset, a frozen Redis) is a loss too, so a tiered cache stops serving from memory instead of
+//! [`BusEvent::Restored`] once every one is confirmed. Subscriber connections are pinged every
+//! `FLAG_BUS_PING_MS` (1 s; on a Cluster, every primary's connection, which is where the sharded
+//! subscriptions live): one that stays silent for two intervals (a partition without a reset, a
+//! frozen Redis or node) is a loss too, so a tiered cache stops serving from memory instead of
 //! waiting for its L1 TTL. A loss on one node of a Cluster is
 //! reported as a loss of everything: which environments lived there is not known for sure while
 //! slots may be moving, and a whole drop of the in-process layer is always safe.
@@ -36,6 +37,7 @@ use flag_core::{
 };
 use futures_util::StreamExt;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -244,38 +246,24 @@ impl Listener {
     }
 
     /// Forwards what arrives on `pubsub` and pings it every interval, until the connection closes
-    /// or a ping is not answered by the next one (a partition without a reset leaves a connection
-    /// that looks open and carries nothing), so silence is noticed within two intervals; answers
-    /// why it ended.
+    /// or goes silent ([`Heartbeat`]); answers why it ended.
     async fn listen(&self, pubsub: redis::aio::PubSub) -> &'static str {
         let (sink, mut messages) = pubsub.split();
-        let mut pings = tokio::time::interval(self.ping);
-        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        pings.tick().await;
-        let mut pending: Option<tokio::task::JoinHandle<bool>> = None;
-        // Whether a message arrived since the last tick: proof enough that the connection lives.
-        let mut heard = false;
+        let mut heartbeat = Heartbeat::start(self.ping).await;
         loop {
             tokio::select! {
                 message = messages.next() => match message {
                     Some(message) => {
-                        heard = true;
+                        heartbeat.heard();
                         self.forward(message.get_payload_bytes());
                     }
                     None => return "the connection closed",
                 },
-                _ = pings.tick() => {
-                    // The previous ping had a whole interval to be answered.
-                    if let Some(ping) = pending.take()
-                        && !std::mem::take(&mut heard)
-                        && (!ping.is_finished() || !matches!(ping.await, Ok(true)))
-                    {
+                _ = heartbeat.due() => {
+                    let mut sink = sink.clone();
+                    if !heartbeat.beat(async move { sink.ping::<String>().await.is_ok() }).await {
                         return "PING not answered within an interval";
                     }
-                    let mut sink = sink.clone();
-                    pending = Some(tokio::spawn(async move {
-                        sink.ping::<String>().await.is_ok()
-                    }));
                 }
             }
         }
@@ -336,8 +324,24 @@ impl Listener {
             self.restored();
             debug!("subscribed to sharded invalidations");
             delay = FIRST_DELAY;
+            let mut heartbeat = Heartbeat::start(self.ping).await;
             let why = loop {
                 tokio::select! {
+                    _ = heartbeat.due() => {
+                        // Every primary's connection, so every node a subscription may live on:
+                        // one that went silent is a loss like one that closed.
+                        let mut pinger = connection.clone();
+                        let every_node = RoutingInfo::MultiNode((
+                            MultipleNodeRoutingInfo::AllMasters,
+                            Some(ResponsePolicy::AllSucceeded),
+                        ));
+                        let answered = async move {
+                            pinger.route_command(redis::cmd("PING"), every_node).await.is_ok()
+                        };
+                        if !heartbeat.beat(answered).await {
+                            break "a node did not answer PING within an interval";
+                        }
+                    }
                     request = requests.recv() => {
                         let Some(env) = request else { return };
                         match self.subscribe(&mut connection, &env).await {
@@ -351,6 +355,7 @@ impl Listener {
                     push = pushes.recv() => match push {
                         None => break "the connection closed",
                         Some(PushInfo { kind: PushKind::SMessage, data }) => {
+                            heartbeat.heard();
                             if let Some(Value::BulkString(payload)) = data.get(1) {
                                 self.forward(payload);
                             }
@@ -387,6 +392,62 @@ impl Listener {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("SSUBSCRIBE {channel}: {error}")),
             Err(_) => Err(format!("SSUBSCRIBE {channel} timed out")),
+        }
+    }
+}
+
+/// Judges a subscriber connection by pinging it every interval: a ping has until the next tick to
+/// be answered, and a message heard in between is proof enough that the connection lives. A
+/// partition without a reset leaves a connection that looks open and carries nothing, so silence
+/// is noticed within two intervals.
+struct Heartbeat {
+    ticks: tokio::time::Interval,
+    pending: Option<tokio::task::JoinHandle<bool>>,
+    heard: bool,
+}
+
+impl Heartbeat {
+    /// Starts ticking every `every`; the first ping is due one interval from now.
+    async fn start(every: Duration) -> Self {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        Self {
+            ticks,
+            pending: None,
+            heard: false,
+        }
+    }
+
+    /// Notes that something arrived on the connection.
+    fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// Resolves when the next ping is due.
+    async fn due(&mut self) {
+        self.ticks.tick().await;
+    }
+
+    /// Judges the previous ping and sends `ping` (answering whether it was answered): false when
+    /// the connection was silent for the whole last interval.
+    async fn beat(&mut self, ping: impl Future<Output = bool> + Send + 'static) -> bool {
+        if let Some(previous) = self.pending.take()
+            && !std::mem::take(&mut self.heard)
+            && (!previous.is_finished() || !matches!(previous.await, Ok(true)))
+        {
+            return false;
+        }
+        self.heard = false;
+        self.pending = Some(tokio::spawn(ping));
+        true
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.abort();
         }
     }
 }

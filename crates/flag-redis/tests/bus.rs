@@ -464,3 +464,68 @@ async fn a_cluster_watches_at_most_max_watched_environments() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_cluster_node_is_a_loss_within_two_ping_intervals_and_comes_back() {
+    // A frozen node keeps its connections open and answers nothing, as a partition without a
+    // reset does: only the pings on the sharded subscriber's connections can tell.
+    let cluster = RedisCluster::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = RedisCache::builder(cluster.url())
+        .key_prefix("flags")
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let ping = Duration::from_millis(200);
+    let subscriber = RedisBus::start_with_ping(&cache, ping);
+    eventually("connecting", || subscriber.is_live()).await;
+    let production = env("production");
+    watching(&subscriber, &production).await;
+
+    // The node holding the subscription.
+    let channel = subscriber.channel(&production);
+    let mut holder = None;
+    for node in 0..cluster.nodes() {
+        let reply = cluster
+            .command_on(node, &format!("PUBSUB SHARDNUMSUB {channel}"))
+            .await
+            .unwrap();
+        if last_line(&reply) == ":1" {
+            holder = Some(node);
+        }
+    }
+    let holder = holder.expect("no node holds the subscription");
+
+    let mut events = subscriber.subscribe();
+    let paused = cluster.pause_node(holder).await.unwrap();
+    let frozen = Instant::now();
+    while subscriber.is_live() {
+        // Two intervals, plus room for a loaded machine; the node is thawed well before the
+        // Cluster's own node timeout (2 s) would fail it over.
+        if frozen.elapsed() > ping * 2 + Duration::from_secs(1) {
+            cluster.resume_node(paused).unwrap();
+            panic!("a silent node's subscription was not noticed");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let noticed = frozen.elapsed();
+    cluster.resume_node(paused).unwrap();
+    eprintln!("silent Cluster node noticed after {noticed:?}");
+    assert!(!subscriber.is_watching(&production));
+    assert_eq!(
+        next_event(&mut events, |event| *event == BusEvent::Lost).await,
+        BusEvent::Lost
+    );
+
+    // Thawed, it is subscribed again without being asked again, and invalidations arrive.
+    next_event(&mut events, |event| *event == BusEvent::Restored).await;
+    assert!(subscriber.is_watching(&production));
+    let publisher = RedisBus::start(&cache);
+    eventually("connecting the publisher", || publisher.is_live()).await;
+    publisher.publish(&production, Revision(7)).await.unwrap();
+    assert_eq!(
+        next_invalidation(&mut events).await,
+        invalidated(&production, 7)
+    );
+}

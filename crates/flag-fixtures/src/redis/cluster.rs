@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::{raw_command, start_on_free_port, wait_for_reply_containing};
-use crate::process::{OwnedProcess, find_binary};
+use crate::process::{OwnedProcess, find_binary, signal_pid};
 use crate::{FixtureError, Source, unique_name};
 
 /// A three-master Redis Cluster on loopback owned by one test (for tests that disturb it, such as
@@ -45,6 +45,25 @@ impl RedisCluster {
             .get(node)
             .ok_or_else(|| format!("the cluster has no node {node}"))?;
         raw_command(*port, line).await
+    }
+
+    /// Freezes node `node` (SIGSTOP to its `redis-server`): its connections stay open, nothing
+    /// answers. Answers the server's process id, for [`RedisCluster::resume_node`].
+    pub async fn pause_node(&self, node: usize) -> Result<u32, String> {
+        // The fixture's own process is a watchdog shell; the server says its own id.
+        let info = self.command_on(node, "INFO server").await?;
+        let pid = info
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("process_id:"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .ok_or_else(|| format!("node {node} did not say its process id"))?;
+        signal_pid(pid, "STOP").map_err(|error| error.to_string())?;
+        Ok(pid)
+    }
+
+    /// Thaws a node paused by [`RedisCluster::pause_node`] (SIGCONT to `pid`).
+    pub fn resume_node(&self, pid: u32) -> std::io::Result<()> {
+        signal_pid(pid, "CONT")
     }
 
     /// Sends a raw command line to every node; the replies, in node order.
