@@ -39,6 +39,7 @@
 //! | [`repository::environments_are_listed`] | every written environment listed with revision and count (6) |
 //! | [`repository::environments_are_removed_only_when_empty`] | removal refused while flags remain; revisions continue after it (7) |
 //! | [`repository::unusual_flags_round_trip`], [`repository::ping_answers`] | round trips and ping (8) |
+//! | [`repository::stored_rows_are_read_tolerantly`] | unknown stored fields ignored, a damaged row isolated to its flag (10) |
 //!
 //! The bus suite ([`bus`], [`bus_suite!`]) runs on a [`BusMedium`] (what the buses of one
 //! deployment share: one Redis, one process), which each property gets fresh:
@@ -224,16 +225,31 @@ macro_rules! __cache_property {
 /// Turns the whole repository suite into `#[tokio::test]`s for one backend.
 ///
 /// `$factory` is a closure returning a future of a [`SharedRepository`]; every test gets its
-/// own (or one shared store: each property uses environments of its own).
+/// own (or one shared store: each property uses environments of its own). `$stored_rows` is a
+/// closure returning a future of a repository together with the [`repository::StoredRows`] that
+/// reaches its store, for the property about what other releases (or damage) leave there.
 #[macro_export]
 macro_rules! repository_suite {
-    ($name:ident, $factory:expr) => {
+    ($name:ident, $factory:expr, stored_rows: $stored_rows:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
             async fn repository() -> $crate::SharedRepository {
                 ($factory)().await
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stored_rows_are_read_tolerantly() {
+                let (repository, rows): (
+                    $crate::SharedRepository,
+                    ::std::sync::Arc<dyn $crate::repository::StoredRows>,
+                ) = ($stored_rows)().await;
+                if let Err(violation) =
+                    $crate::repository::stored_rows_are_read_tolerantly(&repository, &*rows).await
+                {
+                    panic!("{violation}");
+                }
             }
 
             $crate::__repository_property!(versions_start_at_one_and_grow);

@@ -738,6 +738,143 @@ pub async fn ping_answers(repository: &SharedRepository) -> Result<(), Violation
         .map_err(|error| failed("ping_answers", "ping", error))
 }
 
+/// How the suite reaches a repository's stored rows, to leave in them what the port never writes:
+/// a definition written by a newer release (fields this one does not know) or a damaged one.
+#[flag_core::async_trait]
+pub trait StoredRows: Send + Sync {
+    /// Replaces, byte for byte, the stored definition of the flag `key` of `env` (written through
+    /// the port before) with `definition`, leaving its version and the revision as they are.
+    async fn replace_definition(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        definition: &str,
+    ) -> Result<(), String>;
+}
+
+/// Rule 10: reads are tolerant. A stored flag with fields this release does not know (at every
+/// level) is read with them ignored; one that cannot be read at all becomes its unreadable
+/// stand-in (same key and version) without hiding any other flag, in the snapshot, the point read
+/// and the listing alike; writing it again replaces it.
+pub async fn stored_rows_are_read_tolerantly(
+    repository: &SharedRepository,
+    rows: &dyn StoredRows,
+) -> Result<(), Violation> {
+    const P: &str = "stored_rows_are_read_tolerantly";
+    let env = env("stored-rows");
+    let body = json!({"enabled": true, "variants": {"on": true, "off": false},
+                      "rollout": [{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}],
+                      "rules": [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}],
+                                 "variant": "on"}]});
+    let mut written = BTreeMap::new();
+    for name in ["newer", "broken", "fine"] {
+        let upserted = repository
+            .upsert(&env, definition(name, body.clone()), Precondition::None)
+            .await
+            .map_err(|error| failed(P, "upsert", error))?;
+        written.insert(name, upserted.flag);
+    }
+    let revision_before = revision(P, repository, &env).await?;
+
+    // What a newer release writes: its own fields beside ours, at every level.
+    let mut newer = serde_json::to_value(&written["newer"])
+        .map_err(|error| Violation::new(P, format!("serializing a flag: {error}")))?;
+    newer["schedule"] = json!({"from": "2027-01-01T00:00:00Z"});
+    newer["rules"][0]["bucketBy"] = json!("companyId");
+    newer["rules"][0]["conditions"][0]["negate"] = json!(false);
+    newer["rollout"][0]["stickiness"] = json!("account");
+    for (name, text) in [
+        ("newer", newer.to_string()),
+        ("broken", "{not json".to_owned()),
+    ] {
+        rows.replace_definition(&env, &key(name), &text)
+            .await
+            .map_err(|error| Violation::new(P, format!("planting {name}: {error}")))?;
+    }
+
+    let snapshot = repository
+        .snapshot(&env)
+        .await
+        .map_err(|error| failed(P, "snapshot of an environment with a damaged row", error))?;
+    expect(P, "flags in the snapshot", snapshot.len(), 3)?;
+    expect(
+        P,
+        "revision after planting",
+        snapshot.revision(),
+        revision_before,
+    )?;
+    for name in ["newer", "fine"] {
+        let read = snapshot.flag(name).map(|flag| (**flag).clone());
+        expect(
+            P,
+            &format!("{name} in the snapshot"),
+            read.as_ref(),
+            Some(&written[name]),
+        )?;
+    }
+    let broken = snapshot
+        .flag("broken")
+        .ok_or_else(|| Violation::new(P, "the damaged flag is missing from the snapshot"))?;
+    if broken.unreadable_reason().is_none() {
+        return Err(Violation::new(
+            P,
+            format!("a damaged row was read as {broken:?}"),
+        ));
+    }
+    expect(
+        P,
+        "the stand-in's version",
+        broken.version(),
+        written["broken"].version(),
+    )?;
+    for name in ["newer", "broken", "fine"] {
+        let point = repository
+            .flag(&env, &key(name))
+            .await
+            .map_err(|error| failed(P, &format!("point read of {name}"), error))?;
+        let in_snapshot = snapshot.flag(name).map(|flag| (**flag).clone());
+        expect(
+            P,
+            &format!("point read of {name} vs the snapshot"),
+            point,
+            in_snapshot,
+        )?;
+    }
+    let listed = repository
+        .environments()
+        .await
+        .map_err(|error| failed(P, "environments", error))?
+        .into_iter()
+        .find(|summary| summary.name == env)
+        .map(|summary| summary.flag_count);
+    expect(P, "flags listed", listed, Some(3))?;
+
+    let replaced = repository
+        .upsert(
+            &env,
+            definition("broken", body),
+            Precondition::Version(written["broken"].version()),
+        )
+        .await
+        .map_err(|error| failed(P, "rewriting the damaged flag", error))?;
+    expect(
+        P,
+        "version of the rewrite",
+        replaced.flag.version(),
+        written["broken"].version() + 1,
+    )?;
+    let reread = repository
+        .flag(&env, &key("broken"))
+        .await
+        .map_err(|error| failed(P, "point read after the rewrite", error))?;
+    expect(
+        P,
+        "the rewritten flag",
+        reread.as_ref(),
+        Some(&replaced.flag),
+    )
+}
+
 /// Runs every repository property, each on a repository from `factory`; returns the violations.
 pub async fn check_all<F, Fut>(factory: F) -> Vec<Violation>
 where

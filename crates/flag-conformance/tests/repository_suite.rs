@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use flag_conformance::repository::StoredRows;
 use flag_conformance::{SharedRepository, repository, repository_suite};
 use flag_core::{
     Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
@@ -13,18 +14,47 @@ use flag_core::{
     Upserted, async_trait,
 };
 
-repository_suite!(in_memory, || async {
-    Arc::new(InMemoryRepository::new()) as SharedRepository
-});
+repository_suite!(
+    in_memory,
+    || async { Arc::new(InMemoryRepository::new()) as SharedRepository },
+    stored_rows: || async {
+        let repository = Arc::new(InMemoryRepository::new());
+        (
+            Arc::clone(&repository) as SharedRepository,
+            Arc::new(InMemoryRows(repository)) as Arc<dyn StoredRows>,
+        )
+    }
+);
+
+/// The reference repository's "rows": what a stored definition reads as.
+struct InMemoryRows(Arc<InMemoryRepository>);
+
+#[async_trait]
+impl StoredRows for InMemoryRows {
+    async fn replace_definition(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        definition: &str,
+    ) -> Result<(), String> {
+        if self.0.replace_stored_definition(env, key, definition) {
+            Ok(())
+        } else {
+            Err(format!("{env}/{key} was never written"))
+        }
+    }
+}
 
 /// Writes whatever the precondition says, reports revision 1 for every write, or answers
 /// `revision` from a cache of its own that no write updates.
 #[derive(Debug, Default)]
 struct Careless {
-    inner: InMemoryRepository,
+    inner: Arc<InMemoryRepository>,
     ignore_preconditions: bool,
     frozen_revision: bool,
     revision_behind_snapshot: bool,
+    /// Fails a whole snapshot for one unreadable row, as a strict decoder would.
+    strict_reads: bool,
 }
 
 #[async_trait]
@@ -34,6 +64,15 @@ impl FeatureFlagRepository for Careless {
     }
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
         let snapshot = self.inner.snapshot(env).await?;
+        if self.strict_reads
+            && snapshot
+                .flags()
+                .any(|flag| flag.unreadable_reason().is_some())
+        {
+            return Err(RepositoryError::Corrupt {
+                message: "a row could not be read".into(),
+            });
+        }
         if self.frozen_revision && !snapshot.is_empty() {
             return Ok(
                 EnvironmentSnapshot::from_shared(Revision(1), snapshot.flags().cloned()).unwrap(),
@@ -147,5 +186,22 @@ async fn a_revision_that_disagrees_with_the_snapshot_is_caught() {
     assert!(
         caught.contains(&"revisions_bump_once_per_write"),
         "{caught:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_row_that_hides_its_environment_is_caught() {
+    let careless = Arc::new(Careless {
+        strict_reads: true,
+        ..Careless::default()
+    });
+    let rows = InMemoryRows(Arc::clone(&careless.inner));
+    let violation =
+        repository::stored_rows_are_read_tolerantly(&(careless as SharedRepository), &rows)
+            .await
+            .expect_err("a snapshot failing for one damaged row passed");
+    assert_eq!(
+        flag_conformance::caught_by(&[violation]),
+        ["stored_rows_are_read_tolerantly"]
     );
 }

@@ -35,6 +35,34 @@ impl InMemoryRepository {
         Self::default()
     }
 
+    /// Replaces the stored flag `key` of `env` with what `definition` (a flag's JSON) reads as,
+    /// the way a database row is read: fields this release does not know are ignored, and a
+    /// definition that cannot be read becomes the flag's unreadable stand-in at the same version.
+    /// For tests of tolerant reads; answers whether the flag was there.
+    pub fn replace_stored_definition(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        definition: &str,
+    ) -> bool {
+        let mut environments = self.lock();
+        let Some(stored) = environments
+            .get_mut(env)
+            .and_then(|state| state.flags.get_mut(key))
+        else {
+            return false;
+        };
+        *stored = serde_json::from_str::<FeatureFlag>(definition).unwrap_or_else(|error| {
+            FeatureFlag::unreadable(
+                key.clone(),
+                stored.version(),
+                stored.updated_at(),
+                error.to_string(),
+            )
+        });
+        true
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Environment, EnvironmentState>> {
         self.environments
             .lock()

@@ -47,6 +47,11 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 /// 9. **Failures are values.** An unreachable store is [`RepositoryError::Unavailable`] or
 ///    [`RepositoryError::Timeout`] within the adapter's timeout, never a hang.
 ///    (proven by each adapter's fault tests)
+/// 10. **Tolerant reads.** A stored flag with fields this release does not know (written by a
+///     newer release) is read with them ignored; one that cannot be read at all is read as
+///     [`FeatureFlag::unreadable`] (same key and version), in `snapshot`, `flag` and the listing
+///     alike, and never hides another flag; writing it again replaces it.
+///     (proven by `stored_rows_are_read_tolerantly`)
 #[async_trait]
 pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
     /// A short, stable name of the backend (`sqlite`, `postgres`, ...) for metrics and logs.
