@@ -72,7 +72,7 @@ pub use repository::{
 };
 pub use secrets::redact_url;
 pub use service::{
-    BulkEvaluation, DEFAULT_OUTAGE_REFRESH, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
+    BulkEvaluation, BulkSnapshot, DEFAULT_OUTAGE_REFRESH, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
     FeatureFlagService, LimitExceeded, Limits, RELIST_EVERY, RetryPolicy, ServiceBuilder,
     ServiceConfigError, ServiceError,
 };

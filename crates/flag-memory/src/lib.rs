@@ -5,6 +5,7 @@
 //! | [`MemoryCache`] | `FeatureFlagCache` | snapshots in process memory, on moka; TTL exact to the millisecond |
 //! | [`TieredCache`] | `FeatureFlagCache` | any in-process L1 over any shared L2, kept coherent across instances by any `InvalidationBus` |
 //! | [`NoCache`] | `FeatureFlagCache` | holds nothing: every read goes to the repository |
+//! | [`AnnouncedCache`] | `FeatureFlagCache` | any cache whose invalidations are also published on any `InvalidationBus` |
 //! | [`LocalBus`] | `InvalidationBus` | a bus inside one process, with simulated outages |
 //!
 //! `MemoryCache` and `TieredCache` pass the whole cache conformance suite (`tests/conformance.rs`,
@@ -13,13 +14,15 @@
 //! suite (it never caches); `tests/no_cache.rs` holds it to what it promises instead.
 //!
 //! Nothing here knows Redis: the server puts a `RedisCache` under a `TieredCache` and hands it a
-//! `RedisBus`.
+//! `RedisBus`, and announces a plain `RedisCache`'s invalidations on one with an `AnnouncedCache`.
 
+mod announced;
 mod bus;
 mod cache;
 mod no_cache;
 mod tiered;
 
+pub use announced::AnnouncedCache;
 pub use bus::LocalBus;
 pub use cache::{MemoryCache, MemoryCacheBuilder, TTL_SLACK};
 pub use no_cache::NoCache;

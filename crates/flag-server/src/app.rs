@@ -22,7 +22,7 @@ use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
 use crate::openapi::{ApiDoc, Document, complete};
 use crate::state::{AppState, MAX_BODY_BYTES};
 use crate::tracking::{Tracking, track, unavailable};
-use crate::{admin, ofrep, ops};
+use crate::{admin, ofrep, ops, streams};
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
@@ -34,11 +34,18 @@ pub fn router(state: AppState) -> Router {
         .layer(HandleErrorLayer::new(shed))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(state.max_in_flight));
-    let (routes, document) = described(state.max_context_bytes, |api| api.route_layer(shedding));
+    let (routes, document) = described(state.max_context_bytes, |api| {
+        api.route_layer(shedding.clone())
+    });
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(tracking, track))
+        // Outside routing, so that a preflight is answered before the router's 405.
+        .layer(middleware::from_fn_with_state(
+            state.cors.clone(),
+            crate::cors::cors,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(Document::new(&document)))
         .with_state(state)
@@ -50,14 +57,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Every route with its document: the API routes (OFREP and management, wrapped by `api`, where
-/// the concurrency limit goes) and the operations routes, reading OFREP bodies of at most
-/// `max_context_bytes`.
+/// the concurrency limit goes), the event streams, and the operations routes, reading OFREP
+/// bodies of at most `max_context_bytes`.
 fn described(
     max_context_bytes: usize,
-    api: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+    api: impl Fn(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    // Event streams stay outside the in-flight limit: they are held for hours, and bounded by
+    // FLAG_MAX_STREAMS instead.
     let (routes, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(api(ofrep::router(max_context_bytes).merge(admin::router())))
+        .merge(api(ofrep::router(max_context_bytes)))
+        .merge(streams::router())
+        .merge(api(admin::router()))
         .merge(ops::router())
         .split_for_parts();
     (routes, complete(document))

@@ -209,6 +209,23 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
+/// Whether the request carries a client token (`Authorization: Bearer` or `X-API-Key`) valid
+/// for `env`; for routes that take other credentials too (event streams).
+pub(crate) fn client_token_allows(
+    tokens: &ClientTokens,
+    headers: &HeaderMap,
+    env: &Environment,
+) -> bool {
+    bearer(headers)
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        })
+        .and_then(|presented| tokens.scope_of(presented))
+        .is_some_and(|scope| scope.allows(env))
+}
+
 /// The request header naming the environment of an OFREP request.
 const ENVIRONMENT_HEADER: &str = "X-Environment";
 

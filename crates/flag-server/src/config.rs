@@ -215,6 +215,42 @@ pub struct Config {
         default_value_t = 16_777_216
     )]
     pub redis_max_snapshot_bytes: u64,
+    /// Origins whose browsers may call OFREP and its event streams (comma-separated, or `*`);
+    /// unset: no CORS headers.
+    #[arg(
+        long = "flag-cors-origins",
+        env = "FLAG_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Option<Vec<String>>,
+    /// How long a stream credential issued in a bulk answer stays valid, in ms.
+    #[arg(
+        long = "flag-stream-credential-ttl-ms",
+        env = "FLAG_STREAM_CREDENTIAL_TTL_MS",
+        default_value_t = 86_400_000
+    )]
+    pub stream_credential_ttl_ms: u64,
+    /// How often an event stream carries a comment line when nothing else is sent, in ms.
+    #[arg(
+        long = "flag-stream-heartbeat-ms",
+        env = "FLAG_STREAM_HEARTBEAT_MS",
+        default_value_t = 15_000
+    )]
+    pub stream_heartbeat_ms: u64,
+    /// How many event streams may be open at once; one more is `503`.
+    #[arg(
+        long = "flag-max-streams",
+        env = "FLAG_MAX_STREAMS",
+        default_value_t = 10_000
+    )]
+    pub max_streams: u64,
+    /// How often the revisions of streamed environments that no bus covers are read, in ms.
+    #[arg(
+        long = "flag-stream-poll-ms",
+        env = "FLAG_STREAM_POLL_MS",
+        default_value_t = 1_000
+    )]
+    pub stream_poll_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(
         long = "log-format",
@@ -251,7 +287,26 @@ pub struct OutOfRange {
 impl Config {
     /// Checks every numeric setting against its range; the first one outside it is the error.
     pub fn validate(&self) -> Result<(), OutOfRange> {
-        let checks: [(&'static str, u64, u64, u64); 16] = [
+        let checks: [(&'static str, u64, u64, u64); 20] = [
+            (
+                "FLAG_STREAM_CREDENTIAL_TTL_MS",
+                self.stream_credential_ttl_ms,
+                1,
+                MAX_TTL_MS,
+            ),
+            (
+                "FLAG_STREAM_HEARTBEAT_MS",
+                self.stream_heartbeat_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            ("FLAG_MAX_STREAMS", self.max_streams, 1, MAX_COUNT),
+            (
+                "FLAG_STREAM_POLL_MS",
+                self.stream_poll_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
             ("FLAG_BUS_PING_MS", self.bus_ping_ms, 1, MAX_TIMEOUT_MS),
             (
                 "FLAG_OUTAGE_REFRESH_MS",
@@ -368,6 +423,11 @@ impl fmt::Debug for Config {
             .field("max_environments", &self.max_environments)
             .field("max_flags", &self.max_flags)
             .field("redis_max_snapshot_bytes", &self.redis_max_snapshot_bytes)
+            .field("cors_origins", &self.cors_origins)
+            .field("stream_credential_ttl_ms", &self.stream_credential_ttl_ms)
+            .field("stream_heartbeat_ms", &self.stream_heartbeat_ms)
+            .field("max_streams", &self.max_streams)
+            .field("stream_poll_ms", &self.stream_poll_ms)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -454,6 +514,19 @@ mod tests {
             Some("16777216"),
             "REDIS_MAX_SNAPSHOT_BYTES",
         );
+        expect("cors_origins", None, "FLAG_CORS_ORIGINS");
+        expect(
+            "stream_credential_ttl_ms",
+            Some("86400000"),
+            "FLAG_STREAM_CREDENTIAL_TTL_MS",
+        );
+        expect(
+            "stream_heartbeat_ms",
+            Some("15000"),
+            "FLAG_STREAM_HEARTBEAT_MS",
+        );
+        expect("max_streams", Some("10000"), "FLAG_MAX_STREAMS");
+        expect("stream_poll_ms", Some("1000"), "FLAG_STREAM_POLL_MS");
     }
 
     // These tests must not depend on the environment (CI exports REDIS_URL and DATABASE_URL), so

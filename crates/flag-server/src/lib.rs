@@ -11,6 +11,8 @@
 //! | `routes` | the route table the metrics and the OpenAPI document are held to |
 //! | `openapi` | the OpenAPI document: the handlers' annotations plus what each area's layers add |
 //! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
+//! | `streams` | the OFREP event streams and their credentials |
+//! | `cors` | CORS for the OFREP area (`FLAG_CORS_ORIGINS`) |
 //! | `auth` | admin and client authentication, as extractors |
 //! | `errors` | the management and OFREP error bodies, each built once |
 //! | `tracking` | the layer that times requests out and records them |
@@ -46,6 +48,7 @@ pub mod app;
 mod arrival;
 pub mod auth;
 pub mod config;
+pub mod cors;
 mod errors;
 pub mod metrics;
 mod ofrep;
@@ -54,6 +57,7 @@ mod ops;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod streams;
 mod tracking;
 pub mod wiring;
 

@@ -53,11 +53,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = state.service.clone();
+    let streams = state.streams.clone();
     let server = tokio::spawn(serve::serve(listener, app::router(state), limits, async {
         let _ = stopped.await;
     }));
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
+    // Event streams would hold the drain for the whole grace period: end them now; their
+    // clients reconnect to another instance.
+    streams.close_all();
     let _ = stop.send(());
     let grace = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_grace_ms);
     match tokio::time::timeout_at(grace, server).await {

@@ -10,11 +10,12 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{
-    Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, murmur3_x86_32,
+    Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, Revision,
+    murmur3_x86_32,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -28,6 +29,7 @@ use crate::auth::Client;
 use crate::errors::{Failure, FlagFailure, OfrepError};
 use crate::openapi::OFREP;
 use crate::state::AppState;
+use crate::streams::EventStream;
 
 /// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`, reading bodies
 /// of at most `max_context_bytes`.
@@ -161,12 +163,51 @@ impl Serialize for Metadata<'_> {
     }
 }
 
-/// A bulk answer: `{"flags": [...]}`.
+/// A bulk answer: `{"flags": [...], "eventStreams": [...], "metadata": {...}}`.
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 #[schema(as = BulkEvaluationSuccess, description = "Every flag of the environment, evaluated.")]
 struct Bulk<'a> {
     /// Every flag of the environment, in key order.
     flags: Vec<BulkEntry<'a>>,
+    /// Where to hear of the environment's changes (OFREP ADR-0008).
+    event_streams: Vec<EventStream>,
+    /// The flag set's environment and revision.
+    metadata: FlagSetMetadata<'a>,
+}
+
+/// What a bulk answer says of the flag set it evaluated.
+#[derive(Serialize, ToSchema)]
+struct FlagSetMetadata<'a> {
+    /// The environment evaluated.
+    #[schema(value_type = String)]
+    environment: &'a Environment,
+    /// Its revision: the `etag` its stream's events carry.
+    #[schema(minimum = 0)]
+    revision: u64,
+}
+
+/// A revision a client heard of from an event stream, from the bulk request's `flagConfigEtag`
+/// (an event's `etag`, which is the revision) or `flagConfigLastModified` (a time: only says that
+/// something newer than this instance holds may exist). Values that cannot be read are ignored:
+/// they only ever make an answer fresher.
+fn claimed_revision(query: Option<&str>) -> Option<Option<Revision>> {
+    let query = query?;
+    let mut claim = None;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "flagConfigEtag" => {
+                let value = value.trim_matches(|c| c == '"' || c == ' ');
+                if let Ok(revision) = value.parse::<u64>() {
+                    return Some(Some(Revision(revision)));
+                }
+            }
+            "flagConfigLastModified" if !value.is_empty() => claim = Some(None),
+            _ => {}
+        }
+    }
+    claim
 }
 
 /// One entry of a bulk answer: an evaluation, or that flag's error.
@@ -259,6 +300,17 @@ async fn evaluate_one(
             description = "An `ETag` of an earlier answer: `304` while the environment's revision \
                            and the context are unchanged."
         ),
+        (
+            "flagConfigEtag" = Option<String>,
+            Query,
+            description = "The `etag` of the stream event that triggered this request: the answer \
+                           is never older than that revision (other values are ignored)."
+        ),
+        (
+            "flagConfigLastModified" = Option<String>,
+            Query,
+            description = "The `lastModified` of the stream event that triggered this request."
+        ),
     ),
     request_body = EvaluationRequest,
     responses(
@@ -285,21 +337,28 @@ async fn evaluate_all(
     client: Client,
     State(state): State<AppState>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
     let env = client.environment;
     let context = context(body, state.max_context_bytes)?;
-    let bulk = state.service.evaluate_all(&env, &context).await?;
-    let etag = etag(&env, bulk.revision.get(), context.attributes());
+    let snapshot = match claimed_revision(query.as_deref()) {
+        None => state.service.bulk(&env).await?,
+        Some(claim) => state.service.bulk_after_event(&env, claim).await?,
+    };
+    let revision = snapshot.revision();
+    let etag = etag(&env, revision.get(), context.attributes());
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|presented| presented.split(',').any(|tag| tag.trim() == etag));
     let etag_header =
         HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    // Decided before any flag is evaluated: a 304 costs a snapshot lookup and a hash.
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response());
     }
+    let bulk = snapshot.evaluate(&context);
     let flags: Vec<BulkEntry<'_>> = bulk
         .results
         .iter()
@@ -312,7 +371,15 @@ async fn evaluate_all(
             }),
         })
         .collect();
-    Ok(([(header::ETAG, etag_header)], axum::Json(Bulk { flags })).into_response())
+    let answer = Bulk {
+        flags,
+        event_streams: state.streams.advertised(&env),
+        metadata: FlagSetMetadata {
+            environment: &env,
+            revision: revision.get(),
+        },
+    };
+    Ok(([(header::ETAG, etag_header)], axum::Json(answer)).into_response())
 }
 
 /// `"<revision>-<64-bit hash of env and context>"`.

@@ -6,6 +6,7 @@
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/ofrep/v1/evaluate/flags/{key}"),
     ("POST", "/ofrep/v1/evaluate/flags"),
+    ("GET", "/ofrep/v1/events/{env}"),
     ("GET", "/v1/environments"),
     ("DELETE", "/v1/environments/{env}"),
     ("GET", "/v1/environments/{env}/flags"),

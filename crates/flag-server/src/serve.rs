@@ -131,8 +131,7 @@ async fn connection(
             let mut app = app.clone();
             async move {
                 let response = app.call(request).await;
-                drop(in_flight);
-                response
+                response.map(|response| answered(response, in_flight))
             }
         })
     };
@@ -294,6 +293,49 @@ impl Drop for InFlight {
         activity.idle_since.store(activity.now(), Ordering::Release);
         activity.answered.store(true, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Ends `in_flight` with `response`'s head when its body's length is known (it is written at
+/// once), else when the body ends: a stream (server-sent events) is a request in flight for as
+/// long as it is open, so the idle and header timeouts leave it alone.
+fn answered(response: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
+    use http_body::Body as _;
+    if response.body().size_hint().exact().is_some() {
+        drop(in_flight);
+        return response;
+    }
+    response.map(|body| {
+        Body::new(Streaming {
+            body,
+            _in_flight: in_flight,
+        })
+    })
+}
+
+/// A response body of unknown length, with its request kept in flight until it is dropped.
+struct Streaming {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Streaming {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

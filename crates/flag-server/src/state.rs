@@ -7,7 +7,9 @@ use std::time::Duration;
 use flag_core::{Environment, FeatureFlagService};
 
 use crate::auth::{ClientTokens, Secret};
+use crate::cors::CorsOrigins;
 use crate::metrics::HttpMetrics;
+use crate::streams::{StreamSettings, Streams};
 
 /// The largest request body accepted by the management API: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -44,6 +46,10 @@ pub struct AppState {
     /// Whether the cache is shared by instances (Redis), so it holds flags this instance never
     /// read: with the database down it can still serve.
     pub shared_cache: bool,
+    /// The OFREP event streams.
+    pub streams: Arc<Streams>,
+    /// The origins whose browsers may call OFREP (`FLAG_CORS_ORIGINS`); `None`: no CORS.
+    pub cors: Option<Arc<CorsOrigins>>,
 }
 
 impl AppState {
@@ -64,6 +70,8 @@ impl AppState {
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             shared_cache: false,
+            streams: Arc::new(Streams::new(StreamSettings::default(), None)),
+            cors: None,
         }
     }
 }

@@ -6,16 +6,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flag_core::{
-    DynFeatureFlagCache, DynFeatureFlagRepository, Environment, FeatureFlagService, Limits,
+    DynFeatureFlagCache, DynFeatureFlagRepository, DynInvalidationBus, Environment,
+    FeatureFlagService, Limits,
 };
-use flag_memory::{MemoryCache, NoCache, TieredCache};
+use flag_memory::{AnnouncedCache, MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 use flag_sql::{DeferredSqlRepository, SqlError, SqlRepository};
 
 use crate::auth::ClientTokens;
 use crate::config::{CacheBackend, Config};
+use crate::cors::CorsOrigins;
 use crate::serve::ConnectionLimits;
 use crate::state::AppState;
+use crate::streams::{StreamSettings, Streams};
 
 /// Connects the stores the configuration names (migrating the database) and builds the state.
 pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
@@ -23,21 +26,31 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     let default_environment = Environment::parse(&config.default_environment)
         .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
     let repository = repository(config).await?;
-    let cache: Arc<DynFeatureFlagCache> = match config.effective_cache_backend() {
-        CacheBackend::Memory => Arc::new(MemoryCache::new()),
-        CacheBackend::None => Arc::new(NoCache),
-        CacheBackend::Redis => Arc::new(redis_cache(config, "redis")?),
-        CacheBackend::Tiered => {
-            let cache = redis_cache(config, "tiered")?;
-            let bus = RedisBus::start_with_ping(&cache, Duration::from_millis(config.bus_ping_ms));
-            Arc::new(TieredCache::start(
-                Arc::new(MemoryCache::new()),
-                Arc::new(cache),
-                Arc::new(bus),
-                Duration::from_millis(config.cache_l1_ttl_ms),
-            ))
-        }
-    };
+    // With Redis, every write is published on the bus, so that other instances' event streams
+    // hear of it (tiered publishes for its own coherence too); without, streamed environments'
+    // revisions are read every FLAG_STREAM_POLL_MS.
+    let (cache, bus): (Arc<DynFeatureFlagCache>, Option<Arc<DynInvalidationBus>>) =
+        match config.effective_cache_backend() {
+            CacheBackend::Memory => (Arc::new(MemoryCache::new()), None),
+            CacheBackend::None => (Arc::new(NoCache), None),
+            CacheBackend::Redis => {
+                let cache = redis_cache(config, "redis")?;
+                let bus: Arc<DynInvalidationBus> = Arc::new(redis_bus(config, &cache));
+                let announced = AnnouncedCache::new(Arc::new(cache), Arc::clone(&bus));
+                (Arc::new(announced), Some(bus))
+            }
+            CacheBackend::Tiered => {
+                let cache = redis_cache(config, "tiered")?;
+                let bus: Arc<DynInvalidationBus> = Arc::new(redis_bus(config, &cache));
+                let tiered = TieredCache::start(
+                    Arc::new(MemoryCache::new()),
+                    Arc::new(cache),
+                    Arc::clone(&bus),
+                    Duration::from_millis(config.cache_l1_ttl_ms),
+                );
+                (Arc::new(tiered), Some(bus))
+            }
+        };
     let shared_cache = matches!(
         config.effective_cache_backend(),
         CacheBackend::Redis | CacheBackend::Tiered
@@ -56,6 +69,7 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         })
         .build()
         .context("building the service (CACHE_TTL_MS, FLAG_LAST_GOOD_DIR)")?;
+    service.follow_changes(bus, Duration::from_millis(config.stream_poll_ms));
     let client_tokens = client_tokens(config.client_tokens.as_deref())?;
     let admin_token = match &config.admin_token {
         Some(token) if !token.is_empty() => token.clone(),
@@ -66,7 +80,28 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
             token
         }
     };
+    // Credentials are needed only when OFREP needs a token; they are keyed by every token.
+    let streams = {
+        let mut secrets: Vec<&str> = vec![admin_token.as_str()];
+        secrets.extend(config.client_tokens.iter().flatten().map(String::as_str));
+        let settings = StreamSettings {
+            heartbeat: Duration::from_millis(config.stream_heartbeat_ms),
+            credential_ttl: Duration::from_millis(config.stream_credential_ttl_ms),
+            max_streams: usize::try_from(config.max_streams)?,
+        };
+        Streams::new(
+            settings,
+            client_tokens.is_some().then_some(secrets.as_slice()),
+        )
+    };
+    let cors = config
+        .cors_origins
+        .as_deref()
+        .and_then(CorsOrigins::parse)
+        .map(Arc::new);
     Ok(AppState {
+        streams: Arc::new(streams),
+        cors,
         client_tokens,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         max_context_bytes: usize::try_from(config.max_context_bytes)?,
@@ -118,6 +153,11 @@ fn redis_cache(config: &Config, backend: &str) -> anyhow::Result<RedisCache> {
         .max_snapshot_bytes(usize::try_from(config.redis_max_snapshot_bytes)?)
         .build()
         .context("REDIS_URL")
+}
+
+/// The invalidation bus on the Redis of `cache`, its subscriber pinged every `FLAG_BUS_PING_MS`.
+fn redis_bus(config: &Config, cache: &RedisCache) -> RedisBus {
+    RedisBus::start_with_ping(cache, Duration::from_millis(config.bus_ping_ms))
 }
 
 /// The client tokens in force: `None` (OFREP open) when unset or when every entry is blank, so

@@ -48,6 +48,7 @@
 mod archive;
 mod breaker;
 mod catalog;
+mod changes;
 mod copies;
 mod invalidation;
 mod last_good;
@@ -72,6 +73,7 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 use breaker::{Breaker, Quiet};
 use catalog::Catalog;
 pub use catalog::RELIST_EVERY;
+use changes::ChangeFeed;
 use copies::{Copies, OVERSIZED_REFRESH};
 use invalidation::PendingInvalidations;
 pub use invalidation::RetryPolicy;
@@ -190,6 +192,33 @@ pub struct BulkEvaluation {
     pub results: Vec<Result<Evaluation, EvaluationError>>,
 }
 
+/// The snapshot of one environment, read for a bulk evaluation.
+#[derive(Debug, Clone)]
+pub struct BulkSnapshot {
+    snapshot: Arc<EnvironmentSnapshot>,
+    freshness: read_through::Freshness,
+}
+
+impl BulkSnapshot {
+    /// The revision of the snapshot.
+    pub fn revision(&self) -> Revision {
+        self.snapshot.revision()
+    }
+
+    /// Evaluates every flag for `context` (reason `CACHED` when the snapshot is last-known-good).
+    pub fn evaluate(&self, context: &EvaluationContext) -> BulkEvaluation {
+        let results = self
+            .snapshot
+            .flags()
+            .map(|flag| Evaluation::of(Arc::clone(flag), context).map(|e| self.freshness.mark(e)))
+            .collect();
+        BulkEvaluation {
+            revision: self.snapshot.revision(),
+            results,
+        }
+    }
+}
+
 /// Builds a [`FeatureFlagService`] with a non-default TTL or retry policy.
 #[derive(Debug)]
 pub struct ServiceBuilder {
@@ -300,6 +329,7 @@ impl ServiceBuilder {
                 oversized: Copies::new(OVERSIZED_REFRESH),
                 outage_copies: Copies::new(self.outage_refresh),
                 breaker: Breaker::default(),
+                changes: ChangeFeed::default(),
                 quiet: Quiet::default(),
                 unreadable_seen: Mutex::default(),
                 limits: self.limits,
@@ -331,6 +361,8 @@ struct Inner {
     outage_copies: Copies,
     /// Whether reads skip the cache, which is out.
     breaker: Breaker,
+    /// The newest revision of each followed environment, for event streams.
+    changes: ChangeFeed,
     /// The rate limit of warnings about stores that fail.
     quiet: Quiet,
     /// The unreadable stored flags (environment, key, version) already counted and logged.
@@ -427,15 +459,31 @@ impl FeatureFlagService {
         env: &Environment,
         context: &EvaluationContext,
     ) -> Result<BulkEvaluation, ServiceError> {
+        Ok(self.bulk(env).await?.evaluate(context))
+    }
+
+    /// The snapshot a bulk evaluation of `env` evaluates, so that its revision can be looked at
+    /// before any flag is evaluated (a `304` costs no evaluation).
+    pub async fn bulk(&self, env: &Environment) -> Result<BulkSnapshot, ServiceError> {
         let (snapshot, freshness) = self.snapshot_with_freshness(env).await?;
-        let results = snapshot
-            .flags()
-            .map(|flag| Evaluation::of(Arc::clone(flag), context).map(|e| freshness.mark(e)))
-            .collect();
-        Ok(BulkEvaluation {
-            revision: snapshot.revision(),
-            results,
+        Ok(BulkSnapshot {
+            snapshot,
+            freshness,
         })
+    }
+
+    /// [`Self::bulk`] for a client that heard of a change on an event stream (perhaps another
+    /// instance's): `claimed` is the revision the event announced (`None`: a change of unknown
+    /// revision). The snapshot is never older than a claimed revision the repository has,
+    /// whatever this instance's cache holds; a claim this instance has not heard of costs at most
+    /// one repository read per environment per 100 ms, shared by concurrent claimers.
+    pub async fn bulk_after_event(
+        &self,
+        env: &Environment,
+        claimed: Option<Revision>,
+    ) -> Result<BulkSnapshot, ServiceError> {
+        self.catch_up_to(env, claimed).await;
+        self.bulk(env).await
     }
 
     /// Whether reads could be answered from last-known-good snapshots now (for readiness).
@@ -655,6 +703,7 @@ impl Inner {
         self.last_good.repository_answered(env);
         self.raise_floor(env, revision);
         self.flights.detach(env);
+        self.changes.announce(env, revision);
         self.invalidate_after_write(env, revision).await;
     }
 }

@@ -233,7 +233,7 @@ impl FeatureFlagService {
 
 impl Inner {
     /// The newest revision this service wrote to `env`: nothing older may be served.
-    fn floor(&self, env: &Environment) -> Revision {
+    pub(super) fn floor(&self, env: &Environment) -> Revision {
         self.floors
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -289,7 +289,7 @@ impl Inner {
     }
 
     /// One repository read, and the cache fill that follows it.
-    async fn fetch(
+    pub(super) async fn fetch(
         self: &Arc<Self>,
         env: &Environment,
         fill: bool,

@@ -128,6 +128,8 @@ def schemathesis(base: str, max_time: int) -> None:
         "--max-time", str(max_time),
         "--workers", "1",
         "--seed", "1",
+        # An event stream never ends by itself; tests/streams.rs checks it over real sockets.
+        "--exclude-operation-id", "eventStream",
     ]
     print("running:", " ".join(command).replace(ADMIN_TOKEN, "[token]"), flush=True)
     result = subprocess.run(command)

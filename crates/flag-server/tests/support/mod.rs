@@ -72,6 +72,11 @@ pub fn default_config() -> Config {
         max_environments: 1_000,
         max_flags: 10_000,
         redis_max_snapshot_bytes: 16 << 20,
+        cors_origins: None,
+        stream_credential_ttl_ms: 86_400_000,
+        stream_heartbeat_ms: 15_000,
+        max_streams: 10_000,
+        stream_poll_ms: 1_000,
         log_format: LogFormat::Text,
     }
 }
