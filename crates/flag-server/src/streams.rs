@@ -5,7 +5,8 @@
 //!   client keeps its own base URL and any proxy in front of the server.
 //! - With client tokens configured, a browser's `EventSource` cannot send a header, so the bulk
 //!   answer issues a credential in the `requestUri`'s query: `<expiry ms>.<HMAC-SHA256 of the
-//!   environment and the expiry>`, valid for `FLAG_STREAM_CREDENTIAL_TTL_MS`. The key is derived
+//!   environment and the expiry>`, valid for `FLAG_STREAM_CREDENTIAL_TTL_MS` (rounded up to a
+//!   24th of it, so that refetches advertise the same URL and the client keeps its stream). The key is derived
 //!   from the admin and client tokens, so every instance of a deployment accepts every other's
 //!   credentials and rotating a token revokes them. A client token in a header is accepted too
 //!   (server SDKs). The query is never logged (the tracking layer logs paths only).
@@ -123,9 +124,15 @@ impl Streams {
         self.closing.send_replace(true);
     }
 
-    /// The credential for `env`'s stream, valid from `now` for the configured time.
+    /// The credential for `env`'s stream, valid from `now` for at least the configured time.
+    ///
+    /// The expiry is rounded up to a 24th of that time, so the bulk answers of one window
+    /// advertise the same URL: the web provider reconnects its stream whenever the advertised
+    /// URL changes, and would otherwise do so after every refetch.
     fn issue(&self, key: &[u8; 32], env: &Environment, now: SystemTime) -> String {
-        let expiry = millis(now).saturating_add(millis_of(self.settings.credential_ttl));
+        let ttl = millis_of(self.settings.credential_ttl);
+        let step = (ttl / 24).max(1);
+        let expiry = millis(now).saturating_add(ttl).div_ceil(step).saturating_mul(step);
         format!("{expiry}.{}", hex(&signature(key, env, expiry)))
     }
 
@@ -412,8 +419,10 @@ mod tests {
         let credential = streams.issue(&key, &production, now);
         assert!(streams.verify(&key, &production, &credential, now));
         assert!(!streams.verify(&key, &staging, &credential, now));
-        let later = now + Duration::from_secs(24 * 3600 + 1);
+        let later = now + Duration::from_secs(25 * 3600 + 1);
         assert!(!streams.verify(&key, &production, &credential, later));
+        // Issued again within the same window: the same credential, so the same stream URL.
+        assert_eq!(credential, streams.issue(&key, &production, now + Duration::from_millis(1)));
         // A changed expiry or signature, or another deployment's key, is refused.
         let (expiry, signature) = credential.split_once('.').unwrap();
         let extended = format!("{}.{signature}", expiry.parse::<u64>().unwrap() + 1);
