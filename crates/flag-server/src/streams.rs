@@ -132,7 +132,10 @@ impl Streams {
     fn issue(&self, key: &[u8; 32], env: &Environment, now: SystemTime) -> String {
         let ttl = millis_of(self.settings.credential_ttl);
         let step = (ttl / 24).max(1);
-        let expiry = millis(now).saturating_add(ttl).div_ceil(step).saturating_mul(step);
+        let expiry = millis(now)
+            .saturating_add(ttl)
+            .div_ceil(step)
+            .saturating_mul(step);
         format!("{expiry}.{}", hex(&signature(key, env, expiry)))
     }
 
@@ -422,7 +425,10 @@ mod tests {
         let later = now + Duration::from_secs(25 * 3600 + 1);
         assert!(!streams.verify(&key, &production, &credential, later));
         // Issued again within the same window: the same credential, so the same stream URL.
-        assert_eq!(credential, streams.issue(&key, &production, now + Duration::from_millis(1)));
+        assert_eq!(
+            credential,
+            streams.issue(&key, &production, now + Duration::from_millis(1))
+        );
         // A changed expiry or signature, or another deployment's key, is refused.
         let (expiry, signature) = credential.split_once('.').unwrap();
         let extended = format!("{}.{signature}", expiry.parse::<u64>().unwrap() + 1);

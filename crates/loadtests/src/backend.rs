@@ -161,12 +161,25 @@ impl Stores {
         directory: &Path,
         admin_token: &str,
     ) -> anyhow::Result<Server> {
+        self.start_server_with(binary, backend, directory, admin_token, &[])
+            .await
+    }
+
+    /// [`Stores::start_server`] with `extra` environment variables for the server.
+    pub(crate) async fn start_server_with(
+        &self,
+        binary: &Path,
+        backend: Backend,
+        directory: &Path,
+        admin_token: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(directory)
             .with_context(|| format!("creating {}", directory.display()))?;
         for stale in ["flags.db", "flags.db-wal", "flags.db-shm"] {
             let _ = std::fs::remove_file(directory.join(stale));
         }
-        self.start_another(binary, backend, directory, admin_token)
+        self.start(binary, backend, directory, admin_token, extra)
             .await
     }
 
@@ -178,6 +191,18 @@ impl Stores {
         backend: Backend,
         directory: &Path,
         admin_token: &str,
+    ) -> anyhow::Result<Server> {
+        self.start(binary, backend, directory, admin_token, &[])
+            .await
+    }
+
+    async fn start(
+        &self,
+        binary: &Path,
+        backend: Backend,
+        directory: &Path,
+        admin_token: &str,
+        extra: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let run_id = format!("{}-{}", std::process::id(), backend.name());
@@ -194,6 +219,9 @@ impl Stores {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (name, value) in self.server_env(backend, directory, &run_id)? {
+            command.env(name, value);
+        }
+        for (name, value) in extra {
             command.env(name, value);
         }
         let child = command

@@ -15,6 +15,7 @@
 
 mod backend;
 mod ceiling;
+mod fanout;
 mod outage;
 mod propagation;
 mod report;
@@ -28,6 +29,7 @@ use clap::Parser;
 
 use crate::backend::{Backend, Server, Stores, build_release, release_binary};
 use crate::ceiling::CeilingRow;
+use crate::fanout::Fanout;
 use crate::outage::Outage;
 use crate::propagation::Propagation;
 use crate::report::{MemoryRow, Row, table};
@@ -75,6 +77,13 @@ struct Cli {
     /// Run the outage run only (no backend attacks).
     #[arg(long)]
     outage_only: bool,
+    /// Open event streams of each fan-out run (comma-separated; 0 skips the fan-out and the
+    /// bulk 304/200 run).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
+    fanout_streams: Vec<usize>,
+    /// Run the fan-out runs only (no backend attacks, no outage).
+    #[arg(long)]
+    fanout_only: bool,
     /// Seconds of each `wrk` run.
     #[arg(long, default_value_t = 10)]
     wrk_duration: usize,
@@ -99,7 +108,12 @@ impl Cli {
             self.scenarios = vec![ScenarioKind::Single];
             self.modes = vec![Mode::Paced];
             self.outage_seconds = 0;
+            self.fanout_streams = vec![0];
         }
+        if self.fanout_only {
+            self.outage_seconds = 0;
+        }
+        self.fanout_streams.retain(|count| *count > 0);
         self
     }
 }
@@ -108,13 +122,16 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().resolved();
     let mut run = Run::prepare(cli)?;
-    if !run.cli.outage_only {
+    if !run.cli.outage_only && !run.cli.fanout_only {
         for backend in or_all(&run.cli.backends, &Backend::ALL) {
             run.backend(backend).await?;
         }
     }
     if run.cli.outage_seconds > 0 {
         run.outage().await?;
+    }
+    if !run.cli.fanout_streams.is_empty() && !run.cli.outage_only {
+        run.fanout().await?;
     }
     let summary = run.summary();
     println!("\n{summary}");
@@ -144,6 +161,8 @@ struct Run {
     memory: Vec<MemoryRow>,
     /// The Redis outage run's figures.
     outage: Option<Outage>,
+    /// The event-stream fan-out run's figures.
+    fanout: Option<Fanout>,
 }
 
 impl Run {
@@ -184,6 +203,7 @@ impl Run {
             spread: None,
             memory: Vec::new(),
             outage: None,
+            fanout: None,
             cli,
         })
     }
@@ -360,6 +380,26 @@ impl Run {
         Ok(())
     }
 
+    /// The event-stream fan-out runs and the bulk 304/200 pair, on `memory` instances of their
+    /// own.
+    async fn fanout(&mut self) -> anyhow::Result<()> {
+        println!(
+            "== fan-out: {:?} open event streams, one write; bulk 304 against 200",
+            self.cli.fanout_streams
+        );
+        let directory = self.out.join("fanout");
+        let measured = fanout::measure(
+            &self.binary,
+            &directory,
+            &self.token,
+            &self.cli.fanout_streams,
+        )
+        .await?;
+        println!("{}", measured.table());
+        self.fanout = Some(measured);
+        Ok(())
+    }
+
     /// The one table of every attack, then the ceiling and propagation figures.
     fn summary(&self) -> String {
         let cli = &self.cli;
@@ -383,6 +423,9 @@ impl Run {
         if let Some(outage) = &self.outage {
             summary.push_str(&outage.table());
         }
+        if let Some(fanout) = &self.fanout {
+            summary.push_str(&fanout.table());
+        }
         summary
     }
 
@@ -396,6 +439,7 @@ impl Run {
             "propagation": self.spread,
             "hostileMemory": self.memory,
             "outage": self.outage,
+            "fanout": self.fanout,
             "skipped": self.skipped,
         });
         std::fs::write(
@@ -409,7 +453,7 @@ impl Run {
 
     /// Every error and missed target; an error when nothing ran at all.
     fn problems(&self) -> anyhow::Result<Vec<String>> {
-        if self.rows.is_empty() && self.outage.is_none() {
+        if self.rows.is_empty() && self.outage.is_none() && self.fanout.is_none() {
             bail!("no attack ran");
         }
         let mut problems: Vec<String> = self
@@ -419,6 +463,9 @@ impl Run {
             .collect();
         if let Some(outage) = &self.outage {
             problems.extend(outage.problems());
+        }
+        if let Some(fanout) = &self.fanout {
+            problems.extend(fanout.problems());
         }
         if let Some(measured) = &self.spread
             && !measured.within_target()

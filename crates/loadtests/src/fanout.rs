@@ -1,0 +1,361 @@
+//! The fan-out run: OFREP event streams at scale, and what a bulk `304` saves.
+//!
+//! - For each count (1,000 and 10,000 by default) a fresh `memory` instance gets that many open
+//!   streams on one environment; one write; the time until every stream has its event (P50, P99,
+//!   max, from just before the write), and the resident memory each open stream costs (the
+//!   server's `VmRSS` with the streams open, less before them, over the count). Targets: every
+//!   stream hears the write; under 16 KiB per stream.
+//! - Bulk evaluation of 100 flags for 5 s with 50 users, answered `200`, then with the answer's
+//!   `ETag` in `If-None-Match`, answered `304`. Target: the `304` at least 3× the `200`.
+//!
+//! Streams are raw sockets (one task each) rather than goose users: what matters is each
+//! stream's own arrival time, which goose's aggregates do not keep.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+
+use crate::backend::{Backend, Server, Stores};
+use crate::report::micros;
+use crate::seed::{Admin, flag_definition, flag_key};
+
+/// The environment the streams follow.
+const ENVIRONMENT: &str = "fanout";
+/// The most resident memory an open stream may cost.
+const MEMORY_TARGET_BYTES: f64 = 16.0 * 1024.0;
+/// How much faster a `304` must be served than a `200`.
+const NOT_MODIFIED_TARGET: f64 = 3.0;
+/// How long each bulk throughput run lasts.
+const BULK_SECONDS: u64 = 5;
+/// Flags of the bulk environment.
+const BULK_FLAGS: usize = 100;
+/// Concurrent bulk clients.
+const BULK_USERS: usize = 50;
+/// How long every stream has to hear the write.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One count's figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FanoutRow {
+    pub(crate) streams: usize,
+    pub(crate) heard: usize,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) bytes_per_stream: f64,
+}
+
+/// The fan-out run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Fanout {
+    pub(crate) rows: Vec<FanoutRow>,
+    pub(crate) bulk_200_per_second: f64,
+    pub(crate) bulk_304_per_second: f64,
+}
+
+impl Fanout {
+    /// The tables for the summary.
+    pub(crate) fn table(&self) -> String {
+        let mut out = String::from(
+            "\nEvent-stream fan-out (one memory instance, one write, every stream's event):\n\n\
+             | open streams | heard | P50 | P99 | max | resident memory per stream |\n\
+             |---:|---:|---:|---:|---:|---:|\n",
+        );
+        for row in &self.rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.1} KiB |\n",
+                row.streams,
+                row.heard,
+                micros(row.p50_us),
+                micros(row.p99_us),
+                micros(row.max_us),
+                row.bytes_per_stream / 1024.0
+            ));
+        }
+        out.push_str(&format!(
+            "\nBulk evaluation of {BULK_FLAGS} flags, {BULK_USERS} users, {BULK_SECONDS} s each: \
+             200 at {:.0}/s, 304 at {:.0}/s ({:.1}x; target at least {NOT_MODIFIED_TARGET}x)\n",
+            self.bulk_200_per_second,
+            self.bulk_304_per_second,
+            self.ratio()
+        ));
+        out
+    }
+
+    fn ratio(&self) -> f64 {
+        self.bulk_304_per_second / self.bulk_200_per_second.max(f64::MIN_POSITIVE)
+    }
+
+    /// What missed a target.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for row in &self.rows {
+            if row.heard < row.streams {
+                problems.push(format!(
+                    "fan-out: {} of {} streams heard the write",
+                    row.heard, row.streams
+                ));
+            }
+            if row.bytes_per_stream > MEMORY_TARGET_BYTES {
+                problems.push(format!(
+                    "fan-out: {:.1} KiB per open stream with {} open (target 16 KiB)",
+                    row.bytes_per_stream / 1024.0,
+                    row.streams
+                ));
+            }
+        }
+        if self.ratio() < NOT_MODIFIED_TARGET {
+            problems.push(format!(
+                "bulk 304 only {:.1}x the 200 (target {NOT_MODIFIED_TARGET}x)",
+                self.ratio()
+            ));
+        }
+        problems
+    }
+}
+
+/// Runs the fan-out for each of `counts`, then the bulk throughput pair, against `binary`.
+pub(crate) async fn measure(
+    binary: &Path,
+    directory: &Path,
+    token: &str,
+    counts: &[usize],
+) -> anyhow::Result<Fanout> {
+    raise_descriptor_limit(counts.iter().copied().max().unwrap_or(0))?;
+    let stores = Stores::discover(None, None, false);
+    let extra = [
+        ("FLAG_MAX_CONNECTIONS", "30000"),
+        ("FLAG_MAX_STREAMS", "30000"),
+    ];
+    let mut rows = Vec::new();
+    for &count in counts {
+        let server = stores
+            .start_server_with(binary, Backend::Memory, directory, token, &extra)
+            .await?;
+        rows.push(fan_out(&server, token, count).await?);
+        println!(
+            "{count} streams: {} heard, P99 {}, {:.1} KiB each",
+            rows.last().map_or(0, |row| row.heard),
+            micros(rows.last().map_or(0, |row| row.p99_us)),
+            rows.last().map_or(0.0, |row| row.bytes_per_stream / 1024.0)
+        );
+    }
+    let server = stores
+        .start_server_with(binary, Backend::Memory, directory, token, &extra)
+        .await?;
+    let (ok, not_modified) = bulk_pair(&server, token).await?;
+    Ok(Fanout {
+        rows,
+        bulk_200_per_second: ok,
+        bulk_304_per_second: not_modified,
+    })
+}
+
+/// `count` streams on `server`, one write, and when each stream heard it.
+async fn fan_out(server: &Server, token: &str, count: usize) -> anyhow::Result<FanoutRow> {
+    let admin = Admin::new(&server.base_url, token);
+    admin
+        .put(
+            ENVIRONMENT,
+            "switch",
+            &serde_json::json!({"enabled": false}),
+        )
+        .await?;
+    let address = server
+        .base_url
+        .strip_prefix("http://")
+        .context("a base URL")?
+        .to_owned();
+    // Let the process settle before reading its baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.resident_kb().context("reading VmRSS")?;
+    let (armed, arming) = watch::channel::<Option<Instant>>(None);
+    let opening = Arc::new(Semaphore::new(256));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let address = address.clone();
+        let opening = Arc::clone(&opening);
+        let opened = Arc::clone(&opened);
+        let mut arming = arming.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = opening.acquire_owned().await.ok()?;
+            let mut stream = open(&address).await.ok()?;
+            drop(permit);
+            opened.fetch_add(1, Ordering::SeqCst);
+            let written = loop {
+                if let Some(at) = *arming.borrow_and_update() {
+                    break at;
+                }
+                arming.changed().await.ok()?;
+            };
+            let heard = until_event(&mut stream).await?;
+            Some(heard.saturating_duration_since(written))
+        }));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while opened.load(Ordering::SeqCst) < count {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {count} streams opened within {PATIENCE:?}",
+                opened.load(Ordering::SeqCst)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.resident_kb().context("reading VmRSS")?;
+    let written = Instant::now();
+    armed.send_replace(Some(written));
+    admin
+        .put(ENVIRONMENT, "switch", &serde_json::json!({"enabled": true}))
+        .await?;
+    let mut delays = Vec::with_capacity(count);
+    for task in tasks {
+        if let Ok(Some(delay)) = task.await {
+            delays.push(delay);
+        }
+    }
+    delays.sort();
+    let at = |fraction: f64| {
+        delays
+            .get(((delays.len() as f64 * fraction).ceil() as usize).saturating_sub(1))
+            .map_or(0, |delay| {
+                u64::try_from(delay.as_micros()).unwrap_or(u64::MAX)
+            })
+    };
+    Ok(FanoutRow {
+        streams: count,
+        heard: delays.len(),
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        max_us: at(1.0),
+        bytes_per_stream: after.saturating_sub(before) as f64 * 1024.0 / count as f64,
+    })
+}
+
+/// Opens the environment's stream and reads its head and first chunk.
+async fn open(address: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream
+        .write_all(
+            format!("GET /ofrep/v1/events/{ENVIRONMENT} HTTP/1.1\r\nHost: load\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&received).contains("retry:") {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(std::io::Error::other("closed before it opened"));
+        }
+        received.extend_from_slice(&chunk[..read]);
+    }
+    if !received.starts_with(b"HTTP/1.1 200") {
+        return Err(std::io::Error::other("not a 200"));
+    }
+    Ok(stream)
+}
+
+/// Reads until an event arrives; when it did.
+async fn until_event(stream: &mut TcpStream) -> Option<Instant> {
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if read == 0 {
+            return None;
+        }
+        if String::from_utf8_lossy(&chunk[..read]).contains("id: ") {
+            return Some(Instant::now());
+        }
+    }
+}
+
+/// Bulk requests per second answered `200`, then `304`.
+async fn bulk_pair(server: &Server, token: &str) -> anyhow::Result<(f64, f64)> {
+    let admin = Admin::new(&server.base_url, token);
+    for index in 0..BULK_FLAGS {
+        admin
+            .put("bulk", &flag_key(index), &flag_definition(index))
+            .await?;
+    }
+    let client = reqwest::Client::new();
+    let url = format!("{}/ofrep/v1/evaluate/flags", server.base_url);
+    let body = r#"{"context":{"targetingKey":"user-1","plan":"pro","country":"de"}}"#;
+    let first = client
+        .post(&url)
+        .header("X-Environment", "bulk")
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let etag = first
+        .headers()
+        .get("etag")
+        .and_then(|value| value.to_str().ok())
+        .context("a bulk answer without an ETag")?
+        .to_owned();
+    let mut rates = Vec::new();
+    for tag in [None, Some(etag)] {
+        let expected = if tag.is_some() { 304 } else { 200 };
+        let served = Arc::new(AtomicUsize::new(0));
+        let until = Instant::now() + Duration::from_secs(BULK_SECONDS);
+        let tasks: Vec<_> = (0..BULK_USERS)
+            .map(|_| {
+                let (client, url, tag, served) = (
+                    client.clone(),
+                    url.clone(),
+                    tag.clone(),
+                    Arc::clone(&served),
+                );
+                tokio::spawn(async move {
+                    while Instant::now() < until {
+                        let mut request = client
+                            .post(&url)
+                            .header("X-Environment", "bulk")
+                            .header("Content-Type", "application/json")
+                            .body(body);
+                        if let Some(tag) = &tag {
+                            request = request.header("If-None-Match", tag);
+                        }
+                        match request.send().await {
+                            Ok(response) if response.status().as_u16() == expected => {
+                                let _ = response.bytes().await;
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.context("a bulk client failed")?;
+        }
+        rates.push(served.load(Ordering::Relaxed) as f64 / BULK_SECONDS as f64);
+    }
+    Ok((rates[0], rates[1]))
+}
+
+/// Lets this process hold `streams` sockets (and some).
+fn raise_descriptor_limit(streams: usize) -> anyhow::Result<()> {
+    let wanted = u64::try_from(streams)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1024);
+    let raised = rlimit::increase_nofile_limit(wanted).context("raising RLIMIT_NOFILE")?;
+    if raised < wanted {
+        bail!("the descriptor limit is {raised}, {streams} streams need {wanted}: raise ulimit -n");
+    }
+    Ok(())
+}
