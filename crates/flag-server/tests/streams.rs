@@ -490,13 +490,21 @@ async fn on_a_shared_database_without_redis_streams_poll_and_flag_config_etag_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_ends_open_streams_at_once() {
-    let server = Running::start(&[]);
+async fn sigterm_ends_open_streams_at_once_and_no_credential_reaches_the_logs() {
+    let server = Running::start(&[
+        ("FLAG_CLIENT_TOKENS", "client-secret"),
+        ("RUST_LOG", "debug"),
+        ("FLAG_LOG_FORMAT", "json"),
+    ]);
     let address = server.socket();
     write(address, "production", "banner", true).await;
+    let token = [("Authorization", "Bearer client-secret")];
+    let uri = stream_uri(&bulk(address, "production", "", &token).await);
+    let credential = uri.split_once("?credential=").unwrap().1.to_owned();
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let mut stream = Stream::open(address, "/ofrep/v1/events/production", &[]).await;
+        let mut stream = Stream::open(address, &uri, &[]).await;
+        assert_eq!(stream.status, 200);
         assert!(stream.until(PATIENCE, |text| text.contains("retry:")).await);
         streams.push(stream);
     }
@@ -515,5 +523,16 @@ async fn sigterm_ends_open_streams_at_once() {
         stopped.elapsed() < Duration::from_secs(3),
         "{:?}",
         stopped.elapsed()
+    );
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut server.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(
+        logs.contains("/ofrep/v1/events"),
+        "requests are logged at debug: {logs}"
+    );
+    let (expiry, signature) = credential.split_once('.').unwrap();
+    assert!(
+        !logs.contains(signature) && !logs.contains(expiry),
+        "a credential was logged"
     );
 }

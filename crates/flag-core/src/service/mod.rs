@@ -2,7 +2,8 @@
 //!
 //! This module is the service's public API; `read_through` is the read path, `catalog` knows
 //! which environments exist, `single_flight` shares concurrent repository reads, `invalidation`
-//! retries failed invalidations, `last_good` keeps what to answer when the stores fail,
+//! retries failed invalidations, `last_good` keeps what to answer when the stores fail, `changes`
+//! tells followers of an environment's newest revision,
 //! `breaker` stops calling a cache that is out, and `copies` keeps in-process copies of
 //! snapshots the cache cannot hold (too large, or the cache is out).
 //!
@@ -35,6 +36,11 @@
 //!   the repository at most once per environment per outage refresh interval (default 1 s), with
 //!   read-your-writes kept; a background probe closes the circuit when the cache answers again.
 //!   Warnings are rate-limited to a line a second.
+//! - **Changes are announced.** Every environment someone follows ([`FeatureFlagService::watch_changes`],
+//!   for event streams) has the newest revision this instance knows of: its own writes at once,
+//!   other instances' through a bus or a revision check ([`FeatureFlagService::follow_changes`],
+//!   `changes.rs`); a bulk read after an event is never older than the event's revision when the
+//!   repository has it ([`FeatureFlagService::bulk_after_event`]).
 //! - **Last-known-good survives restarts** when a directory is given
 //!   ([`ServiceBuilder::last_good_dir`]): snapshots are written there atomically by a background
 //!   task and read back at start (`archive.rs`).
