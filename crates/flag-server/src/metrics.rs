@@ -92,6 +92,8 @@ pub(crate) struct Exposition<'a> {
     pub(crate) tiered: Option<TierStatus>,
     /// Whether reads skip the cache because it is out.
     pub(crate) circuit_open: bool,
+    /// How many event streams are open.
+    pub(crate) streams_open: usize,
 }
 
 impl Exposition<'_> {
@@ -276,6 +278,13 @@ impl Exposition<'_> {
         );
         header(
             out,
+            "flag_event_streams_open",
+            "gauge",
+            "OFREP event streams open now (at most FLAG_MAX_STREAMS).",
+        );
+        let _ = writeln!(out, "flag_event_streams_open {}", self.streams_open);
+        header(
+            out,
             "flag_build_info",
             "gauge",
             "Always 1; the labels tell the version and the stores in use.",
@@ -313,6 +322,7 @@ mod tests {
             repository_backend: "sqlite",
             tiered: None,
             circuit_open: false,
+            streams_open: 0,
         }
         .render();
         assert!(

@@ -90,6 +90,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         repository_backend: state.service.repository_backend(),
         tiered: state.service.cache_tier_status(),
         circuit_open: state.service.cache_circuit_open(),
+        streams_open: state.streams.open(),
     }
     .render();
     (

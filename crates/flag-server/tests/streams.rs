@@ -250,6 +250,7 @@ async fn last_event_id_catches_up_heartbeats_keep_a_quiet_stream_and_the_limit_h
             .await
     );
     assert!(current.ids().is_empty());
+    assert_eq!(server.metric("flag_event_streams_open").await, 2.0);
     // A third stream is past FLAG_MAX_STREAMS = 2.
     let third = Stream::open(server.address, "/ofrep/v1/events/web", &[]).await;
     assert_eq!(third.status, 503);
