@@ -26,6 +26,20 @@ impl AnnouncedCache {
     }
 }
 
+/// Publishes `env`'s invalidation at `revision` on `bus`; a publish that fails is the
+/// invalidation's failure, so that the service retries it.
+pub(crate) async fn announce(
+    bus: &DynInvalidationBus,
+    env: &Environment,
+    revision: Revision,
+) -> Result<(), CacheError> {
+    bus.publish(env, revision)
+        .await
+        .map_err(|error| CacheError::Unavailable {
+            message: format!("invalidation not published to other instances: {error}"),
+        })
+}
+
 impl std::fmt::Debug for AnnouncedCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnnouncedCache")
@@ -60,12 +74,7 @@ impl FeatureFlagCache for AnnouncedCache {
 
     async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
         self.cache.invalidate(env, revision).await?;
-        self.bus
-            .publish(env, revision)
-            .await
-            .map_err(|error| CacheError::Unavailable {
-                message: format!("invalidation not published to other instances: {error}"),
-            })
+        announce(&*self.bus, env, revision).await
     }
 
     async fn get_with_ttl(

@@ -278,13 +278,7 @@ impl FeatureFlagCache for TieredCache {
         let tiers = &self.inner;
         tiers.l2.invalidate(env, revision).await?;
         let _ = tiers.l1.invalidate(env, revision).await;
-        tiers
-            .bus
-            .publish(env, revision)
-            .await
-            .map_err(|error| CacheError::Unavailable {
-                message: format!("invalidation not published to other instances: {error}"),
-            })
+        crate::announced::announce(&*tiers.bus, env, revision).await
     }
 
     async fn get_with_ttl(
