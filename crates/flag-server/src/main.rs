@@ -44,6 +44,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = wiring::state_from(&config).await?;
     let mut limits = wiring::connection_limits(&config)?;
     limits.max_connections = fit_descriptors(limits.max_connections);
+    let shutdown = Shutdown::listen();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -57,7 +58,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(serve::serve(listener, app::router(state), limits, async {
         let _ = stopped.await;
     }));
-    shutdown_signal().await;
+    shutdown.wait().await;
     tracing::info!("shutting down: draining in-flight requests");
     // Event streams would hold the drain for the whole grace period: end them now; their
     // clients reconnect to another instance.
@@ -109,25 +110,38 @@ fn fit_descriptors(max_connections: usize) -> usize {
     max_connections
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGTERM and Ctrl-C, listened for from the moment it is made: made before the server says it
+/// listens, so a SIGTERM sent right after is a clean shutdown, never the signal's default action.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Shutdown {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::terminate())
+                .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)))
+                .map_err(|error| tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C only"))
+                .ok();
+            Self { signals }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    /// Resolves on SIGTERM or Ctrl-C.
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut terminate, mut interrupt)) = self.signals {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
