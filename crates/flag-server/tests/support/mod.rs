@@ -261,8 +261,21 @@ pub async fn request(
     let _ = stream.write_all(body.as_bytes()).await;
     let mut raw = Vec::new();
     // A reset after the reply arrived (the server closed with our body unread) still leaves the
-    // reply in `raw`.
-    let _ = stream.read_to_end(&mut raw).await;
+    // reply in `raw`. An event stream never ends: its head is the reply.
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => raw.extend_from_slice(&chunk[..read]),
+        }
+        if let Some(end) = raw.windows(4).position(|window| window == b"\r\n\r\n")
+            && String::from_utf8_lossy(&raw[..end])
+                .to_ascii_lowercase()
+                .contains("content-type: text/event-stream")
+        {
+            break;
+        }
+    }
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw
         .split_once("\r\n\r\n")
