@@ -37,15 +37,17 @@ pub fn router(state: AppState) -> Router {
     let (routes, document) = described(state.max_context_bytes, |api| {
         api.route_layer(shedding.clone())
     });
-    routes
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(tracking, track))
-        // Outside routing, so that a preflight is answered before the router's 405.
-        .layer(middleware::from_fn_with_state(
-            state.cors.clone(),
-            crate::cors::cors,
-        ))
+        .layer(middleware::from_fn_with_state(tracking, track));
+    // Outside routing, so that a preflight is answered before the router's 405; absent (no cost
+    // per request) when no origin is allowed.
+    let routes = match state.cors.clone() {
+        Some(origins) => routes.layer(middleware::from_fn_with_state(origins, crate::cors::cors)),
+        None => routes,
+    };
+    routes
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(Document::new(&document)))
         .with_state(state)

@@ -59,14 +59,13 @@ const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(
 const MAX_AGE: HeaderValue = HeaderValue::from_static("600");
 const EXPOSE_HEADERS: HeaderValue = HeaderValue::from_static("ETag");
 
-/// The CORS layer: acts on OFREP paths only, and not at all when `origins` is `None`.
+/// The CORS layer: acts on OFREP paths only.
 pub(crate) async fn cors(
-    State(origins): State<Option<std::sync::Arc<CorsOrigins>>>,
+    State(origins): State<std::sync::Arc<CorsOrigins>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(origin) = origins
-        .as_deref()
+    let Some(origin) = Some(&*origins)
         .filter(|_| is_ofrep(request.uri().path()))
         .and_then(|origins| origins.allowed(request.headers()))
         .cloned()
