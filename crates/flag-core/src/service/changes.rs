@@ -190,7 +190,7 @@ impl FeatureFlagService {
     /// Makes sure reads of `env` are at least at `claimed`, a revision a client heard of (from an
     /// event stream, possibly another instance's; `None`: a change of unknown revision): a claim
     /// this instance has heard of raises its read floor; any other is checked against the
-    /// repository (one read shared by concurrent claimers, at most once per
+    /// repository (a check shared by concurrent claimers, of one read or two, at most once per
     /// [`CLAIM_CHECK_EVERY`] per environment), whose answer becomes the floor, so a claim that
     /// is not true costs little and changes nothing.
     pub(super) async fn catch_up_to(&self, env: &Environment, claimed: Option<Revision>) {

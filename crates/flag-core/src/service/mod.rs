@@ -482,7 +482,8 @@ impl FeatureFlagService {
     /// instance's): `claimed` is the revision the event announced (`None`: a change of unknown
     /// revision). The snapshot is never older than a claimed revision the repository has,
     /// whatever this instance's cache holds; a claim this instance has not heard of costs at most
-    /// one repository read per environment per 100 ms, shared by concurrent claimers.
+    /// one check per environment per 100 ms, shared by concurrent claimers: one repository read,
+    /// or two when a read already in flight began before the claimed change.
     pub async fn bulk_after_event(
         &self,
         env: &Environment,
