@@ -1,43 +1,37 @@
 //! The application: one router made of the per-area routers (`ofrep`, `admin`, `ops`) behind
 //! the tracking layer and the body limits, with JSON answers for unknown routes and methods.
 //!
-//! The API routes (OFREP and management) sit behind tower's global concurrency limit with load
-//! shedding: past `FLAG_MAX_IN_FLIGHT` requests in flight, one more is answered `503` with
-//! `Retry-After: 1` at once instead of queueing. The operations routes (`/healthz`, `/readyz`,
-//! `/metrics`, `/openapi.json`) are outside that limit, so probes answer under overload.
+//! The tracking layer also admits the API routes (OFREP and management) under
+//! `FLAG_MAX_IN_FLIGHT`, shedding the rest with `503`; see [`crate::tracking`].
+//!
+//! Every layer here is applied to each route and cloned with it on every request, so the hot
+//! path carries as few as possible: the OpenAPI document lives in the state, not in a request
+//! extension, and the management routes carry their own body limit.
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Extension};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::{BoxError, ServiceBuilder};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
-use crate::openapi::{ApiDoc, Document, complete};
+use crate::openapi::{ApiDoc, complete};
 use crate::state::{AppState, MAX_BODY_BYTES};
-use crate::tracking::{Tracking, track, unavailable};
+use crate::tracking::{Tracking, track};
 use crate::{admin, ofrep, ops, streams};
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
-    let tracking = Tracking {
-        metrics: state.http_metrics.clone(),
-        timeout: state.request_timeout,
-    };
-    let shedding = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(shed))
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(state.max_in_flight));
-    let (routes, document) = described(state.max_context_bytes, |api| {
-        api.route_layer(shedding.clone())
-    });
-    let routes = routes
+    let tracking = Tracking::new(
+        state.http_metrics.clone(),
+        state.request_timeout,
+        state.max_in_flight,
+    );
+    let routes = described(state.max_context_bytes)
+        .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(tracking, track));
@@ -47,42 +41,24 @@ pub fn router(state: AppState) -> Router {
         Some(origins) => routes.layer(middleware::from_fn_with_state(origins, crate::cors::cors)),
         None => routes,
     };
-    routes
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(Extension(Document::new(&document)))
-        .with_state(state)
+    routes.with_state(state)
 }
 
 /// The OpenAPI document of every route [`router`] serves (`GET /openapi.json` answers it).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    described(0, |api| api).1
+    described(0).1
 }
 
-/// Every route with its document: the API routes (OFREP and management, wrapped by `api`, where
-/// the concurrency limit goes), the event streams, and the operations routes, reading OFREP
-/// bodies of at most `max_context_bytes`.
-fn described(
-    max_context_bytes: usize,
-    api: impl Fn(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
-) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    // Event streams stay outside the in-flight limit: they are held for hours, and bounded by
-    // FLAG_MAX_STREAMS instead.
+/// Every route with its document: OFREP evaluation, the event streams, management and the
+/// operations routes, reading OFREP bodies of at most `max_context_bytes`.
+fn described(max_context_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(api(ofrep::router(max_context_bytes)))
+        .merge(ofrep::router(max_context_bytes))
         .merge(streams::router())
-        .merge(api(admin::router()))
+        .merge(admin::router().layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
         .merge(ops::router())
         .split_for_parts();
     (routes, complete(document))
-}
-
-/// A request refused because too many are in flight.
-async fn shed(uri: Uri, error: BoxError) -> Response {
-    tracing::debug!(path = uri.path(), %error, "request shed");
-    unavailable(
-        &uri,
-        "too many requests in flight; retry in a second".to_owned(),
-    )
 }
 
 /// Unmatched routes: `404` with the management API's error shape.

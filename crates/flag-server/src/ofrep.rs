@@ -384,11 +384,15 @@ async fn evaluate_all(
 
 /// `"<revision>-<64-bit hash of env and context>"`.
 fn etag(env: &Environment, revision: u64, context: &Map<String, Value>) -> String {
-    // serde_json maps are key-sorted, so equal contexts serialize to equal text.
-    let context = serde_json::to_string(context).unwrap_or_default();
-    let canonical = format!("{env}\u{0}{context}");
-    let low = murmur3_x86_32(canonical.as_bytes(), 0);
-    let high = murmur3_x86_32(canonical.as_bytes(), 0x9747_b28c);
+    // serde_json maps are key-sorted, so equal contexts serialize to equal text. One buffer,
+    // written once: this runs for every bulk request, `304`s included.
+    let mut canonical = Vec::with_capacity(env.as_str().len() + 128);
+    canonical.extend_from_slice(env.as_str().as_bytes());
+    canonical.push(0);
+    // Writing a map of JSON values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut canonical, context);
+    let low = murmur3_x86_32(&canonical, 0);
+    let high = murmur3_x86_32(&canonical, 0x9747_b28c);
     format!("\"{revision}-{high:08x}{low:08x}\"")
 }
 

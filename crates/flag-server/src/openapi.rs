@@ -51,11 +51,18 @@ const CLIENT_API_KEY: &str = "clientApiKey";
 )]
 pub(crate) struct ApiDoc;
 
-/// The document as served: its JSON, made once per router.
-#[derive(Clone)]
+/// The document as served: its JSON, made once per process (it depends on the code only).
 pub(crate) struct Document(Bytes);
 
+/// The served document, made on first use.
+static SERVED: std::sync::OnceLock<Document> = std::sync::OnceLock::new();
+
 impl Document {
+    /// The document of [`crate::app::openapi`], as served.
+    pub(crate) fn served() -> &'static Self {
+        SERVED.get_or_init(|| Self::new(&crate::app::openapi()))
+    }
+
     /// The JSON of `document`.
     pub(crate) fn new(document: &utoipa::openapi::OpenApi) -> Self {
         let json = serde_json::to_vec(document).unwrap_or_else(|error| {

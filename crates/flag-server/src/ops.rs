@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -111,13 +111,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
     summary = "This document.",
     responses((status = 200, description = "OpenAPI 3.1.", body = Object))
 )]
-async fn openapi(Extension(document): Extension<Document>) -> Response {
+async fn openapi() -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        document.json(),
+        Document::served().json(),
     )
         .into_response()
 }

@@ -3,9 +3,9 @@
 //!
 //! - A client must send a request's headers within `header_timeout` of connecting, or of its
 //!   first byte after a previous answer; a keep-alive connection idle for `idle_timeout` is
-//!   closed. hyper's own header-read timer (which restarts whenever it waits for a head, so it
-//!   cannot tell a slow head from an idle keep-alive) is set to the larger of the two as a
-//!   backstop; the watchdog keeps both exactly.
+//!   closed. The watchdog keeps both exactly. hyper's own header-read timer is off: it restarts
+//!   whenever hyper waits for a head, so it cannot tell a slow head from an idle keep-alive, and
+//!   it would arm (allocate and register) one more timer for every request.
 //! - At most `max_connections` are held: one more is accepted and closed at once, so the backlog
 //!   never fills with clients that will wait for nothing.
 //! - On shutdown the listener closes; connections that are idle or whose client is still sending
@@ -25,7 +25,7 @@ use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -136,8 +136,7 @@ async fn connection(
         })
     };
     let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.max(limits.idle_timeout))
+        .header_read_timeout(None)
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
     // Set at shutdown for a connection with nothing in flight: the instant it closes, after what

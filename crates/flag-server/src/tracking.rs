@@ -7,6 +7,17 @@
 //! - A request whose client went away before the answer (the connection closed, so the request's
 //!   future was dropped, or its body broke off) is recorded with `status="499"`, nginx's code for
 //!   it.
+//! - The API routes (OFREP evaluation and management) are admitted here too: past
+//!   `FLAG_MAX_IN_FLIGHT` of them in flight, one more is answered `503` with `Retry-After: 1` at
+//!   once instead of queueing. The operations routes (`/healthz`, `/readyz`, `/metrics`,
+//!   `/openapi.json`) and the event streams (bounded by `FLAG_MAX_STREAMS`) are not counted, so
+//!   probes answer under overload.
+//!
+//! Admission lives in this layer rather than in a tower layer of its own because every layer
+//! the router applies is cloned and boxed once per request: one layer instead of three (tower's
+//! load shedding and concurrency limit) is measurably cheaper on the hot path, and a
+//! `try_acquire` on a semaphore allocates nothing where tower's limit allocates its acquire
+//! future on every clone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +27,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
+use tokio::sync::Semaphore;
 
 use crate::arrival::Arrival;
 use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
@@ -30,6 +42,25 @@ pub(crate) const ABANDONED: u16 = 499;
 pub(crate) struct Tracking {
     pub(crate) metrics: Arc<HttpMetrics>,
     pub(crate) timeout: Duration,
+    /// One permit per API request in flight (`FLAG_MAX_IN_FLIGHT`).
+    pub(crate) in_flight: Arc<Semaphore>,
+}
+
+impl Tracking {
+    /// Tracking with room for `max_in_flight` API requests at once.
+    pub(crate) fn new(metrics: Arc<HttpMetrics>, timeout: Duration, max_in_flight: usize) -> Self {
+        Self {
+            metrics,
+            timeout,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+}
+
+/// Whether requests to the route `template` count against `FLAG_MAX_IN_FLIGHT`: OFREP
+/// evaluation and management, not the probes, metrics, the document or the event streams.
+fn is_admitted_route(template: &str) -> bool {
+    template.starts_with("/ofrep/v1/evaluate") || template.starts_with("/v1/")
 }
 
 /// Answers `408`/`503` when the request outlives the timeout, and records every answer.
@@ -50,6 +81,22 @@ pub(crate) async fn track(
         answered: false,
     };
     let uri = request.uri().clone();
+    let _admitted = if is_admitted_route(route) {
+        match Arc::clone(&tracking.in_flight).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                tracing::debug!(path = uri.path(), "request shed");
+                let response = unavailable(
+                    &uri,
+                    "too many requests in flight; retry in a second".to_owned(),
+                );
+                record.answered(response.status().as_u16());
+                return response;
+            }
+        }
+    } else {
+        None
+    };
     let (request, arrival) = Arrival::of(request);
     let response = match tokio::time::timeout(tracking.timeout, next.run(request)).await {
         Ok(response) => response,

@@ -244,6 +244,18 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// The CPU time the server has used so far (user and system, every thread), where `/proc`
+    /// tells it.
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.0.id())).ok()?;
+        // The command name (field 2) may hold spaces; the fields after its `)` are fixed.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on every Linux architecture this runs on.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// The server's resident memory in kB (`VmRSS`), where `/proc` tells it.
     pub(crate) fn resident_kb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).ok()?;
