@@ -4,9 +4,9 @@
 //! Decisions where the protocol leaves room: a flag key outside the key grammar (or not UTF-8) is
 //! `404 FLAG_NOT_FOUND` (no such flag can exist); an invalid `X-Environment` is `400 GENERAL`;
 //! a body over `FLAG_MAX_CONTEXT_BYTES` is `413 GENERAL`; a store outage is `503 GENERAL`; every
-//! single-flag error body carries `key`, whatever the error (the OFREP schema requires it). The bulk `ETag` is derived from the environment, its revision
-//! and the request's context (JSON objects are key-sorted, so equal contexts hash equally): two
-//! users never share a `304`.
+//! single-flag error body carries `key`, whatever the error (the OFREP schema requires it). The
+//! bulk `ETag` is derived from the environment, its revision and the request body as sent (see
+//! [`etag`]): two users never share a `304`, and a `304` is answered without parsing the body.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -18,7 +18,7 @@ use flag_core::{
     murmur3_x86_32,
 };
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -59,7 +59,12 @@ fn context(
     limit: usize,
 ) -> Result<EvaluationContext, OfrepError> {
     let body = body.map_err(|rejection| OfrepError::unreadable_body(&rejection, limit))?;
-    let request: Value = serde_json::from_slice(&body).map_err(|error| {
+    parse_context(&body)
+}
+
+/// The request's `context`, from the body's bytes.
+fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
+    let request: Value = serde_json::from_slice(body).map_err(|error| {
         OfrepError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::ParseError,
@@ -341,23 +346,34 @@ async fn evaluate_all(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
     let env = client.environment;
-    let context = context(body, state.max_context_bytes)?;
+    let body =
+        body.map_err(|rejection| OfrepError::unreadable_body(&rejection, state.max_context_bytes))?;
+    let presented = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok());
+    // Without a tag to match, a malformed body is told before the store is asked (a 400 beats a
+    // 503 during an outage); with one, parsing waits until the tag is known not to match.
+    let mut context = match presented {
+        None => Some(parse_context(&body)?),
+        Some(_) => None,
+    };
     let snapshot = match claimed_revision(query.as_deref()) {
         None => state.service.bulk(&env).await?,
         Some(claim) => state.service.bulk_after_event(&env, claim).await?,
     };
     let revision = snapshot.revision();
-    let etag = etag(&env, revision.get(), context.attributes());
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|presented| presented.split(',').any(|tag| tag.trim() == etag));
+    let etag = etag(&env, revision.get(), &body);
     let etag_header =
         HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
-    // Decided before any flag is evaluated: a 304 costs a snapshot lookup and a hash.
-    if matches {
+    // Decided before the body is parsed or any flag evaluated: a 304 costs a snapshot lookup and
+    // a hash of the body as sent.
+    if presented.is_some_and(|presented| presented.split(',').any(|tag| tag.trim() == etag)) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response());
     }
+    let context = match context.take() {
+        Some(context) => context,
+        None => parse_context(&body)?,
+    };
     let bulk = snapshot.evaluate(&context);
     let flags: Vec<BulkEntry<'_>> = bulk
         .results
@@ -382,15 +398,17 @@ async fn evaluate_all(
     Ok(([(header::ETAG, etag_header)], axum::Json(answer)).into_response())
 }
 
-/// `"<revision>-<64-bit hash of env and context>"`.
-fn etag(env: &Environment, revision: u64, context: &Map<String, Value>) -> String {
-    // serde_json maps are key-sorted, so equal contexts serialize to equal text. One buffer,
-    // written once: this runs for every bulk request, `304`s included.
-    let mut canonical = Vec::with_capacity(env.as_str().len() + 128);
+/// `"<revision>-<64-bit hash of env and the body as sent>"`.
+///
+/// The body as sent rather than the parsed context: a `304` then needs no parsing at all. A tag
+/// can only match bytes that were answered `200` before (validity depends on the bytes alone, not
+/// on the revision), and a context sent with its keys in another order or other spacing gets a
+/// `200` instead of a `304`, never someone else's answer.
+fn etag(env: &Environment, revision: u64, body: &[u8]) -> String {
+    let mut canonical = Vec::with_capacity(env.as_str().len() + 1 + body.len());
     canonical.extend_from_slice(env.as_str().as_bytes());
     canonical.push(0);
-    // Writing a map of JSON values into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut canonical, context);
+    canonical.extend_from_slice(body);
     let low = murmur3_x86_32(&canonical, 0);
     let high = murmur3_x86_32(&canonical, 0x9747_b28c);
     format!("\"{revision}-{high:08x}{low:08x}\"")
@@ -404,12 +422,11 @@ mod tests {
     fn etags_differ_by_user_revision_and_environment() {
         let env = Environment::parse("production").unwrap();
         let other = Environment::parse("staging").unwrap();
-        let alice: Map<String, Value> =
-            serde_json::from_str(r#"{"targetingKey":"alice"}"#).unwrap();
-        let bob: Map<String, Value> = serde_json::from_str(r#"{"targetingKey":"bob"}"#).unwrap();
-        assert_eq!(etag(&env, 1, &alice), etag(&env, 1, &alice));
-        assert_ne!(etag(&env, 1, &alice), etag(&env, 1, &bob));
-        assert_ne!(etag(&env, 1, &alice), etag(&env, 2, &alice));
-        assert_ne!(etag(&env, 1, &alice), etag(&other, 1, &alice));
+        let alice: &[u8] = br#"{"context":{"targetingKey":"alice"}}"#;
+        let bob: &[u8] = br#"{"context":{"targetingKey":"bob"}}"#;
+        assert_eq!(etag(&env, 1, alice), etag(&env, 1, alice));
+        assert_ne!(etag(&env, 1, alice), etag(&env, 1, bob));
+        assert_ne!(etag(&env, 1, alice), etag(&env, 2, alice));
+        assert_ne!(etag(&env, 1, alice), etag(&other, 1, alice));
     }
 }

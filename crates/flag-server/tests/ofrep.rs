@@ -288,6 +288,25 @@ async fn bulk_evaluation_has_per_flag_errors_and_per_user_etags(
     assert_eq!((again.status, again.body.as_str()), (304, ""));
     let bob_with_alices = bulk(json!({"targetingKey": "bob"}), Some(alice_etag.clone())).await;
     assert_eq!(bob_with_alices.status, 200);
+    // The tag covers the body as sent: the same context spelled otherwise is answered in full,
+    // and a malformed body presenting a valid tag is still refused.
+    let with_tag = [("If-None-Match", alice_etag.as_str())];
+    let path = "/ofrep/v1/evaluate/flags";
+    let respaced = request(
+        server.address,
+        "POST",
+        path,
+        &with_tag,
+        r#"{ "context": { "targetingKey": "alice" } }"#,
+    )
+    .await;
+    assert_eq!(respaced.status, 200, "{}", respaced.body);
+    assert_eq!(respaced.json()["flags"], alice.json()["flags"]);
+    let malformed = request(server.address, "POST", path, &with_tag, "{\"context\":").await;
+    assert_eq!(
+        (malformed.status, malformed.json()["errorCode"].clone()),
+        (400, json!("PARSE_ERROR"))
+    );
     server
         .put("production", "a", json!({"enabled": false}))
         .await;

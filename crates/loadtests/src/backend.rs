@@ -244,6 +244,11 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// The CPU time the server has used so far (user and system, every thread), where `/proc`
     /// tells it.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {

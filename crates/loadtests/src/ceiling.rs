@@ -115,8 +115,42 @@ pub(crate) async fn measure(
 
 /// `wrk -t2 -c50 -d<seconds>s -s <script> <url>`: its requests/s.
 fn wrk(url: &str, script: &Path, seconds: usize) -> anyhow::Result<f64> {
-    let output = Command::new("wrk")
-        .args(["-t2", "-c50", &format!("-d{seconds}s"), "-s"])
+    Ok(wrk_run(url, script, seconds, 2, None)?.per_second)
+}
+
+/// What one `wrk` run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WrkRun {
+    /// Requests answered per second.
+    pub(crate) per_second: f64,
+    /// Requests answered in all.
+    pub(crate) requests: u64,
+}
+
+/// `wrk -t<threads> -c50 -d<seconds>s -s <script> <url>`, on the CPUs `cpus` (a `taskset` list)
+/// when given; fails on any answer wrk counts as an error (`4xx`, `5xx`, socket errors).
+pub(crate) fn wrk_run(
+    url: &str,
+    script: &Path,
+    seconds: usize,
+    threads: usize,
+    cpus: Option<&str>,
+) -> anyhow::Result<WrkRun> {
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", cpus, "wrk"]);
+            command
+        }
+        None => Command::new("wrk"),
+    };
+    let output = command
+        .args([
+            &format!("-t{threads}"),
+            "-c50",
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
         .arg(script)
         .arg(url)
         .output()
@@ -125,10 +159,23 @@ fn wrk(url: &str, script: &Path, seconds: usize) -> anyhow::Result<f64> {
     if !output.status.success() {
         bail!("wrk failed: {text}");
     }
-    if let Some(line) = text.lines().find(|line| line.contains("Non-2xx")) {
+    if let Some(line) = text
+        .lines()
+        .find(|line| line.contains("Non-2xx") || line.contains("Socket errors"))
+    {
         bail!("wrk saw errors from {url}: {line}");
     }
-    requests_per_second(&text).with_context(|| format!("no Requests/sec in wrk's output: {text}"))
+    let per_second = requests_per_second(&text)
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    let requests = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .and_then(|(count, _)| count.trim().parse().ok())
+        .with_context(|| format!("no request count in wrk's output: {text}"))?;
+    Ok(WrkRun {
+        per_second,
+        requests,
+    })
 }
 
 /// The `Requests/sec:` figure of wrk's report.
