@@ -9,9 +9,9 @@
 //!   `ETag` in `If-None-Match`, answered `304`: rounds of 3 s each, alternating, so that both
 //!   kinds see the same machine (its speed drifts by a fifth within a minute here). Each run gives
 //!   the requests per second and the server's own CPU time per request (from `/proc/<pid>/stat`).
-//!   With `wrk` on the PATH the server is pinned to the first CPU and `wrk` to the others (as
-//!   `taskset` allows), so the load generator does not take the server's CPU; without it the
-//!   runner's own client shares every core. Target: the `304` at least 3× the `200` in server
+//!   With `wrk` on the PATH the server is pinned to the first CPU (its runtime then started with
+//!   one worker) and `wrk` to the others (as `taskset` allows), so the load generator does not
+//!   take the server's CPU; without it the runner's own client shares every core. Target: the `304` at least 3× the `200` in server
 //!   capacity (requests per second of server CPU): the median, over the rounds, of each round's
 //!   `200` CPU per request over its `304` CPU per request. The wall-clock ratio is printed beside
 //!   it.
@@ -183,8 +183,26 @@ pub(crate) async fn measure(
             rows.last().map_or(0.0, |row| row.bytes_per_stream / 1024.0)
         );
     }
+    // Pinned to one CPU for the bulk pair (see `WrkLoad::prepare`), the server's runtime gets
+    // one worker, as it would had it started on one CPU: two workers taking turns on one CPU
+    // would add a cost to every request that no deployment has.
+    let bulk_extra = [
+        ("FLAG_MAX_CONNECTIONS", "30000"),
+        ("FLAG_MAX_STREAMS", "30000"),
+        ("TOKIO_WORKER_THREADS", "1"),
+    ];
     let server = stores
-        .start_server_with(binary, Backend::Memory, directory, token, &extra)
+        .start_server_with(
+            binary,
+            Backend::Memory,
+            directory,
+            token,
+            if WrkLoad::can_pin() {
+                &bulk_extra
+            } else {
+                &extra
+            },
+        )
         .await?;
     let pair = bulk_pair(&server, token, directory).await?;
     Ok(Fanout {
@@ -432,7 +450,7 @@ impl WrkLoad {
         std::fs::write(&not_modified_script, script(Some(etag)))
             .context("writing the wrk script")?;
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let pinned = cpus >= 2
+        let pinned = Self::can_pin()
             && std::process::Command::new("taskset")
                 .args(["-a", "-p", "-c", "0", &server.pid().to_string()])
                 .output()
@@ -454,6 +472,16 @@ impl WrkLoad {
             cpus,
             description,
         })
+    }
+
+    /// Whether the server can have a CPU of its own: two CPUs or more, `wrk` and `taskset`.
+    fn can_pin() -> bool {
+        std::thread::available_parallelism().map_or(1, usize::from) >= 2
+            && crate::ceiling::require_wrk().is_ok()
+            && std::process::Command::new("taskset")
+                .arg("-V")
+                .output()
+                .is_ok_and(|output| output.status.success())
     }
 
     /// One run of [`BULK_SECONDS`], answered `304` when `not_modified`, else `200`.
