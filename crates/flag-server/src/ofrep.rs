@@ -405,13 +405,19 @@ async fn evaluate_all(
 /// on the revision), and a context sent with its keys in another order or other spacing gets a
 /// `200` instead of a `304`, never someone else's answer.
 fn etag(env: &Environment, revision: u64, body: &[u8]) -> String {
-    let mut canonical = Vec::with_capacity(env.as_str().len() + 1 + body.len());
-    canonical.extend_from_slice(env.as_str().as_bytes());
-    canonical.push(0);
-    canonical.extend_from_slice(body);
-    let low = murmur3_x86_32(&canonical, 0);
-    let high = murmur3_x86_32(&canonical, 0x9747_b28c);
-    format!("\"{revision}-{high:08x}{low:08x}\"")
+    use std::fmt::Write as _;
+    // The environment's hash seeds the body's: no buffer to join them in, on a path every bulk
+    // request takes, `304`s included.
+    let low = murmur3_x86_32(body, murmur3_x86_32(env.as_str().as_bytes(), 0));
+    let high = murmur3_x86_32(body, murmur3_x86_32(env.as_str().as_bytes(), 0x9747_b28c));
+    let mut tag = String::with_capacity(40);
+    // Writing into a String cannot fail.
+    let _ = write!(
+        tag,
+        "\"{revision}-{:016x}\"",
+        (u64::from(high) << 32) | u64::from(low)
+    );
+    tag
 }
 
 #[cfg(test)]
