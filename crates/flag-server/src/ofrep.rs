@@ -10,8 +10,9 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{
     Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, Revision,
@@ -341,16 +342,14 @@ async fn evaluate_one(
 async fn evaluate_all(
     client: Client,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    IfNoneMatch(presented): IfNoneMatch,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
     let env = client.environment;
     let body =
         body.map_err(|rejection| OfrepError::unreadable_body(&rejection, state.max_context_bytes))?;
-    let presented = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok());
+    let presented = presented.as_ref().and_then(|value| value.to_str().ok());
     // Without a tag to match, a malformed body is told before the store is asked (a 400 beats a
     // 503 during an outage); with one, parsing waits until the tag is known not to match.
     let mut context = match presented {
@@ -396,6 +395,18 @@ async fn evaluate_all(
         },
     };
     Ok(([(header::ETAG, etag_header)], axum::Json(answer)).into_response())
+}
+
+/// The request's `If-None-Match`, if any: the one header the bulk handler reads (taking the
+/// whole `HeaderMap` would copy every header of every request).
+struct IfNoneMatch(Option<HeaderValue>);
+
+impl<S: Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(header::IF_NONE_MATCH).cloned()))
+    }
 }
 
 /// `"<revision>-<64-bit hash of env and the body as sent>"`.
