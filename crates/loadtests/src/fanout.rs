@@ -43,7 +43,7 @@ const NOT_MODIFIED_TARGET: f64 = 3.0;
 /// How long each bulk throughput run lasts.
 const BULK_SECONDS: u64 = 3;
 /// Rounds of the bulk pair (`200` then `304`); medians are reported.
-const BULK_ROUNDS: usize = 7;
+const BULK_ROUNDS: usize = 9;
 /// Flags of the bulk environment.
 const BULK_FLAGS: usize = 100;
 /// Concurrent bulk clients.
