@@ -2,10 +2,10 @@
 //! the tracking layer and the body limits, with JSON answers for unknown routes and methods.
 //!
 //! The tracking layer also admits the API routes (OFREP and management) under
-//! `FLAG_MAX_IN_FLIGHT`, shedding the rest with `503`; see [`crate::tracking`].
+//! `FLAG_MAX_IN_FLIGHT`, shedding the rest with `503` (the `tracking` module says why there).
 //!
 //! Every layer here is applied to each route and cloned with it on every request, so the hot
-//! path carries as few as possible: the OpenAPI document lives in the state, not in a request
+//! path carries as few as possible: the OpenAPI document is a process-wide value, not a request
 //! extension, and the management routes carry their own body limit.
 
 use axum::Router;
