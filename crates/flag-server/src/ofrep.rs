@@ -352,7 +352,7 @@ async fn evaluate_all(
     let presented = presented.as_ref().and_then(|value| value.to_str().ok());
     // Without a tag to match, a malformed body is told before the store is asked (a 400 beats a
     // 503 during an outage); with one, parsing waits until the tag is known not to match.
-    let mut context = match presented {
+    let context = match presented {
         None => Some(parse_context(&body)?),
         Some(_) => None,
     };
@@ -369,7 +369,7 @@ async fn evaluate_all(
     if presented.is_some_and(|presented| presented.split(',').any(|tag| tag.trim() == etag)) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response());
     }
-    let context = match context.take() {
+    let context = match context {
         Some(context) => context,
         None => parse_context(&body)?,
     };

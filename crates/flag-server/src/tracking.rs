@@ -204,3 +204,34 @@ pub(crate) fn unavailable(uri: &Uri, message: String) -> Response {
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_evaluation_and_management_routes_count_against_the_in_flight_cap() {
+        let admitted: Vec<&str> = ROUTES
+            .iter()
+            .map(|(_, template)| *template)
+            .filter(|template| is_admitted_route(template))
+            .collect();
+        let expected: Vec<&str> = ROUTES
+            .iter()
+            .map(|(_, template)| *template)
+            .filter(|template| {
+                !matches!(
+                    *template,
+                    "/ofrep/v1/events/{env}"
+                        | "/healthz"
+                        | "/readyz"
+                        | "/metrics"
+                        | "/openapi.json"
+                )
+            })
+            .collect();
+        assert_eq!(admitted, expected);
+        assert!(admitted.contains(&"/ofrep/v1/evaluate/flags"));
+        assert!(admitted.contains(&"/v1/environments"));
+    }
+}
