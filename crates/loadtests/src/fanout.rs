@@ -11,10 +11,10 @@
 //!   the requests per second and the server's own CPU time per request (from `/proc/<pid>/stat`).
 //!   With `wrk` on the PATH the server is pinned to the first CPU (its runtime then started with
 //!   one worker) and `wrk` to the others (as `taskset` allows), so the load generator does not
-//!   take the server's CPU; without it the runner's own client shares every core. Target: the `304` at least 3× the `200` in server
-//!   capacity (requests per second of server CPU): the median, over the rounds, of each round's
-//!   `200` CPU per request over its `304` CPU per request. The wall-clock ratio is printed beside
-//!   it.
+//!   take the server's CPU; without it the runner's own client shares every core. Target: the
+//!   `304` at least 3× the `200` in server capacity (requests per second of server CPU): the
+//!   median, over the rounds, of each round's `200` CPU per request over its `304` CPU per
+//!   request. The wall-clock ratio is printed beside it.
 //!
 //! Streams are raw sockets (one task each) rather than goose users: what matters is each
 //! stream's own arrival time, which goose's aggregates do not keep.
@@ -118,15 +118,10 @@ impl Fanout {
             self.bulk_304.per_second,
             self.bulk_304.server_cpu_us,
             capacity(self.bulk_304),
-            self.ratio(),
+            self.capacity_ratio,
             self.bulk_304.per_second / self.bulk_200.per_second.max(f64::MIN_POSITIVE),
         ));
         out
-    }
-
-    /// How many `304`s the server's CPU serves for each `200`.
-    fn ratio(&self) -> f64 {
-        self.capacity_ratio
     }
 
     /// What missed a target.
@@ -147,10 +142,10 @@ impl Fanout {
                 ));
             }
         }
-        if self.ratio() < NOT_MODIFIED_TARGET {
+        if self.capacity_ratio < NOT_MODIFIED_TARGET {
             problems.push(format!(
                 "bulk 304 only {:.1}x the 200 in server capacity (target {NOT_MODIFIED_TARGET}x)",
-                self.ratio()
+                self.capacity_ratio
             ));
         }
         problems
