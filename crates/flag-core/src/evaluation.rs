@@ -17,20 +17,50 @@
 //!   array (element test, any `value`).
 //! - `gt` / `gte` / `lt` / `lte`: the attribute is not a number.
 //!
+//! - `semver_*`: the attribute is not a string holding a SemVer 2.0 version.
+//! - `matches`: the attribute is not a string.
+//! - `in_segment` / `not_in_segment`: the segment does not exist in the environment (a write
+//!   never leaves such a reference; an older release's write might) or could not be read.
+//!
 //! String comparisons are case-sensitive and by Unicode scalar values, with no normalisation.
+//!
+//! An enabled flag with `prerequisites` first evaluates each of them, in order, with the same
+//! context; when one is missing, disabled, in error or serves a variant not listed, the flag
+//! serves its `offVariant` with reason `DISABLED`. Prerequisites and segments are read from the
+//! environment's snapshot ([`Scope`]): no evaluation reads anything else, and one [`Scope`]
+//! evaluates each flag at most once however many flags list it (a bulk evaluation shares one).
+//! A chain deeper than [`MAX_PREREQUISITE_DEPTH`], or a cycle (which writes refuse), fails the
+//! prerequisite rather than recursing.
+//!
+//! Reserved attributes: `$now` is the evaluation time in whole Unix seconds, the same for every
+//! flag of one [`Scope`]; no other `$` attribute exists, and a context cannot set one (a
+//! context's own `$now` is ignored).
+//!
+//! `bucketBy`: a rollout hashes the flag key followed by the value of that attribute (a string,
+//! or a number as JSON writes it, `42` or `1.5`), exactly as flagd's `fractional` over
+//! `{"cat": [{"var": "$flagd.flagKey"}, {"var": attribute}]}`; a missing attribute, or one of
+//! another type, is the error `TARGETING_KEY_MISSING` naming it.
 
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Number, Value};
 
 use crate::bucketing;
-use crate::context::EvaluationContext;
-use crate::flag::{Condition, FeatureFlag, Operator, Rollout, RuleOutcome};
+use crate::context::{EvaluationContext, TARGETING_KEY};
+use crate::flag::{Condition, FeatureFlag, NOW_ATTRIBUTE, Operator, Rollout, RuleOutcome};
 use crate::names::FlagKey;
+use crate::operand::{self, Compiled};
+use crate::segment::Segment;
+use crate::snapshot::EnvironmentSnapshot;
+
+/// The longest chain of prerequisites evaluated (and the deepest a write may make).
+pub const MAX_PREREQUISITE_DEPTH: usize = 8;
 
 /// Why a variant was served, in OpenFeature's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -128,6 +158,15 @@ pub enum EvaluationError {
         /// The flag evaluated.
         key: FlagKey,
     },
+    /// The flag's rollout hashes the attribute `attribute` (`bucketBy`) and the context has no
+    /// string or number there.
+    #[error("flag {key} buckets its percentage rollout by {attribute:?}, which the context lacks (a string or a number is needed)")]
+    BucketingAttributeMissing {
+        /// The flag evaluated.
+        key: FlagKey,
+        /// The `bucketBy` attribute.
+        attribute: String,
+    },
     /// The flag names a variant it does not have (impossible for a validated flag).
     #[error("flag {key} resolved to a variant it does not define")]
     General {
@@ -149,7 +188,8 @@ impl EvaluationError {
     pub fn code(&self) -> ErrorCode {
         match self {
             EvaluationError::FlagNotFound { .. } => ErrorCode::FlagNotFound,
-            EvaluationError::TargetingKeyMissing { .. } => ErrorCode::TargetingKeyMissing,
+            EvaluationError::TargetingKeyMissing { .. }
+            | EvaluationError::BucketingAttributeMissing { .. } => ErrorCode::TargetingKeyMissing,
             EvaluationError::General { .. } | EvaluationError::Unreadable { .. } => {
                 ErrorCode::General
             }
@@ -161,6 +201,7 @@ impl EvaluationError {
         match self {
             EvaluationError::FlagNotFound { key }
             | EvaluationError::TargetingKeyMissing { key }
+            | EvaluationError::BucketingAttributeMissing { key, .. }
             | EvaluationError::General { key }
             | EvaluationError::Unreadable { key, .. } => key,
         }
@@ -178,11 +219,150 @@ pub struct Resolution<'f> {
     pub reason: Reason,
 }
 
-/// Evaluates `flag` for `context`.
+/// What an evaluation may consult beyond the flag and the context: the environment's snapshot
+/// (segments, prerequisite flags) and the evaluation time (`$now`). One scope serves one
+/// request; it remembers each flag it evaluated, so a prerequisite shared by many flags is
+/// evaluated once. Not shared between threads.
+#[derive(Debug)]
+pub struct Scope<'s> {
+    environment: Option<&'s EnvironmentSnapshot>,
+    now: Value,
+    outcomes: RefCell<HashMap<FlagKey, Outcome>>,
+    evaluated: Cell<usize>,
+}
+
+/// A flag's answer as prerequisites and bulk evaluations reuse it.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Being evaluated further up this chain: a cycle if met again.
+    InProgress,
+    /// Evaluated.
+    Done(Result<(Arc<str>, Reason), EvaluationError>),
+}
+
+impl<'s> Scope<'s> {
+    /// Evaluations within `environment`, at the current time.
+    pub fn new(environment: &'s EnvironmentSnapshot) -> Self {
+        Self::with(Some(environment))
+    }
+
+    /// Evaluations of flags on their own: no segment exists and every prerequisite is missing.
+    pub fn standalone() -> Scope<'static> {
+        Scope::with(None)
+    }
+
+    fn with(environment: Option<&'s EnvironmentSnapshot>) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        Self {
+            environment,
+            now: Value::from(now),
+            outcomes: RefCell::default(),
+            evaluated: Cell::new(0),
+        }
+    }
+
+    /// The same scope evaluating at `unix_seconds` (`$now`), for tests and previews.
+    #[must_use]
+    pub fn at(mut self, unix_seconds: i64) -> Self {
+        self.now = Value::from(unix_seconds);
+        self
+    }
+
+    /// How many flag evaluations this scope has run (prerequisites included).
+    pub fn evaluations(&self) -> usize {
+        self.evaluated.get()
+    }
+
+    /// An attribute as conditions see it: reserved (`$`) names from the scope, never the
+    /// context; the rest from the context.
+    fn attribute<'a>(&'a self, context: &'a EvaluationContext, name: &str) -> Option<&'a Value> {
+        if name.starts_with('$') {
+            return (name == NOW_ATTRIBUTE).then_some(&self.now);
+        }
+        context.attribute(name)
+    }
+
+    fn segment(&self, key: &str) -> Option<&'s Arc<Segment>> {
+        self.environment.and_then(|environment| environment.segment(key))
+    }
+
+    /// The answer of `flag`: remembered when it is the environment's own, so that it is
+    /// evaluated once however many flags list it.
+    fn outcome_of(
+        &self,
+        flag: &Arc<FeatureFlag>,
+        context: &EvaluationContext,
+    ) -> Result<(Arc<str>, Reason), EvaluationError> {
+        let own = self
+            .environment
+            .and_then(|environment| environment.flag(flag.key().as_str()))
+            .is_some_and(|own| Arc::ptr_eq(own, flag));
+        if own {
+            return self.outcome(flag.key(), context, 0);
+        }
+        evaluate_at(flag, context, self, 0)
+            .map(|resolution| (Arc::clone(resolution.variant), resolution.reason))
+    }
+
+    /// The answer of the environment's flag `key`, evaluated at most once per scope.
+    fn outcome(
+        &self,
+        key: &FlagKey,
+        context: &EvaluationContext,
+        depth: usize,
+    ) -> Result<(Arc<str>, Reason), EvaluationError> {
+        match self.outcomes.borrow().get(key) {
+            Some(Outcome::Done(outcome)) => return outcome.clone(),
+            Some(Outcome::InProgress) => {
+                return Err(EvaluationError::General { key: key.clone() });
+            }
+            None => {}
+        }
+        let Some(flag) = self.environment.and_then(|environment| environment.flag(key.as_str())) else {
+            return Err(EvaluationError::FlagNotFound { key: key.clone() });
+        };
+        if depth > MAX_PREREQUISITE_DEPTH {
+            return Err(EvaluationError::General { key: key.clone() });
+        }
+        self.outcomes
+            .borrow_mut()
+            .insert(key.clone(), Outcome::InProgress);
+        let outcome = evaluate_at(flag, context, self, depth)
+            .map(|resolution| (Arc::clone(resolution.variant), resolution.reason));
+        self.outcomes
+            .borrow_mut()
+            .insert(key.clone(), Outcome::Done(outcome.clone()));
+        outcome
+    }
+}
+
+/// Evaluates `flag` on its own for `context` (see [`Scope::standalone`]).
 pub fn evaluate<'f>(
     flag: &'f FeatureFlag,
     context: &EvaluationContext,
 ) -> Result<Resolution<'f>, EvaluationError> {
+    evaluate_in(flag, context, &Scope::standalone())
+}
+
+/// Evaluates `flag` for `context` within `scope` (its environment and time).
+pub fn evaluate_in<'f>(
+    flag: &'f FeatureFlag,
+    context: &EvaluationContext,
+    scope: &Scope<'_>,
+) -> Result<Resolution<'f>, EvaluationError> {
+    evaluate_at(flag, context, scope, 0)
+}
+
+/// [`evaluate_in`] at `depth` links down a prerequisite chain.
+fn evaluate_at<'f>(
+    flag: &'f FeatureFlag,
+    context: &EvaluationContext,
+    scope: &Scope<'_>,
+    depth: usize,
+) -> Result<Resolution<'f>, EvaluationError> {
+    scope.evaluated.set(scope.evaluated.get() + 1);
     if let Some(reason) = flag.unreadable_reason() {
         return Err(EvaluationError::Unreadable {
             key: flag.key().clone(),
@@ -192,20 +372,31 @@ pub fn evaluate<'f>(
     if !flag.enabled() {
         return resolve(flag, flag.off_variant(), Reason::Disabled);
     }
+    for prerequisite in flag.prerequisites() {
+        let passes = match scope.outcome(prerequisite.flag(), context, depth + 1) {
+            Ok((variant, reason)) => reason != Reason::Disabled && prerequisite.accepts(&variant),
+            Err(_) => false,
+        };
+        if !passes {
+            return resolve(flag, flag.off_variant(), Reason::Disabled);
+        }
+    }
     for rule in flag.rules() {
         if rule
             .conditions()
             .iter()
-            .all(|condition| matches(condition, context))
+            .all(|condition| matches_in(condition, context, scope))
         {
             return match rule.outcome() {
                 RuleOutcome::Variant(variant) => resolve(flag, variant, Reason::TargetingMatch),
-                RuleOutcome::Rollout(rollout) => split(flag, rollout, context),
+                RuleOutcome::Rollout(rollout) => {
+                    split(flag, rollout, rule.bucket_by(), context, scope)
+                }
             };
         }
     }
     if !flag.rollout().is_empty() {
-        return split(flag, flag.rollout(), context);
+        return split(flag, flag.rollout(), None, context, scope);
     }
     let reason = if flag.rules().is_empty() {
         Reason::Static
@@ -218,15 +409,35 @@ pub fn evaluate<'f>(
 fn split<'f>(
     flag: &'f FeatureFlag,
     rollout: &'f Rollout,
+    rule_bucket_by: Option<&str>,
     context: &EvaluationContext,
+    scope: &Scope<'_>,
 ) -> Result<Resolution<'f>, EvaluationError> {
-    let targeting_key =
-        context
-            .targeting_key()
-            .ok_or_else(|| EvaluationError::TargetingKeyMissing {
-                key: flag.key().clone(),
-            })?;
-    let variant = bucketing::choose(rollout, flag.key().as_str(), targeting_key).unwrap_or("");
+    let attribute = rule_bucket_by.or(flag.bucket_by());
+    let number;
+    let value = match attribute {
+        None | Some(TARGETING_KEY) => {
+            context
+                .targeting_key()
+                .ok_or_else(|| EvaluationError::TargetingKeyMissing {
+                    key: flag.key().clone(),
+                })?
+        }
+        Some(name) => match scope.attribute(context, name) {
+            Some(Value::String(text)) => text.as_str(),
+            Some(Value::Number(value)) => {
+                number = value.to_string();
+                number.as_str()
+            }
+            _ => {
+                return Err(EvaluationError::BucketingAttributeMissing {
+                    key: flag.key().clone(),
+                    attribute: name.to_owned(),
+                });
+            }
+        },
+    };
+    let variant = bucketing::choose(rollout, flag.key().as_str(), value).unwrap_or("");
     resolve(flag, variant, Reason::Split)
 }
 
@@ -247,9 +458,29 @@ fn resolve<'f>(
     })
 }
 
-/// Whether one condition holds for the context.
+/// Whether one condition holds for the context, on its own (see [`Scope::standalone`]).
 pub fn matches(condition: &Condition, context: &EvaluationContext) -> bool {
-    let Some(attribute) = context.attribute(condition.attribute()) else {
+    matches_in(condition, context, &Scope::standalone())
+}
+
+/// Whether one condition holds for the context within `scope`.
+pub fn matches_in(condition: &Condition, context: &EvaluationContext, scope: &Scope<'_>) -> bool {
+    match (condition.operator(), condition.compiled()) {
+        (Operator::InSegment, Compiled::Segment(key)) => {
+            return scope
+                .segment(key.as_str())
+                .and_then(|segment| contains(segment, context, scope))
+                == Some(true);
+        }
+        (Operator::NotInSegment, Compiled::Segment(key)) => {
+            return scope
+                .segment(key.as_str())
+                .and_then(|segment| contains(segment, context, scope))
+                == Some(false);
+        }
+        _ => {}
+    }
+    let Some(attribute) = scope.attribute(context, condition.attribute()) else {
         return false;
     };
     let operand = condition.value();
@@ -274,7 +505,37 @@ pub fn matches(condition: &Condition, context: &EvaluationContext) -> bool {
         Operator::Gte => numbers(attribute, operand).is_some_and(Ordering::is_ge),
         Operator::Lt => numbers(attribute, operand).is_some_and(Ordering::is_lt),
         Operator::Lte => numbers(attribute, operand).is_some_and(Ordering::is_le),
+        Operator::Matches => match (attribute, condition.compiled()) {
+            (Value::String(text), Compiled::Pattern(pattern)) => pattern.is_match(text),
+            _ => false,
+        },
+        operator if operator.is_semver() => match (attribute, condition.compiled()) {
+            (Value::String(text), Compiled::Version(wanted)) => operand::version(text)
+                .is_some_and(|version| operand::compare_versions(operator, &version, wanted)),
+            _ => false,
+        },
+        _ => false,
     }
+}
+
+/// Whether the context is in `segment`; `None` for a segment that could not be read.
+fn contains(segment: &Segment, context: &EvaluationContext, scope: &Scope<'_>) -> Option<bool> {
+    if segment.unreadable_reason().is_some() {
+        return None;
+    }
+    if let Some(key) = context.targeting_key() {
+        if segment.included().contains(key) {
+            return Some(true);
+        }
+        if segment.excluded().contains(key) {
+            return Some(false);
+        }
+    }
+    Some(segment.rules().iter().any(|rule| {
+        rule.conditions()
+            .iter()
+            .all(|condition| matches_in(condition, context, scope))
+    }))
 }
 
 /// `Some(found)` when the attribute can be compared with the list, `None` for a wrong type.
@@ -353,14 +614,22 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// Evaluates a shared flag for `context`.
+    /// Evaluates a shared flag on its own for `context` (see [`Scope::standalone`]).
     pub fn of(
         flag: Arc<FeatureFlag>,
         context: &EvaluationContext,
     ) -> Result<Self, EvaluationError> {
-        let resolution = evaluate(&flag, context)?;
-        let variant = Arc::clone(resolution.variant);
-        let reason = resolution.reason;
+        Self::within(flag, context, &Scope::standalone())
+    }
+
+    /// Evaluates a shared flag for `context` within `scope`, reusing the answer when the scope
+    /// has evaluated the flag already (as another flag's prerequisite).
+    pub fn within(
+        flag: Arc<FeatureFlag>,
+        context: &EvaluationContext,
+        scope: &Scope<'_>,
+    ) -> Result<Self, EvaluationError> {
+        let (variant, reason) = scope.outcome_of(&flag, context)?;
         Ok(Self {
             flag,
             variant,

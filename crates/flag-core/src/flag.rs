@@ -14,6 +14,18 @@
 //! - A rule's `conditions` may be left out and then is empty (the rule always matches).
 //! - `metadata` is a map of strings; the OFREP `flagVersion` entry is added by the server and
 //!   wins over a user entry of the same name.
+//! - `bucketBy` (flag or rule) names the attribute a rollout hashes instead of `targetingKey`;
+//!   on a rule it needs a `rollout`, and no `bucketBy` may name a reserved (`$`) attribute.
+//! - Attributes starting with `$` are reserved: `$now` (the evaluation time in Unix seconds) is
+//!   the only one a condition may test; no context can set one.
+//! - Operands are compiled once, here: a `semver_*` value is parsed as a version and a `matches`
+//!   pattern compiled as a regular expression (at most 1 KiB of pattern, 1 MiB compiled), so
+//!   evaluation never parses or compiles. `matches` searches anywhere in the string; anchor the
+//!   pattern (`^...$`) to test the whole of it.
+//! - A flag's `prerequisites` name other flags (never itself, none twice) with the variants
+//!   they must serve (at least one); whether those flags exist, and whether the links form a
+//!   cycle or a chain deeper than 8, is checked by the repository against the environment
+//!   ([`crate::References`]).
 //! - Input is strict, stored data is read tolerantly: a definition sent to the API with a field
 //!   this release does not know is refused, while a stored flag (the `Deserialize` of
 //!   [`FeatureFlag`], what repositories and caches decode) with such fields, written by a newer
@@ -26,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::names::{FlagKey, NameError};
+use crate::names::{FlagKey, NameError, SegmentKey};
+use crate::operand::{self, Compiled};
 
 /// A validated feature flag, as stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +68,12 @@ pub struct FeatureFlag {
     rollout: Rollout,
     /// Strings for people and tools; served as OFREP metadata.
     metadata: BTreeMap<String, String>,
+    /// The attribute rollouts hash instead of `targetingKey` (a rule's own wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket_by: Option<String>,
+    /// Flags that must serve one of the listed variants for this one to be on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prerequisites: Vec<Prerequisite>,
     /// Server-set: 1 on creation, one more on each replacement.
     version: u64,
     /// Server-set: when the flag was last written (RFC 3339).
@@ -87,6 +106,8 @@ impl FeatureFlag {
             rules: Vec::new(),
             rollout: Rollout::default(),
             metadata: BTreeMap::new(),
+            bucket_by: None,
+            prerequisites: Vec::new(),
             version,
             updated_at,
             unreadable: Some(why.into()),
@@ -198,6 +219,41 @@ impl FeatureFlag {
         &self.metadata
     }
 
+    /// The attribute the flag's rollouts hash (a rule's own `bucketBy` wins); `None`:
+    /// `targetingKey`.
+    pub fn bucket_by(&self) -> Option<&str> {
+        self.bucket_by.as_deref()
+    }
+
+    /// The flags that must serve one of their listed variants for this one to be on.
+    pub fn prerequisites(&self) -> &[Prerequisite] {
+        &self.prerequisites
+    }
+
+    /// The segments the flag's conditions refer to, each once, in order of appearance.
+    pub fn segments(&self) -> Vec<&SegmentKey> {
+        let mut keys: Vec<&SegmentKey> = Vec::new();
+        for condition in self.rules.iter().flat_map(|rule| &rule.conditions) {
+            if let Some(key) = condition.segment()
+                && !keys.contains(&key)
+            {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// Whether evaluating the flag needs other parts of its environment (prerequisites or
+    /// segments), so it must be evaluated within its environment's snapshot.
+    pub fn needs_environment(&self) -> bool {
+        !self.prerequisites.is_empty()
+            || self
+                .rules
+                .iter()
+                .flat_map(|rule| &rule.conditions)
+                .any(|condition| condition.segment().is_some())
+    }
+
     /// Server-set: starts at 1 and grows by 1 on every write of this flag; 0 means never stored.
     pub fn version(&self) -> u64 {
         self.version
@@ -223,6 +279,9 @@ pub struct Rule {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<WeightedVariant>))]
     rollout: Option<Rollout>,
+    /// The attribute this rule's rollout hashes (only with `rollout`).
+    #[serde(rename = "bucketBy", skip_serializing_if = "Option::is_none")]
+    bucket_by: Option<String>,
 }
 
 /// What a matching rule serves.
@@ -240,6 +299,11 @@ impl Rule {
         &self.conditions
     }
 
+    /// The attribute this rule's rollout hashes, when the rule names one.
+    pub fn bucket_by(&self) -> Option<&str> {
+        self.bucket_by.as_deref()
+    }
+
     /// What the rule serves when it matches.
     pub fn outcome(&self) -> RuleOutcome<'_> {
         match (&self.variant, &self.rollout) {
@@ -252,11 +316,13 @@ impl Rule {
     }
 }
 
-/// One test of one context attribute.
+/// One test of one context attribute, or of membership in a segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Condition {
-    /// The context attribute tested (`targetingKey` included).
+    /// The context attribute tested (`targetingKey` and `$now` included); absent for the
+    /// segment operators.
+    #[serde(skip_serializing_if = "String::is_empty")]
     attribute: String,
     /// The comparison.
     operator: Operator,
@@ -264,12 +330,28 @@ pub struct Condition {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     value: Option<Value>,
+    /// The operand compiled at validation (version, pattern, segment key).
+    #[serde(skip)]
+    compiled: Compiled,
 }
 
 impl Condition {
-    /// The context attribute tested (`targetingKey` included).
+    /// The context attribute tested (`targetingKey` included); empty for the segment operators.
     pub fn attribute(&self) -> &str {
         &self.attribute
+    }
+
+    /// The segment an `in_segment` / `not_in_segment` condition refers to.
+    pub fn segment(&self) -> Option<&SegmentKey> {
+        match &self.compiled {
+            Compiled::Segment(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The operand as validation compiled it.
+    pub(crate) fn compiled(&self) -> &Compiled {
+        &self.compiled
     }
 
     /// The comparison.
@@ -312,11 +394,33 @@ pub enum Operator {
     Lte,
     /// The attribute is present (and not `null`).
     Exists,
+    /// The version attribute equals the version `value` (SemVer precedence).
+    SemverEq,
+    /// The version attribute differs from the version `value`.
+    SemverNe,
+    /// The version attribute is lower than the version `value`.
+    SemverLt,
+    /// The version attribute is lower than or equal to the version `value`.
+    SemverLte,
+    /// The version attribute is higher than the version `value`.
+    SemverGt,
+    /// The version attribute is higher than or equal to the version `value`.
+    SemverGte,
+    /// `^`: the version attribute has the major version of `value` (and, below 1.0, its minor).
+    SemverCaret,
+    /// `~`: the version attribute has the major and minor version of `value`.
+    SemverTilde,
+    /// The string attribute matches the regular expression `value` somewhere.
+    Matches,
+    /// The context is in the segment `value` (no `attribute`).
+    InSegment,
+    /// The context is not in the segment `value` (no `attribute`).
+    NotInSegment,
 }
 
 impl Operator {
     /// Every operator, in declaration order.
-    pub const ALL: [Operator; 12] = [
+    pub const ALL: [Operator; 23] = [
         Operator::In,
         Operator::NotIn,
         Operator::Equals,
@@ -329,6 +433,17 @@ impl Operator {
         Operator::Lt,
         Operator::Lte,
         Operator::Exists,
+        Operator::SemverEq,
+        Operator::SemverNe,
+        Operator::SemverLt,
+        Operator::SemverLte,
+        Operator::SemverGt,
+        Operator::SemverGte,
+        Operator::SemverCaret,
+        Operator::SemverTilde,
+        Operator::Matches,
+        Operator::InSegment,
+        Operator::NotInSegment,
     ];
 
     /// The operator's name in JSON.
@@ -346,11 +461,69 @@ impl Operator {
             Operator::Lt => "lt",
             Operator::Lte => "lte",
             Operator::Exists => "exists",
+            Operator::SemverEq => "semver_eq",
+            Operator::SemverNe => "semver_ne",
+            Operator::SemverLt => "semver_lt",
+            Operator::SemverLte => "semver_lte",
+            Operator::SemverGt => "semver_gt",
+            Operator::SemverGte => "semver_gte",
+            Operator::SemverCaret => "semver_caret",
+            Operator::SemverTilde => "semver_tilde",
+            Operator::Matches => "matches",
+            Operator::InSegment => "in_segment",
+            Operator::NotInSegment => "not_in_segment",
         }
+    }
+
+    /// Whether the operator tests segment membership (and so takes no `attribute`).
+    pub fn is_segment(self) -> bool {
+        matches!(self, Operator::InSegment | Operator::NotInSegment)
+    }
+
+    /// Whether the operator compares versions.
+    pub fn is_semver(self) -> bool {
+        matches!(
+            self,
+            Operator::SemverEq
+                | Operator::SemverNe
+                | Operator::SemverLt
+                | Operator::SemverLte
+                | Operator::SemverGt
+                | Operator::SemverGte
+                | Operator::SemverCaret
+                | Operator::SemverTilde
+        )
     }
 
     fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+}
+
+/// A flag that must serve one of `variants` for the flag that lists it to be on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Prerequisite {
+    /// The flag evaluated first, with the same context.
+    flag: FlagKey,
+    /// The variants it must serve (not disabled, not in error).
+    variants: Vec<String>,
+}
+
+impl Prerequisite {
+    /// The flag evaluated first.
+    pub fn flag(&self) -> &FlagKey {
+        &self.flag
+    }
+
+    /// The variants it must serve.
+    pub fn variants(&self) -> &[String] {
+        &self.variants
+    }
+
+    /// Whether `variant` is one of the listed ones.
+    pub fn accepts(&self, variant: &str) -> bool {
+        self.variants.iter().any(|listed| listed == variant)
     }
 }
 
@@ -444,6 +617,10 @@ pub struct FlagDocument {
     pub rollout: Option<Vec<WeightedVariantDocument>>,
     /// Defaults to an empty map.
     pub metadata: Option<BTreeMap<String, String>>,
+    /// The attribute rollouts hash; defaults to `targetingKey`.
+    pub bucket_by: Option<String>,
+    /// Flags that must serve one of the listed variants first; defaults to none.
+    pub prerequisites: Option<Vec<PrerequisiteDocument>>,
     /// Server-set; ignored in a definition.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, read_only))]
     pub version: Option<Value>,
@@ -477,6 +654,27 @@ pub struct RuleDocument {
     pub variant: Option<String>,
     /// The rollout served on a match (exclusive with `variant`).
     pub rollout: Option<Vec<WeightedVariantDocument>>,
+    /// The attribute this rule's rollout hashes (only with `rollout`).
+    #[serde(rename = "bucketBy")]
+    pub bucket_by: Option<String>,
+}
+
+/// The loose JSON shape of a prerequisite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        as = PrerequisiteDefinition,
+        description = "A flag of the same environment that must serve one of `variants`."
+    )
+)]
+pub struct PrerequisiteDocument {
+    /// The prerequisite flag's key.
+    pub flag: String,
+    /// The variants it must serve (at least one).
+    pub variants: Vec<String>,
 }
 
 /// The loose JSON shape of a condition.
@@ -488,12 +686,15 @@ pub struct RuleDocument {
     schema(
         as = ConditionDefinition,
         description = "A condition as a client writes it; `value` is an array for `in` and \
-                       `not_in`, absent for `exists`."
+                       `not_in`, absent for `exists`, a version for the `semver_*` operators, \
+                       a regular expression for `matches` and a segment key (with no \
+                       `attribute`) for `in_segment` and `not_in_segment`."
     )
 )]
 pub struct ConditionDocument {
-    /// The context attribute tested.
-    pub attribute: String,
+    /// The context attribute tested; absent for `in_segment` and `not_in_segment`.
+    #[serde(default)]
+    pub attribute: Option<String>,
     /// The operator's name, such as `in` or `starts_with`.
     #[cfg_attr(feature = "openapi", schema(value_type = Operator))]
     pub operator: String,
@@ -537,7 +738,7 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, reason: ValidationReason) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: ValidationReason) -> Self {
         Self {
             field: field.into(),
             reason,
@@ -602,12 +803,33 @@ pub enum ValidationReason {
     RuleOutcome,
     /// An operator that does not exist.
     #[error(
-        "unknown operator {0:?}; expected one of in, not_in, equals, not_equals, starts_with, ends_with, contains, gt, gte, lt, lte, exists"
+        "unknown operator {0:?}; expected one of in, not_in, equals, not_equals, starts_with, ends_with, contains, gt, gte, lt, lte, exists, semver_eq, semver_ne, semver_lt, semver_lte, semver_gt, semver_gte, semver_caret, semver_tilde, matches, in_segment, not_in_segment"
     )]
     UnknownOperator(String),
     /// An empty attribute name.
     #[error("attribute must not be empty")]
     EmptyAttribute,
+    /// An attribute given to a segment operator, which tests the whole context.
+    #[error("in_segment and not_in_segment take no attribute")]
+    SegmentAttribute,
+    /// A segment operator where segments cannot be referred to (a segment's own rules).
+    #[error("a segment's rules cannot refer to segments")]
+    NestedSegment,
+    /// A reserved (`$`) attribute other than `$now`, or one where none may be named.
+    #[error("{0:?} is reserved: attributes starting with `$` are set by the server (only `$now` exists)")]
+    ReservedAttribute(String),
+    /// A `semver_*` value that is not a SemVer 2.0 version.
+    #[error("{0:?} is not a semantic version (MAJOR.MINOR.PATCH, SemVer 2.0, a leading v allowed)")]
+    BadVersion(String),
+    /// A `matches` pattern that does not compile, or is too large.
+    #[error("{0}")]
+    BadPattern(String),
+    /// A `bucketBy` that cannot be used.
+    #[error("{0}")]
+    BadBucketBy(&'static str),
+    /// A prerequisite that cannot be used as written.
+    #[error("{0}")]
+    BadPrerequisite(String),
     /// A condition `value` of the wrong shape for its operator.
     #[error("operator {operator} needs {expected}")]
     BadOperand {
@@ -680,6 +902,8 @@ impl FlagDocument {
             Some(entries) if !entries.is_empty() => validate_rollout("rollout", entries, &names)?,
             _ => Rollout::default(),
         };
+        let bucket_by = validate_bucket_by("bucketBy", self.bucket_by)?;
+        let prerequisites = validate_prerequisites(&key, self.prerequisites.unwrap_or_default())?;
 
         Ok(FeatureFlag {
             key,
@@ -691,6 +915,8 @@ impl FlagDocument {
             rules,
             rollout,
             metadata: self.metadata.unwrap_or_default(),
+            bucket_by,
+            prerequisites,
             version,
             updated_at,
             unreadable: None,
@@ -711,21 +937,35 @@ const FLAG_FIELDS: &[&str] = &[
     "rules",
     "rollout",
     "metadata",
+    "bucketBy",
+    "prerequisites",
     "version",
     "updatedAt",
     "error",
 ];
-const RULE_FIELDS: &[&str] = &["conditions", "variant", "rollout"];
-const CONDITION_FIELDS: &[&str] = &["attribute", "operator", "value"];
+const RULE_FIELDS: &[&str] = &["conditions", "variant", "rollout", "bucketBy"];
+pub(crate) const CONDITION_FIELDS: &[&str] = &["attribute", "operator", "value"];
 const WEIGHTED_VARIANT_FIELDS: &[&str] = &["variant", "weight"];
+const PREREQUISITE_FIELDS: &[&str] = &["flag", "variants"];
+
+/// Keeps only `fields` of a JSON object (anything else is left alone).
+pub(crate) fn keep(value: &mut Value, fields: &[&str]) {
+    if let Value::Object(object) = value {
+        object.retain(|name, _| fields.contains(&name.as_str()));
+    }
+}
+
+/// Keeps only the known fields of each condition in `conditions` (an array, if it is one).
+pub(crate) fn keep_conditions(conditions: Option<&mut Value>) {
+    if let Some(Value::Array(conditions)) = conditions {
+        conditions
+            .iter_mut()
+            .for_each(|condition| keep(condition, CONDITION_FIELDS));
+    }
+}
 
 /// Drops, at every level of a stored flag, the fields this release does not know.
 fn keep_known_fields(flag: &mut Value) {
-    fn keep(value: &mut Value, fields: &[&str]) {
-        if let Value::Object(object) = value {
-            object.retain(|name, _| fields.contains(&name.as_str()));
-        }
-    }
     fn keep_rollout(value: Option<&mut Value>) {
         if let Some(Value::Array(entries)) = value {
             entries
@@ -738,16 +978,17 @@ fn keep_known_fields(flag: &mut Value) {
         return;
     };
     keep_rollout(flag.get_mut("rollout"));
+    if let Some(Value::Array(prerequisites)) = flag.get_mut("prerequisites") {
+        prerequisites
+            .iter_mut()
+            .for_each(|prerequisite| keep(prerequisite, PREREQUISITE_FIELDS));
+    }
     if let Some(Value::Array(rules)) = flag.get_mut("rules") {
         for rule in rules {
             keep(rule, RULE_FIELDS);
             if let Value::Object(rule) = rule {
                 keep_rollout(rule.get_mut("rollout"));
-                if let Some(Value::Array(conditions)) = rule.get_mut("conditions") {
-                    conditions
-                        .iter_mut()
-                        .for_each(|condition| keep(condition, CONDITION_FIELDS));
-                }
+                keep_conditions(rule.get_mut("conditions"));
             }
         }
     }
@@ -772,36 +1013,46 @@ impl TryFrom<FlagDocument> for FeatureFlag {
     type Error = ValidationError;
 
     fn try_from(mut document: FlagDocument) -> Result<Self, ValidationError> {
-        let raw_key = document.key.take().ok_or_else(|| {
-            ValidationError::new("key", ValidationReason::BadServerField("key is required"))
-        })?;
-        let key = FlagKey::parse(&raw_key)
-            .map_err(|error| ValidationError::new("key", ValidationReason::InvalidName(error)))?;
-        let version = document
-            .version
-            .take()
-            .and_then(|value| value.as_u64())
-            .ok_or_else(|| {
-                ValidationError::new(
-                    "version",
-                    ValidationReason::BadServerField("version must be a non-negative integer"),
-                )
-            })?;
-        let updated_at = document
-            .updated_at
-            .take()
-            .and_then(|value| value.as_str().and_then(parse_rfc3339))
-            .ok_or_else(|| {
-                ValidationError::new(
-                    "updatedAt",
-                    ValidationReason::BadServerField("updatedAt must be an RFC 3339 timestamp"),
-                )
-            })?;
+        let (key, version, updated_at) = server_fields(
+            document.key.take(),
+            document.version.take(),
+            document.updated_at.take(),
+            FlagKey::parse,
+        )?;
         if let Some(why) = document.error.take() {
             return Ok(FeatureFlag::unreadable(key, version, updated_at, why));
         }
         document.validate(key, version, updated_at)
     }
+}
+
+/// The key, version and timestamp a stored definition must carry, read.
+pub(crate) fn server_fields<K>(
+    key: Option<String>,
+    version: Option<Value>,
+    updated_at: Option<Value>,
+    parse_key: impl FnOnce(&str) -> Result<K, NameError>,
+) -> Result<(K, u64, OffsetDateTime), ValidationError> {
+    let raw_key = key.ok_or_else(|| {
+        ValidationError::new("key", ValidationReason::BadServerField("key is required"))
+    })?;
+    let key = parse_key(&raw_key)
+        .map_err(|error| ValidationError::new("key", ValidationReason::InvalidName(error)))?;
+    let version = version.and_then(|value| value.as_u64()).ok_or_else(|| {
+        ValidationError::new(
+            "version",
+            ValidationReason::BadServerField("version must be a non-negative integer"),
+        )
+    })?;
+    let updated_at = updated_at
+        .and_then(|value| value.as_str().and_then(parse_rfc3339))
+        .ok_or_else(|| {
+            ValidationError::new(
+                "updatedAt",
+                ValidationReason::BadServerField("updatedAt must be an RFC 3339 timestamp"),
+            )
+        })?;
+    Ok((key, version, updated_at))
 }
 
 fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
@@ -829,8 +1080,17 @@ impl RuleDocument {
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(index, condition)| condition.validate(&format!("{path}.conditions[{index}]")))
+            .map(|(index, condition)| {
+                condition.validate(&format!("{path}.conditions[{index}]"), Segments::Allowed)
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        let bucket_by = validate_bucket_by(&format!("{path}.bucketBy"), self.bucket_by)?;
+        if bucket_by.is_some() && self.rollout.is_none() {
+            return Err(ValidationError::new(
+                format!("{path}.bucketBy"),
+                ValidationReason::BadBucketBy("bucketBy applies to a rule with a `rollout` only"),
+            ));
+        }
         let (variant, rollout) = match (self.variant, self.rollout) {
             (Some(variant), None) => (
                 Some(names.resolve(&format!("{path}.variant"), &variant)?),
@@ -850,24 +1110,65 @@ impl RuleDocument {
             conditions,
             variant,
             rollout,
+            bucket_by,
         })
     }
 }
 
+/// Whether conditions may refer to segments where they are being validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Segments {
+    /// In a flag's rules.
+    Allowed,
+    /// In a segment's own rules.
+    Refused,
+}
+
+/// The reserved attribute holding the evaluation time in Unix seconds.
+pub const NOW_ATTRIBUTE: &str = "$now";
+
 impl ConditionDocument {
-    fn validate(self, path: &str) -> Result<Condition, ValidationError> {
-        if self.attribute.is_empty() {
-            return Err(ValidationError::new(
-                format!("{path}.attribute"),
-                ValidationReason::EmptyAttribute,
-            ));
-        }
+    pub(crate) fn validate(
+        self,
+        path: &str,
+        segments: Segments,
+    ) -> Result<Condition, ValidationError> {
         let operator = Operator::parse(&self.operator).ok_or_else(|| {
             ValidationError::new(
                 format!("{path}.operator"),
                 ValidationReason::UnknownOperator(shorten(&self.operator)),
             )
         })?;
+        let attribute = if operator.is_segment() {
+            if segments == Segments::Refused {
+                return Err(ValidationError::new(
+                    format!("{path}.operator"),
+                    ValidationReason::NestedSegment,
+                ));
+            }
+            if self.attribute.is_some() {
+                return Err(ValidationError::new(
+                    format!("{path}.attribute"),
+                    ValidationReason::SegmentAttribute,
+                ));
+            }
+            String::new()
+        } else {
+            let attribute = self.attribute.unwrap_or_default();
+            if attribute.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{path}.attribute"),
+                    ValidationReason::EmptyAttribute,
+                ));
+            }
+            if attribute.starts_with('$') && attribute != NOW_ATTRIBUTE {
+                return Err(ValidationError::new(
+                    format!("{path}.attribute"),
+                    ValidationReason::ReservedAttribute(shorten(&attribute)),
+                ));
+            }
+            attribute
+        };
         let bad = |expected: &'static str| {
             ValidationError::new(
                 format!("{path}.value"),
@@ -893,14 +1194,112 @@ impl ConditionDocument {
             {
                 return Err(bad("a number `value`"));
             }
+            (operator, Some(value))
+                if (operator.is_semver() || operator.is_segment() || operator == Operator::Matches)
+                    && !value.is_string() =>
+            {
+                return Err(bad("a string `value`"));
+            }
             (_, value) => value,
         };
+        let compiled = match (operator, value.as_ref()) {
+            (operator, Some(Value::String(text))) if operator.is_semver() => {
+                operand::version(text).map(Compiled::Version).ok_or_else(|| {
+                    ValidationError::new(
+                        format!("{path}.value"),
+                        ValidationReason::BadVersion(shorten(text)),
+                    )
+                })?
+            }
+            (Operator::Matches, Some(Value::String(pattern))) => operand::pattern(pattern)
+                .map(Compiled::Pattern)
+                .map_err(|why| {
+                    ValidationError::new(format!("{path}.value"), ValidationReason::BadPattern(why))
+                })?,
+            (operator, Some(Value::String(key))) if operator.is_segment() => {
+                SegmentKey::parse(key).map(Compiled::Segment).map_err(|error| {
+                    ValidationError::new(
+                        format!("{path}.value"),
+                        ValidationReason::InvalidName(error),
+                    )
+                })?
+            }
+            _ => Compiled::None,
+        };
         Ok(Condition {
-            attribute: self.attribute,
+            attribute,
             operator,
             value,
+            compiled,
         })
     }
+}
+
+/// A `bucketBy` as written: absent, or a non-empty attribute that is not reserved.
+fn validate_bucket_by(
+    path: &str,
+    bucket_by: Option<String>,
+) -> Result<Option<String>, ValidationError> {
+    match bucket_by {
+        None => Ok(None),
+        Some(attribute) if attribute.is_empty() => Err(ValidationError::new(
+            path,
+            ValidationReason::BadBucketBy("bucketBy must name an attribute"),
+        )),
+        Some(attribute) if attribute.starts_with('$') => Err(ValidationError::new(
+            path,
+            ValidationReason::ReservedAttribute(shorten(&attribute)),
+        )),
+        Some(attribute) => Ok(Some(attribute)),
+    }
+}
+
+/// The prerequisites of the flag `key` as written: valid keys, never `key` itself, none twice,
+/// each with at least one variant.
+fn validate_prerequisites(
+    key: &FlagKey,
+    documents: Vec<PrerequisiteDocument>,
+) -> Result<Vec<Prerequisite>, ValidationError> {
+    let mut prerequisites: Vec<Prerequisite> = Vec::with_capacity(documents.len());
+    for (index, document) in documents.into_iter().enumerate() {
+        let path = format!("prerequisites[{index}]");
+        let flag = FlagKey::parse(&document.flag).map_err(|error| {
+            ValidationError::new(format!("{path}.flag"), ValidationReason::InvalidName(error))
+        })?;
+        let refuse = |field: &str, why: String| {
+            Err(ValidationError::new(
+                format!("{path}.{field}"),
+                ValidationReason::BadPrerequisite(why),
+            ))
+        };
+        if &flag == key {
+            return refuse("flag", format!("flag {key} cannot be its own prerequisite"));
+        }
+        if prerequisites.iter().any(|listed| listed.flag == flag) {
+            return refuse("flag", format!("flag {flag} is listed twice"));
+        }
+        if document.variants.is_empty() {
+            return refuse("variants", "at least one variant is required".to_owned());
+        }
+        if let Some(bad) = document
+            .variants
+            .iter()
+            .find(|name| name.is_empty() || name.chars().count() > 128)
+        {
+            return refuse(
+                "variants",
+                format!(
+                    "variant names are 1 to 128 characters long, got {:?}",
+                    shorten(bad)
+                ),
+            );
+        }
+        prerequisites.push(Prerequisite {
+            flag,
+            variants: document.variants,
+        });
+    }
+    Ok(prerequisites)
 }
 
 fn validate_rollout(

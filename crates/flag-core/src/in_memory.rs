@@ -11,16 +11,40 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::flag::FeatureFlag;
-use crate::names::{Environment, FlagKey};
-use crate::repository::{Deleted, FeatureFlagRepository, Precondition, RepositoryError, Upserted};
+use crate::names::{Environment, FlagKey, SegmentKey};
+use crate::references::References;
+use crate::repository::{
+    Deleted, FeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
+};
+use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
 #[derive(Debug, Default, Clone)]
 struct EnvironmentState {
     revision: Revision,
     flags: BTreeMap<FlagKey, FeatureFlag>,
+    segments: BTreeMap<SegmentKey, Segment>,
     /// Removed by `delete_environment`; kept for its revision.
     removed: bool,
+}
+
+impl EnvironmentState {
+    fn references(&self) -> References {
+        let mut references = References::new();
+        self.flags
+            .values()
+            .for_each(|flag| references.add_flag(flag));
+        self.segments
+            .keys()
+            .for_each(|key| references.add_segment(key.clone()));
+        references
+    }
+
+    fn bump(&mut self) -> Revision {
+        self.revision = Revision(self.revision.get() + 1);
+        self.removed = false;
+        self.revision
+    }
 }
 
 /// A non-durable repository held in memory.
@@ -81,11 +105,11 @@ impl FeatureFlagRepository for InMemoryRepository {
         let Some(state) = environments.get(env) else {
             return Ok(EnvironmentSnapshot::empty(Revision::ZERO));
         };
-        EnvironmentSnapshot::new(state.revision, state.flags.values().cloned()).map_err(|error| {
-            RepositoryError::Corrupt {
-                message: error.to_string(),
-            }
-        })
+        let corrupt = |message: String| RepositoryError::Corrupt { message };
+        EnvironmentSnapshot::new(state.revision, state.flags.values().cloned())
+            .map_err(|error| corrupt(error.to_string()))?
+            .with_segments(state.segments.values().cloned())
+            .map_err(|error| corrupt(error.to_string()))
     }
 
     async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
@@ -119,8 +143,8 @@ impl FeatureFlagRepository for InMemoryRepository {
             .map(FeatureFlag::version);
         precondition.check(env, flag.key(), current)?;
         let state = environments.entry(env.clone()).or_default();
-        state.revision = Revision(state.revision.get() + 1);
-        state.removed = false;
+        state.references().check_flag_write(&flag)?;
+        state.bump();
         let stored = flag.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
         state.flags.insert(stored.key().clone(), stored.clone());
         Ok(Upserted {
@@ -148,11 +172,73 @@ impl FeatureFlagRepository for InMemoryRepository {
             .map(FeatureFlag::version)
             .ok_or_else(not_found)?;
         precondition.check(env, key, Some(current))?;
+        state.references().check_flag_delete(key)?;
         state.flags.remove(key);
-        state.revision = Revision(state.revision.get() + 1);
         Ok(Deleted {
             version: current,
-            revision: state.revision,
+            revision: state.bump(),
+        })
+    }
+
+    async fn segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, RepositoryError> {
+        Ok(self
+            .lock()
+            .get(env)
+            .and_then(|state| state.segments.get(key).cloned()))
+    }
+
+    async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, RepositoryError> {
+        let mut environments = self.lock();
+        let current = environments
+            .get(env)
+            .and_then(|state| state.segments.get(segment.key()))
+            .map(Segment::version);
+        precondition.check_segment(env, segment.key(), current)?;
+        let state = environments.entry(env.clone()).or_default();
+        let revision = state.bump();
+        let stored = segment.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
+        state
+            .segments
+            .insert(stored.key().clone(), stored.clone());
+        Ok(UpsertedSegment {
+            segment: stored,
+            revision,
+            created: current.is_none(),
+        })
+    }
+
+    async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        let mut environments = self.lock();
+        let not_found = || RepositoryError::SegmentNotFound {
+            environment: env.clone(),
+            key: key.clone(),
+        };
+        let state = environments.get_mut(env).ok_or_else(not_found)?;
+        let current = state
+            .segments
+            .get(key)
+            .map(Segment::version)
+            .ok_or_else(not_found)?;
+        precondition.check_segment(env, key, Some(current))?;
+        state.references().check_segment_delete(key)?;
+        state.segments.remove(key);
+        Ok(Deleted {
+            version: current,
+            revision: state.bump(),
         })
     }
 
@@ -177,10 +263,11 @@ impl FeatureFlagRepository for InMemoryRepository {
             .ok_or_else(|| RepositoryError::EnvironmentNotFound {
                 environment: env.clone(),
             })?;
-        if !state.flags.is_empty() {
+        if !state.flags.is_empty() || !state.segments.is_empty() {
             return Err(RepositoryError::EnvironmentInUse {
                 environment: env.clone(),
                 flags: state.flags.len() as u64,
+                segments: state.segments.len() as u64,
             });
         }
         state.removed = true;

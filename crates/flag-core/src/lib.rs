@@ -45,10 +45,13 @@ mod flag;
 mod in_memory;
 mod metrics;
 mod names;
+mod operand;
 #[cfg(feature = "openapi")]
 mod openapi;
+mod references;
 mod repository;
 mod secrets;
+mod segment;
 mod service;
 mod snapshot;
 
@@ -57,18 +60,23 @@ pub use bus::{BUS_CAPACITY, BusError, BusEvent, DynInvalidationBus, Invalidation
 pub use cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, SetOutcome, TierStatus};
 pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
 pub use evaluation::{
-    ErrorCode, Evaluation, EvaluationError, Reason, Resolution, evaluate, matches,
+    ErrorCode, Evaluation, EvaluationError, MAX_PREREQUISITE_DEPTH, Reason, Resolution, Scope,
+    evaluate, evaluate_in, matches, matches_in,
 };
 pub use flag::{
-    Condition, ConditionDocument, FeatureFlag, FlagDocument, Operator, Rollout, Rule, RuleDocument,
-    RuleOutcome, ValidationError, ValidationReason, WeightedVariant, WeightedVariantDocument,
+    Condition, ConditionDocument, FeatureFlag, FlagDocument, NOW_ATTRIBUTE, Operator,
+    Prerequisite, PrerequisiteDocument, Rollout, Rule, RuleDocument, RuleOutcome,
+    ValidationError, ValidationReason, WeightedVariant, WeightedVariantDocument,
 };
+pub use operand::{MAX_COMPILED_PATTERN_BYTES, MAX_PATTERN_BYTES};
+pub use references::{ReferenceError, References};
+pub use segment::{Segment, SegmentDocument, SegmentRule, SegmentRuleDocument};
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;
-pub use names::{Environment, FlagKey, NameError};
+pub use names::{Environment, FlagKey, NameError, SegmentKey};
 pub use repository::{
     Deleted, DynFeatureFlagRepository, FeatureFlagRepository, Precondition, RepositoryError,
-    Upserted,
+    Upserted, UpsertedSegment,
 };
 pub use secrets::redact_url;
 pub use service::{
@@ -76,7 +84,9 @@ pub use service::{
     FeatureFlagService, LimitExceeded, Limits, RELIST_EVERY, RetryPolicy, ServiceBuilder,
     ServiceConfigError, ServiceError,
 };
-pub use snapshot::{DuplicateFlag, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision};
+pub use snapshot::{
+    DuplicateFlag, DuplicateSegment, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision,
+};
 
 /// Re-exported so adapters implement the ports with the same macro version.
 pub use async_trait::async_trait;

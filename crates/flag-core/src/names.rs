@@ -1,4 +1,4 @@
-//! `Environment` and `FlagKey`: the two names every other type is addressed by.
+//! `Environment`, `FlagKey` and `SegmentKey`: the names every other type is addressed by.
 //!
 //! Both are parsed once, at the edge, and are cheap to clone afterwards (`Arc<str>`), because they
 //! are copied into cache keys, single-flight maps and evaluation results on the hot path.
@@ -126,6 +126,16 @@ const FLAG_KEY: Grammar = Grammar {
     rest: |b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-',
 };
 
+const SEGMENT_KEY: Grammar = Grammar {
+    kind: "segment key",
+    #[cfg(feature = "openapi")]
+    description: "A segment key, such as `beta-testers`.",
+    pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    max_len: 128,
+    first: |b| b.is_ascii_alphanumeric(),
+    rest: |b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-',
+};
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $grammar:expr) => {
         $(#[$doc])*
@@ -231,6 +241,13 @@ name_type!(
     /// No key can start with `_`, which keeps names like the Redis adapter's `__meta` field free.
     FlagKey,
     FLAG_KEY
+);
+
+name_type!(
+    /// A segment key such as `beta-testers`: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`, the grammar
+    /// of flag keys (so no key can start with `_` either).
+    SegmentKey,
+    SEGMENT_KEY
 );
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The repository port: the source of truth for flags, with versions and revisions.
+//! The repository port: the source of truth for flags and segments, with versions and revisions.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::flag::FeatureFlag;
-use crate::names::{Environment, FlagKey};
+use crate::names::{Environment, FlagKey, SegmentKey};
+use crate::references::ReferenceError;
+use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
 /// Durable flag storage, shared as `Arc<dyn FeatureFlagRepository>`.
@@ -52,6 +54,15 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 ///     [`FeatureFlag::unreadable`] (same key and version), in `snapshot`, `flag` and the listing
 ///     alike, and never hides another flag; writing it again replaces it.
 ///     (proven by `stored_rows_are_read_tolerantly`)
+/// 11. **Segments.** Segments follow rules 1 to 5 and 8 as flags do, in the same revision
+///     sequence: `snapshot` carries them with the flags of the same state, and a segment write
+///     bumps the revision exactly like a flag write. An environment holding segments is in use
+///     (rule 7). (proven by `segments_are_versioned_with_the_environment`)
+/// 12. **References.** Inside the write's transaction, a flag write whose conditions name a
+///     missing segment, or whose prerequisites name a missing flag, make a cycle or a chain
+///     longer than 8 links, and a delete of a flag or segment that another flag refers to, are
+///     [`RepositoryError::Reference`] ([`crate::References`] is the rule) and change nothing.
+///     (proven by `references_are_kept_by_every_write`)
 #[async_trait]
 pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
     /// A short, stable name of the backend (`sqlite`, `postgres`, ...) for metrics and logs.
@@ -89,10 +100,34 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         precondition: Precondition,
     ) -> Result<Deleted, RepositoryError>;
 
+    /// One segment of `env`, if it exists.
+    async fn segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, RepositoryError>;
+
+    /// Creates or replaces a segment, if `precondition` holds.
+    async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, RepositoryError>;
+
+    /// Deletes a segment, if it exists, no flag refers to it and `precondition` holds.
+    async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError>;
+
     /// Every environment that has had a write, ordered by name.
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError>;
 
-    /// Removes `env`, which must hold no flags, and answers its revision after the removal.
+    /// Removes `env`, which must hold no flags and no segments, and answers its revision after
+    /// the removal.
     /// The revision is kept, so an environment written again later continues from it.
     async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError>;
 
@@ -128,6 +163,25 @@ impl Precondition {
         }
     }
 
+    /// `Ok` when the precondition holds for the segment `key` of `env` stored at `current`,
+    /// else the [`RepositoryError::SegmentVersionConflict`] a repository answers.
+    pub fn check_segment(
+        self,
+        env: &Environment,
+        key: &SegmentKey,
+        current: Option<u64>,
+    ) -> Result<(), RepositoryError> {
+        if self.holds(current) {
+            return Ok(());
+        }
+        Err(RepositoryError::SegmentVersionConflict {
+            environment: env.clone(),
+            key: key.clone(),
+            expected: self,
+            current,
+        })
+    }
+
     /// `Ok` when the precondition holds for `key` of `env` stored at `current`, else the
     /// [`RepositoryError::VersionConflict`] a repository answers.
     pub fn check(
@@ -156,6 +210,17 @@ pub struct Upserted {
     /// The environment's revision after the write.
     pub revision: Revision,
     /// Whether the flag did not exist before.
+    pub created: bool,
+}
+
+/// A successful segment upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpsertedSegment {
+    /// The segment as stored, with its new version and timestamp.
+    pub segment: Segment,
+    /// The environment's revision after the write.
+    pub revision: Revision,
+    /// Whether the segment did not exist before.
     pub created: bool,
 }
 
@@ -194,19 +259,48 @@ pub enum RepositoryError {
         /// The stored version, `None` when the flag does not exist.
         current: Option<u64>,
     },
+    /// The segment does not exist.
+    #[error("segment {key} not found in environment {environment}")]
+    SegmentNotFound {
+        /// The environment.
+        environment: Environment,
+        /// The segment.
+        key: SegmentKey,
+    },
+    /// The precondition on a segment did not hold; nothing was written.
+    #[error(
+        "version conflict on segment {key} in {environment}: expected {expected:?}, current version {current:?}"
+    )]
+    SegmentVersionConflict {
+        /// The environment.
+        environment: Environment,
+        /// The segment.
+        key: SegmentKey,
+        /// What the writer required.
+        expected: Precondition,
+        /// The stored version, `None` when the segment does not exist.
+        current: Option<u64>,
+    },
+    /// The write would break a reference between flags and segments; nothing was written.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
     /// The environment does not exist (it was never written, or was removed).
     #[error("environment {environment} not found")]
     EnvironmentNotFound {
         /// The environment.
         environment: Environment,
     },
-    /// The environment still holds flags, so it cannot be removed.
-    #[error("environment {environment} holds {flags} flags; delete them first")]
+    /// The environment still holds flags or segments, so it cannot be removed.
+    #[error(
+        "environment {environment} holds {flags} flags and {segments} segments; delete them first"
+    )]
     EnvironmentInUse {
         /// The environment.
         environment: Environment,
         /// How many flags it holds.
         flags: u64,
+        /// How many segments it holds.
+        segments: u64,
     },
     /// The store did not answer within the configured timeout.
     #[error("repository call timed out after {}ms", after.as_millis())]
@@ -287,6 +381,32 @@ macro_rules! forward_repository {
                 precondition: Precondition,
             ) -> Result<Deleted, RepositoryError> {
                 (**self).delete(env, key, precondition).await
+            }
+
+            async fn segment(
+                &self,
+                env: &Environment,
+                key: &SegmentKey,
+            ) -> Result<Option<Segment>, RepositoryError> {
+                (**self).segment(env, key).await
+            }
+
+            async fn upsert_segment(
+                &self,
+                env: &Environment,
+                segment: Segment,
+                precondition: Precondition,
+            ) -> Result<UpsertedSegment, RepositoryError> {
+                (**self).upsert_segment(env, segment, precondition).await
+            }
+
+            async fn delete_segment(
+                &self,
+                env: &Environment,
+                key: &SegmentKey,
+                precondition: Precondition,
+            ) -> Result<Deleted, RepositoryError> {
+                (**self).delete_segment(env, key, precondition).await
             }
 
             async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

@@ -1,4 +1,5 @@
-//! An environment's flags at one revision: the unit the cache stores and the service serves.
+//! An environment's flags and segments at one revision: the unit the cache stores and the
+//! service serves.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::flag::FeatureFlag;
-use crate::names::{Environment, FlagKey};
+use crate::names::{Environment, FlagKey, SegmentKey};
+use crate::segment::Segment;
 
 /// An environment's revision: bumped by the repository in the same transaction as every write in
 /// that environment, so a larger revision is always newer. An environment never written is at 0.
@@ -33,17 +35,23 @@ impl fmt::Display for Revision {
     }
 }
 
-/// All flags of one environment at one revision, keyed and ordered by flag key.
+/// All flags and segments of one environment at one revision, each keyed and ordered by key.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EnvironmentSnapshot {
     revision: Revision,
     flags: BTreeMap<FlagKey, Arc<FeatureFlag>>,
+    segments: BTreeMap<SegmentKey, Arc<Segment>>,
 }
 
 /// Two flags with one key in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("flag {0} appears twice in one snapshot")]
 pub struct DuplicateFlag(pub FlagKey);
+
+/// Two segments with one key in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("segment {0} appears twice in one snapshot")]
+pub struct DuplicateSegment(pub SegmentKey);
 
 impl EnvironmentSnapshot {
     /// A snapshot of the given flags; two flags with one key are refused.
@@ -69,14 +77,38 @@ impl EnvironmentSnapshot {
         Ok(Self {
             revision,
             flags: map,
+            segments: BTreeMap::new(),
         })
     }
 
-    /// An environment with no flags.
+    /// The same snapshot holding `segments` too; two segments with one key are refused.
+    pub fn with_segments(
+        self,
+        segments: impl IntoIterator<Item = Segment>,
+    ) -> Result<Self, DuplicateSegment> {
+        self.with_shared_segments(segments.into_iter().map(Arc::new))
+    }
+
+    /// The same snapshot holding already shared `segments` too; two with one key are refused.
+    pub fn with_shared_segments(
+        mut self,
+        segments: impl IntoIterator<Item = Arc<Segment>>,
+    ) -> Result<Self, DuplicateSegment> {
+        for segment in segments {
+            let key = segment.key().clone();
+            if self.segments.insert(key.clone(), segment).is_some() {
+                return Err(DuplicateSegment(key));
+            }
+        }
+        Ok(self)
+    }
+
+    /// An environment with no flags and no segments.
     pub fn empty(revision: Revision) -> Self {
         Self {
             revision,
             flags: BTreeMap::new(),
+            segments: BTreeMap::new(),
         }
     }
 
@@ -117,34 +149,53 @@ impl EnvironmentSnapshot {
     pub fn is_empty(&self) -> bool {
         self.flags.is_empty()
     }
+
+    /// One segment, if the environment has it.
+    pub fn segment(&self, key: &str) -> Option<&Arc<Segment>> {
+        self.segments.get(key)
+    }
+
+    /// Every segment, in key order.
+    pub fn segments(&self) -> impl ExactSizeIterator<Item = &Arc<Segment>> {
+        self.segments.values()
+    }
 }
 
-/// `{"revision": 7, "flags": [...]}`, flags in key order.
+/// `{"revision": 7, "flags": [...], "segments": [...]}`, each in key order; `segments` is left
+/// out when there are none, so a release without segments reads the snapshots of one with them.
 impl Serialize for EnvironmentSnapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Shape<'a> {
             revision: Revision,
             flags: Vec<&'a FeatureFlag>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            segments: Vec<&'a Segment>,
         }
         Shape {
             revision: self.revision,
             flags: self.flags.values().map(|flag| &**flag).collect(),
+            segments: self.segments.values().map(|segment| &**segment).collect(),
         }
         .serialize(serializer)
     }
 }
 
+/// Read tolerantly: fields a newer release adds are ignored.
 impl<'de> Deserialize<'de> for EnvironmentSnapshot {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
         struct Shape {
             revision: Revision,
             flags: Vec<FeatureFlag>,
+            #[serde(default)]
+            segments: Vec<Segment>,
         }
         let shape = Shape::deserialize(deserializer)?;
-        Self::new(shape.revision, shape.flags).map_err(serde::de::Error::custom)
+        Self::new(shape.revision, shape.flags)
+            .map_err(serde::de::Error::custom)?
+            .with_segments(shape.segments)
+            .map_err(serde::de::Error::custom)
     }
 }
 

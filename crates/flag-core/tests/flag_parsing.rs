@@ -136,7 +136,26 @@ fn a_stored_flag_needs_its_server_fields() {
 #[case::total_too_large(json!({"rollout": [{"variant": "on", "weight": 4_000_000_000u64}, {"variant": "off", "weight": 4_000_000_000u64}]}), "rollout", "at most 4294967295")]
 #[case::rule_empty_rollout(json!({"rules": [{"rollout": []}]}), "rules[0].rollout", "sum to more than 0")]
 #[case::rollout_unknown_variant(json!({"rollout": [{"variant": "blue", "weight": 1}]}), "rollout[0].variant", "unknown variant")]
-#[case::unknown_operator(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "matches", "value": 1}], "variant": "on"}]}), "rules[0].conditions[0].operator", "unknown operator \"matches\"")]
+#[case::unknown_operator(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "like", "value": 1}], "variant": "on"}]}), "rules[0].conditions[0].operator", "unknown operator \"like\"")]
+#[case::semver_needs_version(json!({"rules": [{"conditions": [{"attribute": "v", "operator": "semver_gte", "value": "1.2"}], "variant": "on"}]}), "rules[0].conditions[0].value", "not a semantic version")]
+#[case::semver_needs_string(json!({"rules": [{"conditions": [{"attribute": "v", "operator": "semver_eq", "value": 1}], "variant": "on"}]}), "rules[0].conditions[0].value", "string")]
+#[case::semver_leading_zero(json!({"rules": [{"conditions": [{"attribute": "v", "operator": "semver_lt", "value": "01.2.3"}], "variant": "on"}]}), "rules[0].conditions[0].value", "not a semantic version")]
+#[case::invalid_pattern(json!({"rules": [{"conditions": [{"attribute": "e", "operator": "matches", "value": "(unclosed"}], "variant": "on"}]}), "rules[0].conditions[0].value", "invalid regular expression")]
+#[case::backreference(json!({"rules": [{"conditions": [{"attribute": "e", "operator": "matches", "value": "(a)\\1"}], "variant": "on"}]}), "rules[0].conditions[0].value", "invalid regular expression")]
+#[case::long_pattern(json!({"rules": [{"conditions": [{"attribute": "e", "operator": "matches", "value": "a".repeat(1025)}], "variant": "on"}]}), "rules[0].conditions[0].value", "at most 1024")]
+#[case::huge_compiled_pattern(json!({"rules": [{"conditions": [{"attribute": "e", "operator": "matches", "value": "\\w{1000}\\w{1000}"}], "variant": "on"}]}), "rules[0].conditions[0].value", "compiles to more than")]
+#[case::reserved_attribute(json!({"rules": [{"conditions": [{"attribute": "$today", "operator": "gt", "value": 1}], "variant": "on"}]}), "rules[0].conditions[0].attribute", "reserved")]
+#[case::segment_with_attribute(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "in_segment", "value": "beta"}], "variant": "on"}]}), "rules[0].conditions[0].attribute", "take no attribute")]
+#[case::segment_key(json!({"rules": [{"conditions": [{"operator": "not_in_segment", "value": "_beta"}], "variant": "on"}]}), "rules[0].conditions[0].value", "segment key")]
+#[case::segment_missing_attribute(json!({"rules": [{"conditions": [{"operator": "equals", "value": 1}], "variant": "on"}]}), "rules[0].conditions[0].attribute", "must not be empty")]
+#[case::bucket_by_on_variant_rule(json!({"rules": [{"variant": "on", "bucketBy": "companyId"}]}), "rules[0].bucketBy", "only")]
+#[case::bucket_by_empty(json!({"bucketBy": ""}), "bucketBy", "must name")]
+#[case::bucket_by_reserved(json!({"bucketBy": "$now"}), "bucketBy", "reserved")]
+#[case::prerequisite_self(json!({"prerequisites": [{"flag": "checkout", "variants": ["on"]}]}), "prerequisites[0].flag", "own prerequisite")]
+#[case::prerequisite_twice(json!({"prerequisites": [{"flag": "a", "variants": ["on"]}, {"flag": "a", "variants": ["off"]}]}), "prerequisites[1].flag", "twice")]
+#[case::prerequisite_no_variants(json!({"prerequisites": [{"flag": "a", "variants": []}]}), "prerequisites[0].variants", "at least one")]
+#[case::prerequisite_bad_key(json!({"prerequisites": [{"flag": "a b", "variants": ["on"]}]}), "prerequisites[0].flag", "not allowed")]
+#[case::prerequisite_unknown_field(json!({"prerequisites": [{"flag": "a", "variants": ["on"], "when": 1}]}), "$", "unknown field")]
 #[case::empty_attribute(json!({"rules": [{"conditions": [{"attribute": "", "operator": "exists"}], "variant": "on"}]}), "rules[0].conditions[0].attribute", "must not be empty")]
 #[case::in_needs_array(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "in", "value": "x"}], "variant": "on"}]}), "rules[0].conditions[0].value", "array")]
 #[case::gt_needs_number(json!({"rules": [{"conditions": [{"attribute": "a", "operator": "gt", "value": "5"}], "variant": "on"}]}), "rules[0].conditions[0].value", "number")]
@@ -214,10 +233,16 @@ fn complete_stored_flag() -> Value {
         "variants": {"on": true, "off": false}, "defaultVariant": "on", "offVariant": "off",
         "rules": [
             {"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}], "variant": "on"},
-            {"conditions": [{"attribute": "beta", "operator": "exists"}],
-             "rollout": [{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}]}
+            {"conditions": [{"attribute": "beta", "operator": "exists"},
+                            {"operator": "in_segment", "value": "testers"},
+                            {"attribute": "app", "operator": "semver_caret", "value": "v2.1.0"},
+                            {"attribute": "email", "operator": "matches", "value": "@example\\.com$"}],
+             "rollout": [{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}],
+             "bucketBy": "companyId"}
         ],
         "rollout": [{"variant": "on", "weight": 3}],
+        "bucketBy": "orgId",
+        "prerequisites": [{"flag": "base", "variants": ["on"]}],
         "metadata": {"team": "web"}, "version": 4, "updatedAt": "2026-01-01T00:00:00Z"
     })
 }
@@ -227,10 +252,11 @@ fn stored_flags_from_a_newer_release_are_read_with_unknown_fields_ignored() {
     let known = serde_json::from_value::<FeatureFlag>(complete_stored_flag()).unwrap();
     let mut newer = complete_stored_flag();
     newer["segmentsUsed"] = json!(["beta"]);
-    newer["rules"][0]["bucketBy"] = json!("companyId");
+    newer["rules"][0]["weighting"] = json!("companyId");
     newer["rules"][0]["conditions"][0]["caseSensitive"] = json!(false);
     newer["rules"][1]["rollout"][0]["note"] = json!("half");
     newer["rollout"][0]["label"] = json!({"nested": [1, 2]});
+    newer["prerequisites"][0]["unless"] = json!("x");
     let read = serde_json::from_value::<FeatureFlag>(newer.clone()).unwrap();
     assert_eq!(read, known);
     // The same text through the string decoder the adapters use.

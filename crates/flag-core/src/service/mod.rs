@@ -67,13 +67,14 @@ use std::time::Duration;
 
 use crate::cache::{CacheError, DynFeatureFlagCache, TierStatus};
 use crate::context::EvaluationContext;
-use crate::evaluation::{Evaluation, EvaluationError};
+use crate::evaluation::{Evaluation, EvaluationError, Scope};
 use crate::flag::FeatureFlag;
 use crate::metrics::{Counters, ServiceMetrics};
-use crate::names::{Environment, FlagKey};
+use crate::names::{Environment, FlagKey, SegmentKey};
 use crate::repository::{
-    Deleted, DynFeatureFlagRepository, Precondition, RepositoryError, Upserted,
+    Deleted, DynFeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
 };
+use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
 use breaker::{Breaker, Quiet};
@@ -211,12 +212,17 @@ impl BulkSnapshot {
         self.snapshot.revision()
     }
 
-    /// Evaluates every flag for `context` (reason `CACHED` when the snapshot is last-known-good).
+    /// Evaluates every flag for `context` (reason `CACHED` when the snapshot is last-known-good),
+    /// within one [`Scope`]: one evaluation time, and each prerequisite evaluated once.
     pub fn evaluate(&self, context: &EvaluationContext) -> BulkEvaluation {
+        let scope = Scope::new(&self.snapshot);
         let results = self
             .snapshot
             .flags()
-            .map(|flag| Evaluation::of(Arc::clone(flag), context).map(|e| self.freshness.mark(e)))
+            .map(|flag| {
+                Evaluation::within(Arc::clone(flag), context, &scope)
+                    .map(|e| self.freshness.mark(e))
+            })
             .collect();
         BulkEvaluation {
             revision: self.snapshot.revision(),
@@ -456,7 +462,18 @@ impl FeatureFlagService {
     ) -> Result<Evaluation, ServiceError> {
         let (flag, freshness) = self.find_flag_with_freshness(env, key).await?;
         let flag = flag.ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
-        Ok(freshness.mark(Evaluation::of(flag, context)?))
+        if !flag.needs_environment() {
+            return Ok(freshness.mark(Evaluation::of(flag, context)?));
+        }
+        // Prerequisites and segments are read from one snapshot of the environment, the one
+        // the flag is evaluated in (for an in-process cache, the snapshot the flag came from).
+        let (snapshot, freshness) = self.snapshot_with_freshness(env).await?;
+        let flag = snapshot
+            .flag(key.as_str())
+            .cloned()
+            .ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
+        let scope = Scope::new(&snapshot);
+        Ok(freshness.mark(Evaluation::within(flag, context, &scope)?))
     }
 
     /// Evaluates every flag of `env` for `context`; per-flag failures sit in the results.
@@ -517,6 +534,16 @@ impl FeatureFlagService {
     ) -> Result<Option<FeatureFlag>, ServiceError> {
         self.inner.counters.repository_reads.increment();
         Ok(self.inner.repository.flag(env, key).await?)
+    }
+
+    /// One stored segment of `env`, read from the repository.
+    pub async fn stored_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, ServiceError> {
+        self.inner.counters.repository_reads.increment();
+        Ok(self.inner.repository.segment(env, key).await?)
     }
 
     /// Every environment that has had a write.
@@ -586,8 +613,46 @@ impl FeatureFlagService {
         .await
     }
 
-    /// Removes `env`, which must hold no flags, then invalidates its cache; it no longer counts
-    /// against `max_environments`.
+    /// Creates or replaces a segment, then invalidates the cache of `env` (a segment change
+    /// reaches every cache and stream as a flag change does).
+    pub async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, ServiceError> {
+        self.check_environment_limit(env).await?;
+        let repository = Arc::clone(&self.inner.repository);
+        let target = env.clone();
+        self.write_to_the_end(env, async move {
+            let upserted = repository
+                .upsert_segment(&target, segment, precondition)
+                .await?;
+            Ok((upserted.revision, upserted))
+        })
+        .await
+    }
+
+    /// Deletes a segment no flag refers to, then invalidates the cache of `env`.
+    pub async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, ServiceError> {
+        let repository = Arc::clone(&self.inner.repository);
+        let (target, key) = (env.clone(), key.clone());
+        self.write_to_the_end(env, async move {
+            let deleted = repository
+                .delete_segment(&target, &key, precondition)
+                .await?;
+            Ok((deleted.revision, deleted))
+        })
+        .await
+    }
+
+    /// Removes `env`, which must hold no flags and no segments, then invalidates its cache; it no
+    /// longer counts against `max_environments`.
     pub async fn delete_environment(&self, env: &Environment) -> Result<Revision, ServiceError> {
         let repository = Arc::clone(&self.inner.repository);
         let target = env.clone();
@@ -668,6 +733,25 @@ impl FeatureFlagService {
             limit: limits.max_flags,
         }
         .into())
+    }
+
+    /// Refuses a write that would create an environment past `max_environments`.
+    async fn check_environment_limit(&self, env: &Environment) -> Result<(), ServiceError> {
+        let inner = &self.inner;
+        if inner.catalog.knows(env) {
+            return Ok(());
+        }
+        let environments = inner.list_environments().await?;
+        if environments.len() >= inner.limits.max_environments
+            && !environments.iter().any(|summary| summary.name == *env)
+        {
+            return Err(LimitExceeded::Environments {
+                environment: env.clone(),
+                limit: inner.limits.max_environments,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Tries every invalidation still being retried once now, for a process about to exit;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use flag_core::{
     CacheError, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
     FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup, InMemoryRepository, Precondition,
-    RepositoryError, Revision, SetOutcome, Upserted, async_trait,
+    RepositoryError, Revision, Segment, SegmentKey, SetOutcome, Upserted, UpsertedSegment,
+    async_trait,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -305,6 +306,35 @@ impl FeatureFlagRepository for FakeRepository {
     ) -> Result<Deleted, RepositoryError> {
         self.check()?;
         self.inner.delete(env, key, precondition).await
+    }
+
+    async fn segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, RepositoryError> {
+        self.check()?;
+        self.inner.segment(env, key).await
+    }
+
+    async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, RepositoryError> {
+        self.check()?;
+        self.inner.upsert_segment(env, segment, precondition).await
+    }
+
+    async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        self.check()?;
+        self.inner.delete_segment(env, key, precondition).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
