@@ -262,6 +262,8 @@ macro_rules! repository_suite {
             $crate::__repository_property!(environments_are_removed_only_when_empty);
             $crate::__repository_property!(unusual_flags_round_trip);
             $crate::__repository_property!(ping_answers);
+            $crate::__repository_property!(segments_are_versioned_with_the_environment);
+            $crate::__repository_property!(references_are_kept_by_every_write);
         }
     };
 }

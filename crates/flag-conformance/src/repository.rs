@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flag_core::{
     Environment, EnvironmentSnapshot, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition,
-    RepositoryError, Revision,
+    ReferenceError, RepositoryError, Revision, Segment, SegmentKey,
 };
 use serde_json::{Value, json};
 
@@ -29,6 +29,16 @@ fn key(name: &str) -> FlagKey {
 fn definition(name: &str, body: Value) -> FeatureFlag {
     FeatureFlag::from_definition_json(&key(name), &body.to_string())
         .unwrap_or_else(|error| panic!("suite flag {name}: {error}"))
+}
+
+fn segment_key(name: &str) -> SegmentKey {
+    SegmentKey::parse(name).unwrap_or_else(|error| panic!("suite segment {name:?}: {error}"))
+}
+
+/// An unsaved segment definition, as a PUT body would give it.
+fn segment(name: &str, body: Value) -> Segment {
+    Segment::from_definition_json(&segment_key(name), &body.to_string())
+        .unwrap_or_else(|error| panic!("suite segment {name}: {error}"))
 }
 
 fn failed(property: &'static str, what: &str, error: RepositoryError) -> Violation {
@@ -780,7 +790,7 @@ pub async fn stored_rows_are_read_tolerantly(
     let mut newer = serde_json::to_value(&written["newer"])
         .map_err(|error| Violation::new(P, format!("serializing a flag: {error}")))?;
     newer["schedule"] = json!({"from": "2027-01-01T00:00:00Z"});
-    newer["rules"][0]["bucketBy"] = json!("companyId");
+    newer["rules"][0]["weighting"] = json!("companyId");
     newer["rules"][0]["conditions"][0]["negate"] = json!(false);
     newer["rollout"][0]["stickiness"] = json!("account");
     for (name, text) in [
@@ -875,6 +885,250 @@ pub async fn stored_rows_are_read_tolerantly(
     )
 }
 
+/// Rule 11: segments are versioned like flags, in the environment's revision sequence, and are
+/// read with the flags of the same state.
+pub async fn segments_are_versioned_with_the_environment(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "segments_are_versioned_with_the_environment";
+    let environment = env("segments");
+    let included: Vec<String> = (0..1_000).map(|index| format!("user-{index:04}")).collect();
+    let body = json!({"description": "beta 🚩", "included": included, "excluded": ["user-x"],
+                      "rules": [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]},
+                                                {"attribute": "app", "operator": "semver_gte", "value": "2.0.0"}]}]});
+    let first = repository
+        .upsert_segment(&environment, segment("beta", body.clone()), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "first segment upsert", error))?;
+    expect(P, "created on first write", first.created, true)?;
+    expect(P, "version of the first write", first.segment.version(), 1)?;
+    expect(P, "revision of the first write", first.revision, Revision(1))?;
+    let unsaved = segment("beta", body);
+    expect(
+        P,
+        "the stored segment is its definition",
+        first
+            .segment
+            .clone()
+            .stored_as(0, flag_core::time::OffsetDateTime::UNIX_EPOCH),
+        unsaved,
+    )?;
+    let read = repository
+        .segment(&environment, &segment_key("beta"))
+        .await
+        .map_err(|error| failed(P, "segment", error))?;
+    expect(P, "segment read back", read.as_ref(), Some(&first.segment))?;
+    let flag = repository
+        .upsert(&environment, definition("f", json!({})), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "flag upsert", error))?;
+    expect(P, "revision after a flag write", flag.revision, Revision(2))?;
+    let second = repository
+        .upsert_segment(&environment, segment("beta", json!({})), Precondition::Version(1))
+        .await
+        .map_err(|error| failed(P, "second segment upsert", error))?;
+    expect(P, "version of the second write", second.segment.version(), 2)?;
+    expect(P, "revision of the second write", second.revision, Revision(3))?;
+    expect(P, "replaced, not created", second.created, false)?;
+    let snapshot = repository
+        .snapshot(&environment)
+        .await
+        .map_err(|error| failed(P, "snapshot", error))?;
+    expect(P, "snapshot revision", snapshot.revision(), Revision(3))?;
+    expect(
+        P,
+        "the snapshot's segment",
+        snapshot.segment("beta").map(|shared| &**shared),
+        Some(&second.segment),
+    )?;
+    expect(P, "the snapshot's flags", snapshot.len(), 1)?;
+    for (precondition, what) in [
+        (Precondition::Version(1), "a stale If-Match"),
+        (Precondition::Absent, "If-None-Match: * on an existing segment"),
+    ] {
+        match repository
+            .upsert_segment(&environment, segment("beta", json!({})), precondition)
+            .await
+        {
+            Err(RepositoryError::SegmentVersionConflict {
+                current: Some(2), ..
+            }) => {}
+            other => {
+                return Err(Violation::new(
+                    P,
+                    format!("a segment write with {what} answered {other:?}"),
+                ));
+            }
+        }
+    }
+    match repository.delete_environment(&environment).await {
+        Err(RepositoryError::EnvironmentInUse { segments: 1, .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("removing an environment holding a segment answered {other:?}"),
+            ));
+        }
+    }
+    expect(
+        P,
+        "revision after refused writes",
+        revision(P, repository, &environment).await?,
+        Revision(3),
+    )?;
+    expect(
+        P,
+        "another environment's segment",
+        repository
+            .segment(&env("segments-other"), &segment_key("beta"))
+            .await
+            .map_err(|error| failed(P, "segment of another environment", error))?,
+        None,
+    )?;
+    let deleted = repository
+        .delete_segment(&environment, &segment_key("beta"), Precondition::Version(2))
+        .await
+        .map_err(|error| failed(P, "delete_segment", error))?;
+    expect(P, "deleted version", deleted.version, 2)?;
+    expect(P, "revision of the delete", deleted.revision, Revision(4))?;
+    match repository
+        .delete_segment(&environment, &segment_key("beta"), Precondition::None)
+        .await
+    {
+        Err(RepositoryError::SegmentNotFound { .. }) => {}
+        other => {
+            return Err(Violation::new(
+                P,
+                format!("deleting a deleted segment answered {other:?}"),
+            ));
+        }
+    }
+    let snapshot = repository
+        .snapshot(&environment)
+        .await
+        .map_err(|error| failed(P, "snapshot after the delete", error))?;
+    expect(P, "segments after the delete", snapshot.segments().len(), 0)?;
+    expect(P, "revision after the delete", snapshot.revision(), Revision(4))
+}
+
+/// Rule 12: every write keeps the references between flags and segments, checked in its
+/// transaction; a refused write changes nothing.
+pub async fn references_are_kept_by_every_write(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "references_are_kept_by_every_write";
+    let environment = env("references");
+    let refused = |what: &str, answer: String| {
+        Violation::new(P, format!("{what} was not refused as it should be: {answer}"))
+    };
+    let uses_beta = || {
+        definition(
+            "uses",
+            json!({"enabled": true, "rules": [{"conditions": [{"operator": "in_segment", "value": "beta"}], "variant": "on"}]}),
+        )
+    };
+    match repository
+        .upsert(&environment, uses_beta(), Precondition::None)
+        .await
+    {
+        Err(RepositoryError::Reference(ReferenceError::MissingSegment { .. })) => {}
+        other => return Err(refused("a flag naming a missing segment", format!("{other:?}"))),
+    }
+    expect(
+        P,
+        "revision after a refused write",
+        revision(P, repository, &environment).await?,
+        Revision(0),
+    )?;
+    let write = |name: &'static str, body: Value| {
+        let repository = Arc::clone(repository);
+        let environment = environment.clone();
+        async move {
+            repository
+                .upsert(&environment, definition(name, body), Precondition::None)
+                .await
+        }
+    };
+    repository
+        .upsert_segment(&environment, segment("beta", json!({})), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "segment upsert", error))?;
+    repository
+        .upsert(&environment, uses_beta(), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "flag naming an existing segment", error))?;
+    match repository
+        .delete_segment(&environment, &segment_key("beta"), Precondition::None)
+        .await
+    {
+        Err(RepositoryError::Reference(ReferenceError::SegmentInUse { by, .. }))
+            if by == [key("uses")] => {}
+        other => return Err(refused("deleting a segment in use", format!("{other:?}"))),
+    }
+    let prerequisite = |flag: &str| json!({"prerequisites": [{"flag": flag, "variants": ["on"]}]});
+    match write("orphan", prerequisite("missing")).await {
+        Err(RepositoryError::Reference(ReferenceError::MissingPrerequisite { .. })) => {}
+        other => return Err(refused("a missing prerequisite", format!("{other:?}"))),
+    }
+    // A chain of 8 links is the deepest allowed: c0 <- c1 <- ... <- c8.
+    const CHAIN: [&str; 10] = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"];
+    write(CHAIN[0], json!({}))
+        .await
+        .map_err(|error| failed(P, "chain base", error))?;
+    for pair in CHAIN[..9].windows(2) {
+        write(pair[1], prerequisite(pair[0]))
+            .await
+            .map_err(|error| failed(P, "a chain of up to 8 links", error))?;
+    }
+    match write(CHAIN[9], prerequisite(CHAIN[8])).await {
+        Err(RepositoryError::Reference(ReferenceError::TooDeep { .. })) => {}
+        other => return Err(refused("a chain of 9 links", format!("{other:?}"))),
+    }
+    match write(CHAIN[0], prerequisite(CHAIN[3])).await {
+        Err(RepositoryError::Reference(ReferenceError::Cycle { .. })) => {}
+        other => return Err(refused("a cycle", format!("{other:?}"))),
+    }
+    match repository
+        .delete(&environment, &key(CHAIN[4]), Precondition::None)
+        .await
+    {
+        Err(RepositoryError::Reference(ReferenceError::FlagInUse { by, .. }))
+            if by == [key(CHAIN[5])] => {}
+        other => return Err(refused("deleting a prerequisite", format!("{other:?}"))),
+    }
+    let before = revision(P, repository, &environment).await?;
+    let snapshot = repository
+        .snapshot(&environment)
+        .await
+        .map_err(|error| failed(P, "snapshot", error))?;
+    expect(
+        P,
+        "flags after refused writes",
+        snapshot.flags().map(|flag| flag.key().to_string()).collect::<Vec<_>>(),
+        ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "uses"]
+            .map(str::to_owned)
+            .to_vec(),
+    )?;
+    // Once nothing refers to them, both can go.
+    write("uses", json!({}))
+        .await
+        .map_err(|error| failed(P, "dropping the segment reference", error))?;
+    repository
+        .delete_segment(&environment, &segment_key("beta"), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "deleting an unused segment", error))?;
+    repository
+        .delete(&environment, &key(CHAIN[8]), Precondition::None)
+        .await
+        .map_err(|error| failed(P, "deleting the top of the chain", error))?;
+    expect(
+        P,
+        "revision after three writes",
+        revision(P, repository, &environment).await?,
+        Revision(before.get() + 3),
+    )
+}
+
 /// Runs every repository property, each on a repository from `factory`; returns the violations.
 pub async fn check_all<F, Fut>(factory: F) -> Vec<Violation>
 where
@@ -900,6 +1154,8 @@ where
         environments_are_removed_only_when_empty,
         unusual_flags_round_trip,
         ping_answers,
+        segments_are_versioned_with_the_environment,
+        references_are_kept_by_every_write,
     );
     violations
 }

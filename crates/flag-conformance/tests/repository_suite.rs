@@ -11,7 +11,7 @@ use flag_conformance::{SharedRepository, repository, repository_suite};
 use flag_core::{
     Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
     FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError, Revision,
-    Upserted, async_trait,
+    Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
 };
 
 repository_suite!(
@@ -55,6 +55,25 @@ struct Careless {
     revision_behind_snapshot: bool,
     /// Fails a whole snapshot for one unreadable row, as a strict decoder would.
     strict_reads: bool,
+    /// Leaves segments out of snapshots, as a store that reads only its flags table would.
+    snapshots_without_segments: bool,
+    /// Answers a refused delete as done, as a store that checks no references would.
+    deletes_whatever_is_used: bool,
+}
+
+impl Careless {
+    fn careless_delete(
+        &self,
+        refused: Result<Deleted, RepositoryError>,
+    ) -> Result<Deleted, RepositoryError> {
+        match refused {
+            Err(RepositoryError::Reference(_)) if self.deletes_whatever_is_used => Ok(Deleted {
+                version: 1,
+                revision: Revision(0),
+            }),
+            other => other,
+        }
+    }
 }
 
 #[async_trait]
@@ -72,6 +91,12 @@ impl FeatureFlagRepository for Careless {
             return Err(RepositoryError::Corrupt {
                 message: "a row could not be read".into(),
             });
+        }
+        if self.snapshots_without_segments {
+            return Ok(
+                EnvironmentSnapshot::from_shared(snapshot.revision(), snapshot.flags().cloned())
+                    .unwrap(),
+            );
         }
         if self.frozen_revision && !snapshot.is_empty() {
             return Ok(
@@ -118,7 +143,32 @@ impl FeatureFlagRepository for Careless {
         } else {
             precondition
         };
-        self.inner.delete(env, key, precondition).await
+        let deleted = self.inner.delete(env, key, precondition).await;
+        self.careless_delete(deleted)
+    }
+    async fn segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, RepositoryError> {
+        self.inner.segment(env, key).await
+    }
+    async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, RepositoryError> {
+        self.inner.upsert_segment(env, segment, precondition).await
+    }
+    async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        let deleted = self.inner.delete_segment(env, key, precondition).await;
+        self.careless_delete(deleted)
     }
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
         self.inner.environments().await
@@ -204,4 +254,27 @@ async fn a_damaged_row_that_hides_its_environment_is_caught() {
         flag_conformance::caught_by(&[violation]),
         ["stored_rows_are_read_tolerantly"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_without_segments_are_caught() {
+    let caught = caught_by(|| Careless {
+        snapshots_without_segments: true,
+        ..Careless::default()
+    })
+    .await;
+    assert!(
+        caught.contains(&"segments_are_versioned_with_the_environment"),
+        "{caught:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_what_is_referred_to_is_caught() {
+    let caught = caught_by(|| Careless {
+        deletes_whatever_is_used: true,
+        ..Careless::default()
+    })
+    .await;
+    assert_eq!(caught, ["references_are_kept_by_every_write"]);
 }

@@ -471,7 +471,7 @@ async fn flags_a_newer_release_cached_with_fields_unknown_here_are_read_with_the
     )
     .join("\n");
     let mut newer: serde_json::Value = serde_json::from_str(&stored).unwrap();
-    newer["bucketBy"] = serde_json::json!("companyId");
+    newer["hashSeed"] = serde_json::json!("companyId");
     newer["rules"] = serde_json::json!([
         {"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"], "caseSensitive": false}],
          "variant": newer["defaultVariant"].clone(), "segments": ["beta"]}

@@ -1,7 +1,7 @@
-//! The audit log: one row per write, appended in the write's own transaction, and read back per
-//! flag.
+//! The audit log: one row per write of a flag or a segment, appended in the write's own
+//! transaction, and read back per flag or segment.
 
-use flag_core::{Environment, FlagKey, RepositoryError, Revision};
+use flag_core::{Environment, FlagKey, RepositoryError, Revision, SegmentKey};
 use sqlx::{Any, Row, Transaction};
 
 use crate::columns::{to_i64, to_u64};
@@ -27,7 +27,9 @@ pub struct AuditEntry {
 /// What a write appends to the log.
 pub(crate) struct Audit<'a> {
     pub(crate) env: &'a Environment,
-    pub(crate) key: &'a FlagKey,
+    /// `flag` or `segment`.
+    pub(crate) kind: &'static str,
+    pub(crate) key: &'a str,
     pub(crate) action: &'static str,
     pub(crate) old_version: Option<u64>,
     pub(crate) new_version: Option<u64>,
@@ -43,17 +45,18 @@ pub(crate) async fn append(
     record: Audit<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_log (environment, key, action, old_version, new_version, revision, at, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit_log (environment, key, action, old_version, new_version, revision, at, actor, kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(record.env.to_string())
-    .bind(record.key.to_string())
+    .bind(record.key.to_owned())
     .bind(record.action)
     .bind(record.old_version.map(to_i64))
     .bind(record.new_version.map(to_i64))
     .bind(to_i64(record.revision.get()))
     .bind(record.at.to_owned())
     .bind(record.actor.to_owned())
+    .bind(record.kind)
     .execute(&mut **transaction)
     .await
     .map(drop)
@@ -66,13 +69,32 @@ impl SqlRepository {
         env: &Environment,
         key: &FlagKey,
     ) -> Result<Vec<AuditEntry>, RepositoryError> {
-        let (env, key) = (env.to_string(), key.to_string());
+        self.audit_rows(env, "flag", key.as_str()).await
+    }
+
+    /// The audit log of one segment, oldest first.
+    pub async fn segment_audit_log(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Vec<AuditEntry>, RepositoryError> {
+        self.audit_rows(env, "segment", key.as_str()).await
+    }
+
+    async fn audit_rows(
+        &self,
+        env: &Environment,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<Vec<AuditEntry>, RepositoryError> {
+        let (env, key) = (env.to_string(), key.to_owned());
         self.bounded(async {
             let rows = sqlx::query(
                 "SELECT action, old_version, new_version, revision, at, actor FROM audit_log \
-                 WHERE environment = $1 AND key = $2 ORDER BY id",
+                 WHERE environment = $1 AND kind = $2 AND key = $3 ORDER BY id",
             )
             .bind(env)
+            .bind(kind)
             .bind(key)
             .fetch_all(self.pool())
             .await?;

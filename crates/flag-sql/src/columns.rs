@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use flag_core::time::OffsetDateTime;
 use flag_core::time::format_description::well_known::Rfc3339;
-use flag_core::{FeatureFlag, FlagKey, RepositoryError};
+use flag_core::{FeatureFlag, FlagKey, NameError, RepositoryError, Segment, SegmentKey};
+use serde::de::DeserializeOwned;
 
 /// A version or revision as a column; saturates at `i64::MAX` (no write ever gets there).
 pub(crate) fn to_i64(value: u64) -> i64 {
@@ -17,28 +18,43 @@ pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// A stored row, read back as the flag it is; a definition that cannot be read becomes the
-/// flag's unreadable stand-in (so the rest of its environment stays readable), and only a row
-/// whose key itself is unusable is an error.
+/// A stored flag row, read back as the flag it is; a definition that cannot be read becomes
+/// the flag's unreadable stand-in (so the rest of its environment stays readable), and only a
+/// row whose key itself is unusable is an error.
 pub(crate) fn parse_stored(
     key: &str,
     definition: &str,
     version: i64,
     updated_at: &str,
 ) -> Result<FeatureFlag, sqlx::Error> {
-    match serde_json::from_str::<FeatureFlag>(definition) {
-        Ok(flag) => Ok(flag),
+    parse_row(key, definition, version, updated_at, FlagKey::parse, FeatureFlag::unreadable)
+}
+
+/// A stored segment row, read as [`parse_stored`] reads a flag row.
+pub(crate) fn parse_stored_segment(
+    key: &str,
+    definition: &str,
+    version: i64,
+    updated_at: &str,
+) -> Result<Segment, sqlx::Error> {
+    parse_row(key, definition, version, updated_at, SegmentKey::parse, Segment::unreadable)
+}
+
+fn parse_row<T: DeserializeOwned, K>(
+    key: &str,
+    definition: &str,
+    version: i64,
+    updated_at: &str,
+    parse_key: fn(&str) -> Result<K, NameError>,
+    unreadable: fn(K, u64, OffsetDateTime, String) -> T,
+) -> Result<T, sqlx::Error> {
+    match serde_json::from_str::<T>(definition) {
+        Ok(value) => Ok(value),
         Err(error) => {
-            let key =
-                FlagKey::parse(key).map_err(|refused| sqlx::Error::Decode(Box::new(refused)))?;
+            let key = parse_key(key).map_err(|refused| sqlx::Error::Decode(Box::new(refused)))?;
             let updated_at =
                 OffsetDateTime::parse(updated_at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            Ok(FeatureFlag::unreadable(
-                key,
-                to_u64(version),
-                updated_at,
-                error.to_string(),
-            ))
+            Ok(unreadable(key, to_u64(version), updated_at, error.to_string()))
         }
     }
 }

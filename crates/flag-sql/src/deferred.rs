@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use flag_core::{
     Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagRepository, FlagKey, Precondition, RepositoryError, Revision, Upserted, async_trait,
+    FeatureFlagRepository, FlagKey, Precondition, RepositoryError, Revision, Segment, SegmentKey,
+    Upserted, UpsertedSegment, async_trait,
 };
 
 use crate::connection::{Backend, SqlRepositoryBuilder};
@@ -122,6 +123,36 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         precondition: Precondition,
     ) -> Result<Deleted, RepositoryError> {
         self.repository()?.delete(env, key, precondition).await
+    }
+
+    async fn segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, RepositoryError> {
+        self.repository()?.segment(env, key).await
+    }
+
+    async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, RepositoryError> {
+        self.repository()?
+            .upsert_segment(env, segment, precondition)
+            .await
+    }
+
+    async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        self.repository()?
+            .delete_segment(env, key, precondition)
+            .await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

@@ -1,18 +1,26 @@
 //! `SqlRepository`: the repository port on the connected pool. Reads are one statement each;
-//! every write is one transaction of steps (bump the revision, check the precondition, write or
-//! delete the flag, append the audit row) that commits whole or not at all.
+//! every write is one transaction of steps (bump the revision, check the precondition, check the
+//! references, write or delete the flag or segment, append the audit row) that commits whole or
+//! not at all.
+//!
+//! References are checked against the environment as the transaction sees it after the revision
+//! bump, which locks the environment's row: writers of one environment queue there, so no two
+//! writes can each pass the check and together leave a dangling reference. A flag write that
+//! refers to nothing skips the check (it cannot break a rule); the others read every flag key of
+//! the environment, with the definition only of flags whose text may hold a reference.
 
 use std::future::Future;
 use std::time::Duration;
 
 use flag_core::{
     Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagRepository, FlagKey, Precondition, RepositoryError, Revision, Upserted, async_trait,
+    FeatureFlagRepository, FlagKey, Precondition, References, RepositoryError, Revision, Segment,
+    SegmentKey, Upserted, UpsertedSegment, async_trait,
 };
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 use crate::audit::{self, Audit};
-use crate::columns::{map_error, now_rfc3339, parse_stored, to_i64, to_u64};
+use crate::columns::{map_error, now_rfc3339, parse_stored, parse_stored_segment, to_i64, to_u64};
 use crate::connection::{
     Backend, DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder,
 };
@@ -155,10 +163,16 @@ async fn delete_environment_in(
         .bind(env.to_string())
         .fetch_one(&mut **transaction)
         .await?;
-    if flags > 0 {
+    let segments: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM segments WHERE environment = $1")
+            .bind(env.to_string())
+            .fetch_one(&mut **transaction)
+            .await?;
+    if flags > 0 || segments > 0 {
         return Ok(Err(RepositoryError::EnvironmentInUse {
             environment: env.clone(),
             flags: to_u64(flags),
+            segments: to_u64(segments),
         }));
     }
     sqlx::query("UPDATE environments SET deleted = 1 WHERE name = $1")
@@ -168,52 +182,135 @@ async fn delete_environment_in(
     Ok(Ok(Revision(to_u64(revision))))
 }
 
-/// The stored version of `key`, `None` when there is no such flag.
+/// The two tables of versioned definitions, with the statements each needs (fixed text: no
+/// name from input ever reaches SQL).
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Flags,
+    Segments,
+}
+
+impl Table {
+    fn kind(self) -> &'static str {
+        match self {
+            Table::Flags => "flag",
+            Table::Segments => "segment",
+        }
+    }
+
+    fn version(self) -> &'static str {
+        match self {
+            Table::Flags => "SELECT version FROM flags WHERE environment = $1 AND key = $2",
+            Table::Segments => "SELECT version FROM segments WHERE environment = $1 AND key = $2",
+        }
+    }
+
+    fn update(self) -> &'static str {
+        match self {
+            Table::Flags => {
+                "UPDATE flags SET definition = $3, version = $4, updated_at = $5 \
+                 WHERE environment = $1 AND key = $2"
+            }
+            Table::Segments => {
+                "UPDATE segments SET definition = $3, version = $4, updated_at = $5 \
+                 WHERE environment = $1 AND key = $2"
+            }
+        }
+    }
+
+    fn insert(self) -> &'static str {
+        match self {
+            Table::Flags => {
+                "INSERT INTO flags (environment, key, definition, version, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)"
+            }
+            Table::Segments => {
+                "INSERT INTO segments (environment, key, definition, version, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)"
+            }
+        }
+    }
+
+    fn delete(self) -> &'static str {
+        match self {
+            Table::Flags => "DELETE FROM flags WHERE environment = $1 AND key = $2",
+            Table::Segments => "DELETE FROM segments WHERE environment = $1 AND key = $2",
+        }
+    }
+}
+
+/// The stored version of `key` in `table`, `None` when there is no such row.
 async fn current_version(
     transaction: &mut Transaction<'_, Any>,
+    table: Table,
     env: &Environment,
-    key: &FlagKey,
+    key: &str,
 ) -> Result<Option<u64>, sqlx::Error> {
-    let version: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM flags WHERE environment = $1 AND key = $2")
-            .bind(env.to_string())
-            .bind(key.to_string())
-            .fetch_optional(&mut **transaction)
-            .await?;
+    let version: Option<i64> = sqlx::query_scalar(table.version())
+        .bind(env.to_string())
+        .bind(key.to_owned())
+        .fetch_optional(&mut **transaction)
+        .await?;
     Ok(version.map(to_u64))
 }
 
-/// Writes `stored` over the flag's row (`replacing`) or as a new one.
-async fn write_flag(
+/// Writes `stored` (a flag or a segment) over its row (`replacing`) or as a new one.
+async fn write_row(
     transaction: &mut Transaction<'_, Any>,
+    table: Table,
     env: &Environment,
-    stored: &FeatureFlag,
+    (key, version): (&str, u64),
+    stored: &impl serde::Serialize,
     replacing: bool,
     at: &str,
 ) -> Result<(), sqlx::Error> {
     let definition =
         serde_json::to_string(stored).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    let version = to_i64(stored.version());
-    let query = if replacing {
-        sqlx::query(
-            "UPDATE flags SET definition = $3, version = $4, updated_at = $5 \
-             WHERE environment = $1 AND key = $2",
-        )
+    let query = sqlx::query(if replacing {
+        table.update()
     } else {
-        sqlx::query(
-            "INSERT INTO flags (environment, key, definition, version, updated_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-    };
+        table.insert()
+    });
     query
         .bind(env.to_string())
-        .bind(stored.key().to_string())
+        .bind(key.to_owned())
         .bind(definition)
-        .bind(version)
+        .bind(to_i64(version))
         .bind(at.to_owned())
         .execute(&mut **transaction)
         .await
         .map(drop)
+}
+
+/// The references of `env` as this transaction sees it (see the module docs).
+async fn references_in(
+    transaction: &mut Transaction<'_, Any>,
+    env: &Environment,
+) -> Result<References, sqlx::Error> {
+    let flags: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT key, CASE WHEN definition LIKE '%\"prerequisites\"%' \
+                          OR definition LIKE '%_segment\"%' THEN definition END \
+         FROM flags WHERE environment = $1",
+    )
+    .bind(env.to_string())
+    .fetch_all(&mut **transaction)
+    .await?;
+    let segments: Vec<String> = sqlx::query_scalar("SELECT key FROM segments WHERE environment = $1")
+        .bind(env.to_string())
+        .fetch_all(&mut **transaction)
+        .await?;
+    let mut references = References::new();
+    for (key, definition) in flags {
+        if let Ok(key) = FlagKey::parse(&key) {
+            references.add_stored_flag(key, definition.as_deref());
+        }
+    }
+    for key in segments {
+        if let Ok(key) = SegmentKey::parse(&key) {
+            references.add_segment(key);
+        }
+    }
+    Ok(references)
 }
 
 /// The steps of an upsert inside its transaction.
@@ -225,16 +322,25 @@ async fn upsert_in(
     actor: &str,
 ) -> Result<Decided<Upserted>, sqlx::Error> {
     let revision = bump_revision(transaction, env).await?;
-    let current = current_version(transaction, env, flag.key()).await?;
+    let current = current_version(transaction, Table::Flags, env, flag.key().as_str()).await?;
     if let Err(refused) = precondition.check(env, flag.key(), current) {
         return Ok(Err(refused));
     }
+    if (!flag.prerequisites().is_empty() || !flag.segments().is_empty())
+        && let Err(refused) = references_in(transaction, env)
+            .await?
+            .check_flag_write(&flag)
+    {
+        return Ok(Err(refused.into()));
+    }
     let (now, at) = now_rfc3339();
     let stored = flag.stored_as(current.unwrap_or(0) + 1, now);
-    write_flag(transaction, env, &stored, current.is_some(), &at).await?;
+    let row = (stored.key().as_str(), stored.version());
+    write_row(transaction, Table::Flags, env, row, &stored, current.is_some(), &at).await?;
     let record = Audit {
         env,
-        key: stored.key(),
+        kind: "flag",
+        key: stored.key().as_str(),
         action: if current.is_some() {
             "update"
         } else {
@@ -263,7 +369,7 @@ async fn delete_in(
     actor: &str,
 ) -> Result<Decided<Deleted>, sqlx::Error> {
     let revision = bump_revision(transaction, env).await?;
-    let Some(current) = current_version(transaction, env, key).await? else {
+    let Some(current) = current_version(transaction, Table::Flags, env, key.as_str()).await? else {
         return Ok(Err(RepositoryError::NotFound {
             environment: env.clone(),
             key: key.clone(),
@@ -272,14 +378,35 @@ async fn delete_in(
     if let Err(refused) = precondition.check(env, key, Some(current)) {
         return Ok(Err(refused));
     }
-    sqlx::query("DELETE FROM flags WHERE environment = $1 AND key = $2")
+    if let Err(refused) = references_in(transaction, env).await?.check_flag_delete(key) {
+        return Ok(Err(refused.into()));
+    }
+    delete_row(transaction, Table::Flags, env, key.as_str(), current, revision, actor).await?;
+    Ok(Ok(Deleted {
+        version: current,
+        revision,
+    }))
+}
+
+/// Deletes the row of `key` from `table` and appends its audit row.
+async fn delete_row(
+    transaction: &mut Transaction<'_, Any>,
+    table: Table,
+    env: &Environment,
+    key: &str,
+    current: u64,
+    revision: Revision,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(table.delete())
         .bind(env.to_string())
-        .bind(key.to_string())
+        .bind(key.to_owned())
         .execute(&mut **transaction)
         .await?;
     let (_, at) = now_rfc3339();
     let record = Audit {
         env,
+        kind: table.kind(),
         key,
         action: "delete",
         old_version: Some(current),
@@ -288,7 +415,76 @@ async fn delete_in(
         at: &at,
         actor,
     };
+    audit::append(transaction, record).await
+}
+
+/// The steps of a segment upsert inside its transaction.
+async fn upsert_segment_in(
+    transaction: &mut Transaction<'_, Any>,
+    env: &Environment,
+    segment: Segment,
+    precondition: Precondition,
+    actor: &str,
+) -> Result<Decided<UpsertedSegment>, sqlx::Error> {
+    let revision = bump_revision(transaction, env).await?;
+    let key = segment.key().clone();
+    let current = current_version(transaction, Table::Segments, env, key.as_str()).await?;
+    if let Err(refused) = precondition.check_segment(env, &key, current) {
+        return Ok(Err(refused));
+    }
+    let (now, at) = now_rfc3339();
+    let stored = segment.stored_as(current.unwrap_or(0) + 1, now);
+    let row = (key.as_str(), stored.version());
+    write_row(transaction, Table::Segments, env, row, &stored, current.is_some(), &at).await?;
+    let record = Audit {
+        env,
+        kind: "segment",
+        key: key.as_str(),
+        action: if current.is_some() {
+            "update"
+        } else {
+            "create"
+        },
+        old_version: current,
+        new_version: Some(stored.version()),
+        revision,
+        at: &at,
+        actor,
+    };
     audit::append(transaction, record).await?;
+    Ok(Ok(UpsertedSegment {
+        created: current.is_none(),
+        segment: stored,
+        revision,
+    }))
+}
+
+/// The steps of a segment delete inside its transaction.
+async fn delete_segment_in(
+    transaction: &mut Transaction<'_, Any>,
+    env: &Environment,
+    key: &SegmentKey,
+    precondition: Precondition,
+    actor: &str,
+) -> Result<Decided<Deleted>, sqlx::Error> {
+    let revision = bump_revision(transaction, env).await?;
+    let Some(current) = current_version(transaction, Table::Segments, env, key.as_str()).await?
+    else {
+        return Ok(Err(RepositoryError::SegmentNotFound {
+            environment: env.clone(),
+            key: key.clone(),
+        }));
+    };
+    if let Err(refused) = precondition.check_segment(env, key, Some(current)) {
+        return Ok(Err(refused));
+    }
+    if let Err(refused) = references_in(transaction, env)
+        .await?
+        .check_segment_delete(key)
+    {
+        return Ok(Err(refused.into()));
+    }
+    delete_row(transaction, Table::Segments, env, key.as_str(), current, revision, actor).await?;
     Ok(Ok(Deleted {
         version: current,
         revision,
@@ -304,12 +500,18 @@ impl FeatureFlagRepository for SqlRepository {
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
         let name = env.to_string();
         self.bounded(async {
-            // One statement: revision and flags from one committed state.
+            // One statement: revision, flags and segments from one committed state.
             let rows = sqlx::query(
-                "SELECT e.revision, f.key, f.definition, f.version, f.updated_at \
+                "SELECT e.revision, 0 AS kind, f.key, f.definition, f.version, f.updated_at \
                  FROM environments e LEFT JOIN flags f ON f.environment = e.name \
-                 WHERE e.name = $1 ORDER BY f.key",
+                 WHERE e.name = $1 \
+                 UNION ALL \
+                 SELECT e.revision, 1 AS kind, s.key, s.definition, s.version, s.updated_at \
+                 FROM environments e JOIN segments s ON s.environment = e.name \
+                 WHERE e.name = $2 \
+                 ORDER BY kind, key",
             )
+            .bind(name.clone())
             .bind(name)
             .fetch_all(&self.pool)
             .await?;
@@ -318,16 +520,30 @@ impl FeatureFlagRepository for SqlRepository {
             };
             let revision = Revision(to_u64(first.try_get("revision")?));
             let mut flags = Vec::with_capacity(rows.len());
+            let mut segments = Vec::new();
             for row in &rows {
                 if let Some(definition) = row.try_get::<Option<String>, _>("definition")? {
                     let key: String = row.try_get("key")?;
                     let version: i64 = row.try_get("version")?;
                     let updated_at: String = row.try_get("updated_at")?;
-                    flags.push(parse_stored(&key, &definition, version, &updated_at)?);
+                    let kind: i32 = row.try_get("kind")?;
+                    if kind == 0 {
+                        flags.push(parse_stored(&key, &definition, version, &updated_at)?);
+                    } else {
+                        segments.push(parse_stored_segment(
+                            &key,
+                            &definition,
+                            version,
+                            &updated_at,
+                        )?);
+                    }
                 }
             }
+            let decode = |error: String| sqlx::Error::Decode(error.into());
             EnvironmentSnapshot::new(revision, flags)
-                .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+                .map_err(|error| decode(error.to_string()))?
+                .with_segments(segments)
+                .map_err(|error| decode(error.to_string()))
         })
         .await
     }
@@ -391,6 +607,60 @@ impl FeatureFlagRepository for SqlRepository {
         self.bounded(async {
             let mut transaction = self.pool.begin().await?;
             let decided = delete_in(&mut transaction, env, key, precondition, &self.actor).await?;
+            settle(transaction, decided).await
+        })
+        .await?
+    }
+
+    async fn segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+    ) -> Result<Option<Segment>, RepositoryError> {
+        let (env, key) = (env.to_string(), key.to_string());
+        self.bounded(async {
+            let row: Option<(String, i64, String)> = sqlx::query_as(
+                "SELECT definition, version, updated_at FROM segments \
+                 WHERE environment = $1 AND key = $2",
+            )
+            .bind(env)
+            .bind(&key)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|(definition, version, updated_at)| {
+                parse_stored_segment(&key, &definition, version, &updated_at)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn upsert_segment(
+        &self,
+        env: &Environment,
+        segment: Segment,
+        precondition: Precondition,
+    ) -> Result<UpsertedSegment, RepositoryError> {
+        self.bounded(async {
+            let mut transaction = self.pool.begin().await?;
+            let decided =
+                upsert_segment_in(&mut transaction, env, segment, precondition, &self.actor)
+                    .await?;
+            settle(transaction, decided).await
+        })
+        .await?
+    }
+
+    async fn delete_segment(
+        &self,
+        env: &Environment,
+        key: &SegmentKey,
+        precondition: Precondition,
+    ) -> Result<Deleted, RepositoryError> {
+        self.bounded(async {
+            let mut transaction = self.pool.begin().await?;
+            let decided =
+                delete_segment_in(&mut transaction, env, key, precondition, &self.actor).await?;
             settle(transaction, decided).await
         })
         .await?
