@@ -1,15 +1,21 @@
 //! How an environment's snapshot is laid out in its Redis hash, both ways: one field per flag
-//! holding the flag's JSON, and `__meta` holding `{"revision","cachedAtMs","tombstone"}`.
+//! holding the flag's JSON, one field `__segment:<key>` per segment holding the segment's JSON
+//! (flag keys cannot start with `_`, so no flag can collide with a segment or with `__meta`),
+//! and `__meta` holding `{"revision","cachedAtMs","tombstone"}`. Other fields starting with `__`
+//! are a newer release's and are ignored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flag_core::{CacheError, Environment, EnvironmentSnapshot, FeatureFlag, Revision};
+use flag_core::{CacheError, Environment, EnvironmentSnapshot, FeatureFlag, Revision, Segment};
 use serde::{Deserialize, Serialize};
 
 /// The reserved hash field holding the entry's revision, fill time and tombstone flag.
 pub const META_FIELD: &str = "__meta";
+
+/// The prefix of the hash fields holding segments: `__segment:<key>`.
+pub(crate) const SEGMENT_FIELD_PREFIX: &str = "__segment:";
 
 /// The `__meta` field.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,6 +48,13 @@ pub(crate) fn encode(snapshot: &EnvironmentSnapshot) -> Result<Encoded, CacheErr
             message: format!("encoding flag {}: {error}", flag.key()),
         })?;
         pairs.push(flag.key().to_string());
+        pairs.push(json);
+    }
+    for segment in snapshot.segments() {
+        let json = serde_json::to_string(&**segment).map_err(|error| CacheError::Backend {
+            message: format!("encoding segment {}: {error}", segment.key()),
+        })?;
+        pairs.push(format!("{SEGMENT_FIELD_PREFIX}{}", segment.key()));
         pairs.push(json);
     }
     Ok(Encoded { meta, pairs })
@@ -77,6 +90,19 @@ pub(crate) fn parse_flag(
     Ok(flag)
 }
 
+/// The segment stored in the field `__segment:<key>` of `env`'s hash.
+fn parse_segment(env: &Environment, key: &str, raw: &str) -> Result<Segment, CacheError> {
+    let segment: Segment = serde_json::from_str(raw)
+        .map_err(|error| corrupt(env, format!("unreadable segment {key:?}: {error}")))?;
+    if segment.key().as_str() != key {
+        return Err(corrupt(
+            env,
+            format!("field for segment {key:?} holds segment {}", segment.key()),
+        ));
+    }
+    Ok(segment)
+}
+
 /// The snapshot a whole hash holds, with its `__meta` text; `None` for a miss or a tombstone.
 pub(crate) fn decode_hash(
     env: &Environment,
@@ -92,11 +118,18 @@ pub(crate) fn decode_hash(
     if meta.tombstone {
         return Ok(None);
     }
-    let flags = fields
-        .iter()
-        .map(|(field, raw)| parse_flag(env, field, raw).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut flags = Vec::with_capacity(fields.len());
+    let mut segments = Vec::new();
+    for (field, raw) in &fields {
+        if let Some(key) = field.strip_prefix(SEGMENT_FIELD_PREFIX) {
+            segments.push(parse_segment(env, key, raw)?);
+        } else if !field.starts_with("__") {
+            flags.push(Arc::new(parse_flag(env, field, raw)?));
+        }
+    }
     let snapshot = EnvironmentSnapshot::from_shared(Revision(meta.revision), flags)
+        .map_err(|error| corrupt(env, error.to_string()))?
+        .with_segments(segments)
         .map_err(|error| corrupt(env, error.to_string()))?;
     Ok(Some((raw_meta, Arc::new(snapshot))))
 }

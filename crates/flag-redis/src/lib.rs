@@ -14,17 +14,25 @@
 //!
 //! One hash per environment, key `<prefix>:{<env>}` (default prefix `feature_flags`; the braces
 //! are a Redis Cluster hash tag, so every key of one environment lives in one slot). One field per
-//! flag key holding the flag's JSON, and one reserved field `__meta` holding
-//! `{"revision":…,"cachedAtMs":…,"tombstone":…}` (flag keys cannot start with `_`). So in
-//! `redis-cli`:
+//! flag key holding the flag's JSON, one field `__segment:<key>` per segment holding the
+//! segment's JSON, and one reserved field `__meta` holding
+//! `{"revision":…,"cachedAtMs":…,"tombstone":…}` (flag keys cannot start with `_`, so a flag
+//! and a segment of one key never collide). So in `redis-cli`:
 //!
 //! ```text
 //! > HGETALL "feature_flags:{production}"
-//! 1) "__meta"        2) "{\"revision\":7,\"cachedAtMs\":1764100000000,\"tombstone\":false}"
-//! 3) "new-checkout"  4) "{\"key\":\"new-checkout\",\"enabled\":true,…}"
+//! 1) "__meta"               2) "{\"revision\":7,\"cachedAtMs\":1764100000000,\"tombstone\":false}"
+//! 3) "new-checkout"         4) "{\"key\":\"new-checkout\",\"enabled\":true,…}"
+//! 5) "__segment:beta-users" 6) "{\"key\":\"beta-users\",\"included\":[…],…}"
 //! ```
 //!
-//! `get` is one `HGETALL`, `get_flag` one `HMGET key <flag> __meta`. Decoding a whole environment
+//! Fields starting with `__` that this release does not know (a newer release's) are ignored
+//! when reading; a release from before segments reads `__segment:` fields as unreadable flags,
+//! which makes it fall back to the database until the rolling deploy is done.
+//!
+//! `get` is one `HGETALL`, `get_flag` one `HMGET key <flag> __meta`. A flag with prerequisites
+//! or segment conditions is evaluated in its environment's whole snapshot, so the service reads
+//! it with `get` (usually one `HGET` of `__meta`, see below). Decoding a whole environment
 //! costs far more than fetching it (about 1.5 µs per flag), so `get` remembers, per environment,
 //! the snapshot it last decoded with the exact `__meta` text it came with; the next `get` asks
 //! Redis only for `HGET key __meta` and, when the text is byte-for-byte the same (same revision,

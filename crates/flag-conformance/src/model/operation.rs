@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::{ENVIRONMENTS, KEYS};
-use crate::sample::flag_with_value;
+use crate::sample::{flag_with_value, segment_including};
 
 /// One step of a sequence.
 #[derive(Clone, PartialEq, Eq)]
@@ -107,6 +107,12 @@ pub(super) fn snapshot_of(revision: u64, keys: &[usize], generation: u8) -> Envi
             json!({"generation": generation, "revision": revision}),
         )
     });
+    // Each key names a segment too: flags and segments of one key must not collide.
+    let segments = keys.iter().map(|k| {
+        segment_including(KEYS[*k], &[format!("generation-{generation}-revision-{revision}")])
+    });
     EnvironmentSnapshot::new(Revision(revision), flags)
+        .unwrap_or_else(|error| panic!("model snapshot: {error}"))
+        .with_segments(segments)
         .unwrap_or_else(|error| panic!("model snapshot: {error}"))
 }
