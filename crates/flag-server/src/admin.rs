@@ -44,10 +44,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// one is a `400`, not the router's `404`).
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct EnvironmentPath {
+pub(crate) struct EnvironmentPath {
     /// The environment.
     #[param(value_type = Environment, inline)]
-    env: String,
+    pub(crate) env: String,
 }
 
 /// The path of a flag's routes, as sent.
@@ -90,9 +90,9 @@ struct Invalidated {
 }
 
 /// Path parameters; a path the router cannot decode (not UTF-8) is a JSON `404 not_found`.
-struct Segments<T>(T);
+pub(crate) struct PathParams<T>(pub(crate) T);
 
-impl<T, S> FromRequestParts<S> for Segments<T>
+impl<T, S> FromRequestParts<S> for PathParams<T>
 where
     T: serde::de::DeserializeOwned + Send,
     S: Send + Sync,
@@ -101,7 +101,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(value)) => Ok(Segments(value)),
+            Ok(Path(value)) => Ok(PathParams(value)),
             Err(rejection) => Err(ApiError::not_found(format!(
                 "no route for {}: {}",
                 parts.uri.path(),
@@ -111,7 +111,7 @@ where
     }
 }
 
-fn environment(name: &str) -> Result<Environment, ApiError> {
+pub(crate) fn environment(name: &str) -> Result<Environment, ApiError> {
     Environment::parse(name).map_err(|error| ApiError::invalid_request(error.to_string()))
 }
 
@@ -119,7 +119,7 @@ fn flag_key(name: &str) -> Result<FlagKey, ApiError> {
     FlagKey::parse(name).map_err(|error| ApiError::invalid_request(error.to_string()))
 }
 
-fn version_tag(version: u64) -> HeaderValue {
+pub(crate) fn version_tag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\""))
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
@@ -152,7 +152,7 @@ async fn list_environments(_: Admin, State(state): State<AppState>) -> Result<Re
 async fn list_flags(
     _: Admin,
     State(state): State<AppState>,
-    Segments(path): Segments<EnvironmentPath>,
+    PathParams(path): PathParams<EnvironmentPath>,
 ) -> Result<Response, ApiError> {
     let env = environment(&path.env)?;
     let snapshot = state.service.stored_flags(&env).await?;
@@ -185,7 +185,7 @@ async fn list_flags(
 async fn get_flag(
     _: Admin,
     State(state): State<AppState>,
-    Segments(path): Segments<FlagPath>,
+    PathParams(path): PathParams<FlagPath>,
 ) -> Result<Response, ApiError> {
     let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
     let flag = state
@@ -200,6 +200,26 @@ async fn get_flag(
         .into_response())
 }
 
+/// A PUT body as the loose document of a `what` (flag, segment): not JSON is
+/// `invalid_request`, JSON of the wrong shape `validation_failed`.
+pub(crate) fn definition<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        let code = if error.is_data() {
+            ApiErrorCode::ValidationFailed
+        } else {
+            ApiErrorCode::InvalidRequest
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("invalid {what} definition: {error}"),
+        )
+    })
+}
+
 /// The version an `If-Match` entity tag names: the documented `^(W/)?"?[0-9]{1,19}"?$`, read
 /// exactly (no sign, no second quote), so what the document calls invalid is refused.
 fn version_tag_value(text: &str) -> Option<u64> {
@@ -211,7 +231,7 @@ fn version_tag_value(text: &str) -> Option<u64> {
 }
 
 /// The precondition the request's `If-Match` / `If-None-Match` headers ask for.
-fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+pub(crate) fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     // A malformed `If-Match` is refused whatever else the request carries.
     let if_match = headers
         .get(header::IF_MATCH)
@@ -305,31 +325,14 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
 async fn put_flag(
     _: Admin,
     State(state): State<AppState>,
-    Segments(path): Segments<FlagPath>,
+    PathParams(path): PathParams<FlagPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
     let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
-    let document: FlagDocument = serde_json::from_slice(&body).map_err(|error| {
-        let code = if error.is_data() {
-            ApiErrorCode::ValidationFailed
-        } else {
-            ApiErrorCode::InvalidRequest
-        };
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            code,
-            format!("invalid flag definition: {error}"),
-        )
-    })?;
-    let flag = FeatureFlag::from_definition(&key, document).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ApiErrorCode::ValidationFailed,
-            error.to_string(),
-        )
-    })?;
+    let document: FlagDocument = definition(&body, "flag")?;
+    let flag = FeatureFlag::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
     let upserted = state
         .service
         .upsert(&env, flag, precondition(&headers)?)
@@ -379,7 +382,7 @@ async fn put_flag(
 async fn delete_flag(
     _: Admin,
     State(state): State<AppState>,
-    Segments(path): Segments<FlagPath>,
+    PathParams(path): PathParams<FlagPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
@@ -421,7 +424,7 @@ async fn delete_flag(
 async fn delete_environment(
     _: Admin,
     State(state): State<AppState>,
-    Segments(path): Segments<EnvironmentPath>,
+    PathParams(path): PathParams<EnvironmentPath>,
 ) -> Result<Response, ApiError> {
     let env = environment(&path.env)?;
     state.service.delete_environment(&env).await?;
@@ -443,7 +446,7 @@ async fn delete_environment(
 async fn invalidate(
     _: Admin,
     State(state): State<AppState>,
-    Segments(path): Segments<EnvironmentPath>,
+    PathParams(path): PathParams<EnvironmentPath>,
 ) -> Result<Response, ApiError> {
     let environment = environment(&path.env)?;
     let revision = state.service.invalidate_cache(&environment).await?;

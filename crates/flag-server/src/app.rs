@@ -21,7 +21,7 @@ use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
 use crate::openapi::{ApiDoc, complete};
 use crate::state::{AppState, MAX_BODY_BYTES};
 use crate::tracking::{Tracking, track};
-use crate::{admin, ofrep, ops, streams};
+use crate::{admin, ofrep, ops, segments, streams};
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
@@ -55,7 +55,11 @@ fn described(max_context_bytes: usize) -> (Router<AppState>, utoipa::openapi::Op
     let (routes, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ofrep::router(max_context_bytes))
         .merge(streams::router())
-        .merge(admin::router().layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
+        .merge(
+            admin::router()
+                .merge(segments::router())
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .merge(ops::router())
         .split_for_parts();
     (routes, complete(document))

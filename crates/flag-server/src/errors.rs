@@ -150,6 +150,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
     }
 
+    /// `400 validation_failed`: a definition that breaks a rule, naming the field.
+    pub(crate) fn invalid_definition(error: flag_core::ValidationError) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ApiErrorCode::ValidationFailed,
+            error.to_string(),
+        )
+    }
+
     /// `408 request_timeout`: the body did not arrive in time.
     pub(crate) fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(
@@ -200,6 +209,32 @@ impl From<ServiceError> for ApiError {
                         None => "the flag does not exist".to_owned(),
                     },
                 )
+            }
+            ServiceError::Repository(RepositoryError::SegmentNotFound { environment, key }) => {
+                ApiError::not_found(format!(
+                    "segment {key} not found in environment {environment}"
+                ))
+            }
+            ServiceError::Repository(RepositoryError::SegmentVersionConflict {
+                current, ..
+            }) => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                ApiErrorCode::VersionConflict,
+                match current {
+                    Some(version) => format!("the segment is at version {version}"),
+                    None => "the segment does not exist".to_owned(),
+                },
+            ),
+            ServiceError::Repository(RepositoryError::Reference(refused)) => {
+                if refused.is_in_use() {
+                    ApiError::new(StatusCode::CONFLICT, ApiErrorCode::InUse, refused.to_string())
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ApiErrorCode::ValidationFailed,
+                        refused.to_string(),
+                    )
+                }
             }
             ServiceError::Repository(RepositoryError::EnvironmentNotFound { environment }) => {
                 ApiError::not_found(format!("environment {environment} not found"))

@@ -55,6 +55,7 @@ mod ofrep;
 mod openapi;
 mod ops;
 pub mod routes;
+mod segments;
 pub mod serve;
 pub mod state;
 pub mod streams;
