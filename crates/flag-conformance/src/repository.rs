@@ -897,12 +897,21 @@ pub async fn segments_are_versioned_with_the_environment(
                       "rules": [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]},
                                                 {"attribute": "app", "operator": "semver_gte", "value": "2.0.0"}]}]});
     let first = repository
-        .upsert_segment(&environment, segment("beta", body.clone()), Precondition::None)
+        .upsert_segment(
+            &environment,
+            segment("beta", body.clone()),
+            Precondition::None,
+        )
         .await
         .map_err(|error| failed(P, "first segment upsert", error))?;
     expect(P, "created on first write", first.created, true)?;
     expect(P, "version of the first write", first.segment.version(), 1)?;
-    expect(P, "revision of the first write", first.revision, Revision(1))?;
+    expect(
+        P,
+        "revision of the first write",
+        first.revision,
+        Revision(1),
+    )?;
     let unsaved = segment("beta", body);
     expect(
         P,
@@ -924,11 +933,25 @@ pub async fn segments_are_versioned_with_the_environment(
         .map_err(|error| failed(P, "flag upsert", error))?;
     expect(P, "revision after a flag write", flag.revision, Revision(2))?;
     let second = repository
-        .upsert_segment(&environment, segment("beta", json!({})), Precondition::Version(1))
+        .upsert_segment(
+            &environment,
+            segment("beta", json!({})),
+            Precondition::Version(1),
+        )
         .await
         .map_err(|error| failed(P, "second segment upsert", error))?;
-    expect(P, "version of the second write", second.segment.version(), 2)?;
-    expect(P, "revision of the second write", second.revision, Revision(3))?;
+    expect(
+        P,
+        "version of the second write",
+        second.segment.version(),
+        2,
+    )?;
+    expect(
+        P,
+        "revision of the second write",
+        second.revision,
+        Revision(3),
+    )?;
     expect(P, "replaced, not created", second.created, false)?;
     let snapshot = repository
         .snapshot(&environment)
@@ -944,7 +967,10 @@ pub async fn segments_are_versioned_with_the_environment(
     expect(P, "the snapshot's flags", snapshot.len(), 1)?;
     for (precondition, what) in [
         (Precondition::Version(1), "a stale If-Match"),
-        (Precondition::Absent, "If-None-Match: * on an existing segment"),
+        (
+            Precondition::Absent,
+            "If-None-Match: * on an existing segment",
+        ),
     ] {
         match repository
             .upsert_segment(&environment, segment("beta", json!({})), precondition)
@@ -1008,7 +1034,12 @@ pub async fn segments_are_versioned_with_the_environment(
         .await
         .map_err(|error| failed(P, "snapshot after the delete", error))?;
     expect(P, "segments after the delete", snapshot.segments().len(), 0)?;
-    expect(P, "revision after the delete", snapshot.revision(), Revision(4))
+    expect(
+        P,
+        "revision after the delete",
+        snapshot.revision(),
+        Revision(4),
+    )
 }
 
 /// Rule 12: every write keeps the references between flags and segments, checked in its
@@ -1019,7 +1050,10 @@ pub async fn references_are_kept_by_every_write(
     const P: &str = "references_are_kept_by_every_write";
     let environment = env("references");
     let refused = |what: &str, answer: String| {
-        Violation::new(P, format!("{what} was not refused as it should be: {answer}"))
+        Violation::new(
+            P,
+            format!("{what} was not refused as it should be: {answer}"),
+        )
     };
     let uses_beta = || {
         definition(
@@ -1032,7 +1066,12 @@ pub async fn references_are_kept_by_every_write(
         .await
     {
         Err(RepositoryError::Reference(ReferenceError::MissingSegment { .. })) => {}
-        other => return Err(refused("a flag naming a missing segment", format!("{other:?}"))),
+        other => {
+            return Err(refused(
+                "a flag naming a missing segment",
+                format!("{other:?}"),
+            ));
+        }
     }
     expect(
         P,
@@ -1104,7 +1143,10 @@ pub async fn references_are_kept_by_every_write(
     expect(
         P,
         "flags after refused writes",
-        snapshot.flags().map(|flag| flag.key().to_string()).collect::<Vec<_>>(),
+        snapshot
+            .flags()
+            .map(|flag| flag.key().to_string())
+            .collect::<Vec<_>>(),
         ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "uses"]
             .map(str::to_owned)
             .to_vec(),

@@ -34,8 +34,8 @@ pub(crate) fn segment_including(key: &str, included: &[String]) -> Segment {
 /// also holds a segment named like the first flag (a segment and a flag of one key must not
 /// collide), which carries the generation too.
 pub fn generation_snapshot(revision: u64, flags: usize, generation: u64) -> EnvironmentSnapshot {
-    let segments = (flags > 0)
-        .then(|| segment_including("flag-00000", &[format!("generation-{generation}")]));
+    let segments =
+        (flags > 0).then(|| segment_including("flag-00000", &[format!("generation-{generation}")]));
     let flags = (0..flags).map(|index| {
         flag_with_value(
             &format!("flag-{index:05}"),

@@ -93,10 +93,11 @@ impl FeatureFlagRepository for Careless {
             });
         }
         if self.snapshots_without_segments {
-            return Ok(
-                EnvironmentSnapshot::from_shared(snapshot.revision(), snapshot.flags().cloned())
-                    .unwrap(),
-            );
+            return Ok(EnvironmentSnapshot::from_shared(
+                snapshot.revision(),
+                snapshot.flags().cloned(),
+            )
+            .unwrap());
         }
         if self.frozen_revision && !snapshot.is_empty() {
             return Ok(

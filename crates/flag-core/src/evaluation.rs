@@ -160,7 +160,9 @@ pub enum EvaluationError {
     },
     /// The flag's rollout hashes the attribute `attribute` (`bucketBy`) and the context has no
     /// string or number there.
-    #[error("flag {key} buckets its percentage rollout by {attribute:?}, which the context lacks (a string or a number is needed)")]
+    #[error(
+        "flag {key} buckets its percentage rollout by {attribute:?}, which the context lacks (a string or a number is needed)"
+    )]
     BucketingAttributeMissing {
         /// The flag evaluated.
         key: FlagKey,
@@ -285,7 +287,8 @@ impl<'s> Scope<'s> {
     }
 
     fn segment(&self, key: &str) -> Option<&'s Arc<Segment>> {
-        self.environment.and_then(|environment| environment.segment(key))
+        self.environment
+            .and_then(|environment| environment.segment(key))
     }
 
     /// The answer of `flag`: remembered when it is the environment's own, so that it is
@@ -320,7 +323,10 @@ impl<'s> Scope<'s> {
             }
             None => {}
         }
-        let Some(flag) = self.environment.and_then(|environment| environment.flag(key.as_str())) else {
+        let Some(flag) = self
+            .environment
+            .and_then(|environment| environment.flag(key.as_str()))
+        else {
             return Err(EvaluationError::FlagNotFound { key: key.clone() });
         };
         if depth > MAX_PREREQUISITE_DEPTH {

@@ -816,7 +816,9 @@ pub enum ValidationReason {
     #[error("a segment's rules cannot refer to segments")]
     NestedSegment,
     /// A reserved (`$`) attribute other than `$now`, or one where none may be named.
-    #[error("{0:?} is reserved: attributes starting with `$` are set by the server (only `$now` exists)")]
+    #[error(
+        "{0:?} is reserved: attributes starting with `$` are set by the server (only `$now` exists)"
+    )]
     ReservedAttribute(String),
     /// A `semver_*` value that is not a SemVer 2.0 version.
     #[error("{0:?} is not a semantic version (MAJOR.MINOR.PATCH, SemVer 2.0, a leading v allowed)")]
@@ -1195,7 +1197,9 @@ impl ConditionDocument {
                 return Err(bad("a number `value`"));
             }
             (operator, Some(value))
-                if (operator.is_semver() || operator.is_segment() || operator == Operator::Matches)
+                if (operator.is_semver()
+                    || operator.is_segment()
+                    || operator == Operator::Matches)
                     && !value.is_string() =>
             {
                 return Err(bad("a string `value`"));
@@ -1203,27 +1207,27 @@ impl ConditionDocument {
             (_, value) => value,
         };
         let compiled = match (operator, value.as_ref()) {
-            (operator, Some(Value::String(text))) if operator.is_semver() => {
-                operand::version(text).map(Compiled::Version).ok_or_else(|| {
+            (operator, Some(Value::String(text))) if operator.is_semver() => operand::version(text)
+                .map(Compiled::Version)
+                .ok_or_else(|| {
                     ValidationError::new(
                         format!("{path}.value"),
                         ValidationReason::BadVersion(shorten(text)),
                     )
-                })?
-            }
+                })?,
             (Operator::Matches, Some(Value::String(pattern))) => operand::pattern(pattern)
                 .map(Compiled::Pattern)
                 .map_err(|why| {
                     ValidationError::new(format!("{path}.value"), ValidationReason::BadPattern(why))
                 })?,
-            (operator, Some(Value::String(key))) if operator.is_segment() => {
-                SegmentKey::parse(key).map(Compiled::Segment).map_err(|error| {
+            (operator, Some(Value::String(key))) if operator.is_segment() => SegmentKey::parse(key)
+                .map(Compiled::Segment)
+                .map_err(|error| {
                     ValidationError::new(
                         format!("{path}.value"),
                         ValidationReason::InvalidName(error),
                     )
-                })?
-            }
+                })?,
             _ => Compiled::None,
         };
         Ok(Condition {

@@ -206,9 +206,7 @@ impl FeatureFlagRepository for InMemoryRepository {
         let state = environments.entry(env.clone()).or_default();
         let revision = state.bump();
         let stored = segment.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
-        state
-            .segments
-            .insert(stored.key().clone(), stored.clone());
+        state.segments.insert(stored.key().clone(), stored.clone());
         Ok(UpsertedSegment {
             segment: stored,
             revision,

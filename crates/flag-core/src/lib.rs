@@ -45,9 +45,9 @@ mod flag;
 mod in_memory;
 mod metrics;
 mod names;
-mod operand;
 #[cfg(feature = "openapi")]
 mod openapi;
+mod operand;
 mod references;
 mod repository;
 mod secrets;
@@ -64,21 +64,21 @@ pub use evaluation::{
     evaluate, evaluate_in, matches, matches_in,
 };
 pub use flag::{
-    Condition, ConditionDocument, FeatureFlag, FlagDocument, NOW_ATTRIBUTE, Operator,
-    Prerequisite, PrerequisiteDocument, Rollout, Rule, RuleDocument, RuleOutcome,
-    ValidationError, ValidationReason, WeightedVariant, WeightedVariantDocument,
+    Condition, ConditionDocument, FeatureFlag, FlagDocument, NOW_ATTRIBUTE, Operator, Prerequisite,
+    PrerequisiteDocument, Rollout, Rule, RuleDocument, RuleOutcome, ValidationError,
+    ValidationReason, WeightedVariant, WeightedVariantDocument,
 };
-pub use operand::{MAX_COMPILED_PATTERN_BYTES, MAX_PATTERN_BYTES};
-pub use references::{ReferenceError, References};
-pub use segment::{Segment, SegmentDocument, SegmentRule, SegmentRuleDocument};
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;
 pub use names::{Environment, FlagKey, NameError, SegmentKey};
+pub use operand::{MAX_COMPILED_PATTERN_BYTES, MAX_PATTERN_BYTES};
+pub use references::{ReferenceError, References};
 pub use repository::{
     Deleted, DynFeatureFlagRepository, FeatureFlagRepository, Precondition, RepositoryError,
     Upserted, UpsertedSegment,
 };
 pub use secrets::redact_url;
+pub use segment::{Segment, SegmentDocument, SegmentRule, SegmentRuleDocument};
 pub use service::{
     BulkEvaluation, BulkSnapshot, DEFAULT_OUTAGE_REFRESH, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
     FeatureFlagService, LimitExceeded, Limits, RELIST_EVERY, RetryPolicy, ServiceBuilder,

@@ -350,8 +350,7 @@ mod tests {
             "prerequisites": prerequisites,
             "rules": [{"conditions": conditions, "variant": "on"}],
         });
-        FeatureFlag::from_definition_json(&FlagKey::parse(key).unwrap(), &body.to_string())
-            .unwrap()
+        FeatureFlag::from_definition_json(&FlagKey::parse(key).unwrap(), &body.to_string()).unwrap()
     }
 
     fn chain(length: usize) -> References {
@@ -359,7 +358,11 @@ mod tests {
         let mut references = References::new();
         references.add_flag(&flag("f0", &[], &[]));
         for index in 1..=length {
-            references.add_flag(&flag(&format!("f{index}"), &[&format!("f{}", index - 1)], &[]));
+            references.add_flag(&flag(
+                &format!("f{index}"),
+                &[&format!("f{}", index - 1)],
+                &[],
+            ));
         }
         references
     }
@@ -375,7 +378,10 @@ mod tests {
             references.check_flag_write(&flag("x", &["nope"], &[])),
             Err(ReferenceError::MissingPrerequisite { field, .. }) if field == "prerequisites[0].flag"
         ));
-        assert_eq!(references.check_flag_write(&flag("x", &["f0"], &[])), Ok(()));
+        assert_eq!(
+            references.check_flag_write(&flag("x", &["f0"], &[])),
+            Ok(())
+        );
     }
 
     #[test]
@@ -393,7 +399,10 @@ mod tests {
     #[test]
     fn chains_of_eight_links_are_accepted_and_nine_refused() {
         let references = chain(7);
-        assert_eq!(references.check_flag_write(&flag("top", &["f7"], &[])), Ok(()));
+        assert_eq!(
+            references.check_flag_write(&flag("top", &["f7"], &[])),
+            Ok(())
+        );
         let references = chain(8);
         assert!(matches!(
             references.check_flag_write(&flag("top", &["f8"], &[])),
@@ -402,7 +411,10 @@ mod tests {
         // Lengthening the bottom of a chain counts the links above the written flag too.
         let mut with_base = chain(7);
         with_base.add_flag(&flag("base", &[], &[]));
-        assert_eq!(with_base.check_flag_write(&flag("f0", &["base"], &[])), Ok(()));
+        assert_eq!(
+            with_base.check_flag_write(&flag("f0", &["base"], &[])),
+            Ok(())
+        );
         let references = chain(8);
         let mut with_base = references;
         with_base.add_flag(&flag("base", &[], &[]));

@@ -98,7 +98,10 @@ impl Segment {
     }
 
     /// Parses a PUT body given as JSON text; see [`Segment::from_definition`].
-    pub fn from_definition_json(path_key: &SegmentKey, json: &str) -> Result<Self, ValidationError> {
+    pub fn from_definition_json(
+        path_key: &SegmentKey,
+        json: &str,
+    ) -> Result<Self, ValidationError> {
         let document: SegmentDocument = serde_json::from_str(json).map_err(|error| {
             ValidationError::new("$", ValidationReason::Malformed(error.to_string()))
         })?;

@@ -149,20 +149,37 @@ proptest! {
 
 #[test]
 fn now_is_the_evaluation_time_and_no_context_sets_it() {
-    let flag = one_condition(json!({"attribute": "$now", "operator": "gte", "value": 1_800_000_000}));
+    let flag =
+        one_condition(json!({"attribute": "$now", "operator": "gte", "value": 1_800_000_000}));
     let before = Scope::standalone().at(1_799_999_999);
     let after = Scope::standalone().at(1_800_000_000);
     let anyone = context(json!({"targetingKey": "u"}));
-    assert_eq!(evaluate_in(&flag, &anyone, &before).unwrap().variant.as_ref(), "off");
-    assert_eq!(evaluate_in(&flag, &anyone, &after).unwrap().variant.as_ref(), "on");
+    assert_eq!(
+        evaluate_in(&flag, &anyone, &before)
+            .unwrap()
+            .variant
+            .as_ref(),
+        "off"
+    );
+    assert_eq!(
+        evaluate_in(&flag, &anyone, &after)
+            .unwrap()
+            .variant
+            .as_ref(),
+        "on"
+    );
     let forged = context(json!({"targetingKey": "u", "$now": 9_999_999_999u64}));
     assert_eq!(
-        evaluate_in(&flag, &forged, &before).unwrap().variant.as_ref(),
+        evaluate_in(&flag, &forged, &before)
+            .unwrap()
+            .variant
+            .as_ref(),
         "off",
         "a context's own $now is ignored"
     );
     // The real clock is past 2020 and before 2100.
-    let window = one_condition(json!({"attribute": "$now", "operator": "gt", "value": 1_577_836_800}));
+    let window =
+        one_condition(json!({"attribute": "$now", "operator": "gt", "value": 1_577_836_800}));
     assert_eq!(variant_of(&window, &anyone), "on");
 }
 
@@ -195,7 +212,11 @@ fn bucket_by_follows_flagd_fractional_vectors() {
         let user = context(json!({"targetingKey": "someone-else", attribute: case["value"]}));
         for flag in [&flag_level, &rule_level] {
             let resolution = evaluate(flag, &user).unwrap();
-            assert_eq!(resolution.variant.as_ref(), case["variant"].as_str().unwrap(), "{case}");
+            assert_eq!(
+                resolution.variant.as_ref(),
+                case["variant"].as_str().unwrap(),
+                "{case}"
+            );
             assert_eq!(resolution.reason, Reason::Split);
         }
     }
@@ -204,7 +225,10 @@ fn bucket_by_follows_flagd_fractional_vectors() {
 #[test]
 fn bucket_by_reads_numbers_as_json_writes_them_and_names_a_missing_attribute() {
     let rollout = json!([{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}]);
-    let by_company = flag("f", json!({"enabled": true, "rollout": rollout, "bucketBy": "companyId"}));
+    let by_company = flag(
+        "f",
+        json!({"enabled": true, "rollout": rollout, "bucketBy": "companyId"}),
+    );
     let pick = |value: Value| {
         evaluate(&by_company, &context(json!({"companyId": value})))
             .map(|resolution| resolution.variant.to_string())
@@ -218,7 +242,9 @@ fn bucket_by_reads_numbers_as_json_writes_them_and_names_a_missing_attribute() {
     assert_eq!(error.code(), ErrorCode::TargetingKeyMissing);
     assert!(error.to_string().contains("companyId"), "{error}");
     let missing = evaluate(&by_company, &context(json!({"targetingKey": "u"}))).unwrap_err();
-    assert!(matches!(missing, EvaluationError::BucketingAttributeMissing { ref attribute, .. } if attribute == "companyId"));
+    assert!(
+        matches!(missing, EvaluationError::BucketingAttributeMissing { ref attribute, .. } if attribute == "companyId")
+    );
     // A rule's own bucketBy wins over the flag's.
     let overridden = flag(
         "f",
@@ -233,7 +259,10 @@ fn bucket_by_reads_numbers_as_json_writes_them_and_names_a_missing_attribute() {
 }
 
 fn pick_user(flag: &FeatureFlag, user: &str) -> String {
-    variant_of(flag, &context(json!({"targetingKey": user, "companyId": 7})))
+    variant_of(
+        flag,
+        &context(json!({"targetingKey": user, "companyId": 7})),
+    )
 }
 
 fn environment(flags: Vec<FeatureFlag>, segments: Vec<Segment>) -> EnvironmentSnapshot {
@@ -266,7 +295,10 @@ fn segments_include_exclude_and_match_rules() {
         )
     };
     let snapshot = environment(
-        vec![uses("in_segment", "inside"), uses("not_in_segment", "outside")],
+        vec![
+            uses("in_segment", "inside"),
+            uses("not_in_segment", "outside"),
+        ],
         vec![beta],
     );
     for (attributes, inside) in [
@@ -280,14 +312,33 @@ fn segments_include_exclude_and_match_rules() {
     ] {
         let (variant, reason) = answer(&snapshot, "inside", attributes.clone());
         assert_eq!(variant == "on", inside, "in_segment {attributes}");
-        assert_eq!(reason, if inside { Reason::TargetingMatch } else { Reason::Default });
+        assert_eq!(
+            reason,
+            if inside {
+                Reason::TargetingMatch
+            } else {
+                Reason::Default
+            }
+        );
         let (variant, _) = answer(&snapshot, "outside", attributes.clone());
         assert_eq!(variant == "on", !inside, "not_in_segment {attributes}");
     }
     // A segment the environment does not have matches neither way, like a missing attribute.
-    let orphaned = environment(vec![uses("in_segment", "inside"), uses("not_in_segment", "outside")], vec![]);
-    assert_eq!(answer(&orphaned, "inside", json!({"targetingKey": "vip"})).0, "off");
-    assert_eq!(answer(&orphaned, "outside", json!({"targetingKey": "vip"})).0, "off");
+    let orphaned = environment(
+        vec![
+            uses("in_segment", "inside"),
+            uses("not_in_segment", "outside"),
+        ],
+        vec![],
+    );
+    assert_eq!(
+        answer(&orphaned, "inside", json!({"targetingKey": "vip"})).0,
+        "off"
+    );
+    assert_eq!(
+        answer(&orphaned, "outside", json!({"targetingKey": "vip"})).0,
+        "off"
+    );
 }
 
 #[test]
@@ -314,22 +365,38 @@ fn a_flag_serves_its_off_variant_unless_every_prerequisite_serves_a_listed_varia
     let pro = json!({"targetingKey": "u", "plan": "pro"});
     let free = json!({"targetingKey": "u", "plan": "free"});
     let snapshot = environment(vec![base(true), dependent(on.clone())], vec![]);
-    assert_eq!(answer(&snapshot, "dependent", pro.clone()), ("new".into(), Reason::Static));
-    assert_eq!(answer(&snapshot, "dependent", free.clone()), ("old".into(), Reason::Disabled));
+    assert_eq!(
+        answer(&snapshot, "dependent", pro.clone()),
+        ("new".into(), Reason::Static)
+    );
+    assert_eq!(
+        answer(&snapshot, "dependent", free.clone()),
+        ("old".into(), Reason::Disabled)
+    );
     // Listing the off variant accepts it, unless the prerequisite is disabled.
     let either = json!([{"flag": "base", "variants": ["on", "off"]}]);
     let snapshot = environment(vec![base(true), dependent(either.clone())], vec![]);
     assert_eq!(answer(&snapshot, "dependent", free.clone()).0, "new");
     let snapshot = environment(vec![base(false), dependent(either)], vec![]);
-    assert_eq!(answer(&snapshot, "dependent", pro.clone()), ("old".into(), Reason::Disabled));
+    assert_eq!(
+        answer(&snapshot, "dependent", pro.clone()),
+        ("old".into(), Reason::Disabled)
+    );
     // A missing prerequisite, or one in error, fails.
     let snapshot = environment(vec![dependent(on)], vec![]);
     assert_eq!(answer(&snapshot, "dependent", pro.clone()).0, "old");
     let snapshot = environment(
-        vec![split, dependent(json!([{"flag": "split", "variants": ["on"]}]))],
+        vec![
+            split,
+            dependent(json!([{"flag": "split", "variants": ["on"]}])),
+        ],
         vec![],
     );
-    assert_eq!(answer(&snapshot, "dependent", json!({"plan": "pro"})).0, "old", "no targeting key");
+    assert_eq!(
+        answer(&snapshot, "dependent", json!({"plan": "pro"})).0,
+        "old",
+        "no targeting key"
+    );
     assert_eq!(answer(&snapshot, "dependent", pro).0, "new");
 }
 
@@ -357,15 +424,29 @@ fn one_scope_evaluates_each_prerequisite_once() {
 fn a_cycle_or_an_overlong_chain_in_stored_data_fails_the_prerequisite_instead_of_recursing() {
     // Writes refuse both; stored data written around the checks must still not hang.
     let listing = |key: &str, prerequisite: &str| {
-        flag(key, json!({"enabled": true, "prerequisites": [{"flag": prerequisite, "variants": ["on"]}]}))
+        flag(
+            key,
+            json!({"enabled": true, "prerequisites": [{"flag": prerequisite, "variants": ["on"]}]}),
+        )
     };
     let snapshot = environment(vec![listing("a", "b"), listing("b", "a")], vec![]);
-    assert_eq!(answer(&snapshot, "a", json!({})), ("off".into(), Reason::Disabled));
+    assert_eq!(
+        answer(&snapshot, "a", json!({})),
+        ("off".into(), Reason::Disabled)
+    );
     let mut chain = vec![flag("c0", json!({"enabled": true}))];
     for index in 1..=12 {
         chain.push(listing(&format!("c{index}"), &format!("c{}", index - 1)));
     }
     let snapshot = environment(chain, vec![]);
-    assert_eq!(answer(&snapshot, "c8", json!({})).0, "on", "8 links are evaluated");
-    assert_eq!(answer(&snapshot, "c12", json!({})).0, "off", "past 8 links the chain fails");
+    assert_eq!(
+        answer(&snapshot, "c8", json!({})).0,
+        "on",
+        "8 links are evaluated"
+    );
+    assert_eq!(
+        answer(&snapshot, "c12", json!({})).0,
+        "off",
+        "past 8 links the chain fails"
+    );
 }

@@ -255,8 +255,7 @@ async fn redis_cli_shows_the_documented_layout() {
         ["__meta", "__segment:flag-00000", "flag-00000", "flag-00001"],
         "a segment and a flag of one key sit in separate fields"
     );
-    let segment: flag_core::Segment =
-        serde_json::from_str(fields["__segment:flag-00000"]).unwrap();
+    let segment: flag_core::Segment = serde_json::from_str(fields["__segment:flag-00000"]).unwrap();
     assert_eq!(&segment, &**snapshot.segment("flag-00000").unwrap());
     let meta: Value = serde_json::from_str(fields["__meta"]).unwrap();
     assert_eq!(meta["revision"], json!(7));

@@ -332,7 +332,8 @@ async fn put_flag(
     let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
     let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
     let document: FlagDocument = definition(&body, "flag")?;
-    let flag = FeatureFlag::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
+    let flag =
+        FeatureFlag::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
     let upserted = state
         .service
         .upsert(&env, flag, precondition(&headers)?)

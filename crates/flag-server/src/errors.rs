@@ -227,7 +227,11 @@ impl From<ServiceError> for ApiError {
             ),
             ServiceError::Repository(RepositoryError::Reference(refused)) => {
                 if refused.is_in_use() {
-                    ApiError::new(StatusCode::CONFLICT, ApiErrorCode::InUse, refused.to_string())
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        ApiErrorCode::InUse,
+                        refused.to_string(),
+                    )
                 } else {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,

@@ -19,7 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::admin::{EnvironmentPath, PathParams, definition, environment, precondition, version_tag};
+use crate::admin::{
+    EnvironmentPath, PathParams, definition, environment, precondition, version_tag,
+};
 use crate::auth::Admin;
 use crate::errors::{ApiError, ApiErrorBody};
 use crate::openapi::MANAGEMENT;
@@ -193,8 +195,7 @@ async fn put_segment(
     let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
     let (env, key) = (environment(&path.env)?, segment_key(&path.key)?);
     let document: SegmentDocument = definition(&body, "segment")?;
-    let segment =
-        Segment::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
+    let segment = Segment::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
     let upserted = state
         .service
         .upsert_segment(&env, segment, precondition(&headers)?)

@@ -27,7 +27,14 @@ pub(crate) fn parse_stored(
     version: i64,
     updated_at: &str,
 ) -> Result<FeatureFlag, sqlx::Error> {
-    parse_row(key, definition, version, updated_at, FlagKey::parse, FeatureFlag::unreadable)
+    parse_row(
+        key,
+        definition,
+        version,
+        updated_at,
+        FlagKey::parse,
+        FeatureFlag::unreadable,
+    )
 }
 
 /// A stored segment row, read as [`parse_stored`] reads a flag row.
@@ -37,7 +44,14 @@ pub(crate) fn parse_stored_segment(
     version: i64,
     updated_at: &str,
 ) -> Result<Segment, sqlx::Error> {
-    parse_row(key, definition, version, updated_at, SegmentKey::parse, Segment::unreadable)
+    parse_row(
+        key,
+        definition,
+        version,
+        updated_at,
+        SegmentKey::parse,
+        Segment::unreadable,
+    )
 }
 
 fn parse_row<T: DeserializeOwned, K>(
@@ -54,7 +68,12 @@ fn parse_row<T: DeserializeOwned, K>(
             let key = parse_key(key).map_err(|refused| sqlx::Error::Decode(Box::new(refused)))?;
             let updated_at =
                 OffsetDateTime::parse(updated_at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            Ok(unreadable(key, to_u64(version), updated_at, error.to_string()))
+            Ok(unreadable(
+                key,
+                to_u64(version),
+                updated_at,
+                error.to_string(),
+            ))
         }
     }
 }

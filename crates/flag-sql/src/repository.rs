@@ -163,11 +163,10 @@ async fn delete_environment_in(
         .bind(env.to_string())
         .fetch_one(&mut **transaction)
         .await?;
-    let segments: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM segments WHERE environment = $1")
-            .bind(env.to_string())
-            .fetch_one(&mut **transaction)
-            .await?;
+    let segments: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM segments WHERE environment = $1")
+        .bind(env.to_string())
+        .fetch_one(&mut **transaction)
+        .await?;
     if flags > 0 || segments > 0 {
         return Ok(Err(RepositoryError::EnvironmentInUse {
             environment: env.clone(),
@@ -295,10 +294,11 @@ async fn references_in(
     .bind(env.to_string())
     .fetch_all(&mut **transaction)
     .await?;
-    let segments: Vec<String> = sqlx::query_scalar("SELECT key FROM segments WHERE environment = $1")
-        .bind(env.to_string())
-        .fetch_all(&mut **transaction)
-        .await?;
+    let segments: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM segments WHERE environment = $1")
+            .bind(env.to_string())
+            .fetch_all(&mut **transaction)
+            .await?;
     let mut references = References::new();
     for (key, definition) in flags {
         if let Ok(key) = FlagKey::parse(&key) {
@@ -336,7 +336,16 @@ async fn upsert_in(
     let (now, at) = now_rfc3339();
     let stored = flag.stored_as(current.unwrap_or(0) + 1, now);
     let row = (stored.key().as_str(), stored.version());
-    write_row(transaction, Table::Flags, env, row, &stored, current.is_some(), &at).await?;
+    write_row(
+        transaction,
+        Table::Flags,
+        env,
+        row,
+        &stored,
+        current.is_some(),
+        &at,
+    )
+    .await?;
     let record = Audit {
         env,
         kind: "flag",
@@ -378,10 +387,22 @@ async fn delete_in(
     if let Err(refused) = precondition.check(env, key, Some(current)) {
         return Ok(Err(refused));
     }
-    if let Err(refused) = references_in(transaction, env).await?.check_flag_delete(key) {
+    if let Err(refused) = references_in(transaction, env)
+        .await?
+        .check_flag_delete(key)
+    {
         return Ok(Err(refused.into()));
     }
-    delete_row(transaction, Table::Flags, env, key.as_str(), current, revision, actor).await?;
+    delete_row(
+        transaction,
+        Table::Flags,
+        env,
+        key.as_str(),
+        current,
+        revision,
+        actor,
+    )
+    .await?;
     Ok(Ok(Deleted {
         version: current,
         revision,
@@ -435,7 +456,16 @@ async fn upsert_segment_in(
     let (now, at) = now_rfc3339();
     let stored = segment.stored_as(current.unwrap_or(0) + 1, now);
     let row = (key.as_str(), stored.version());
-    write_row(transaction, Table::Segments, env, row, &stored, current.is_some(), &at).await?;
+    write_row(
+        transaction,
+        Table::Segments,
+        env,
+        row,
+        &stored,
+        current.is_some(),
+        &at,
+    )
+    .await?;
     let record = Audit {
         env,
         kind: "segment",
@@ -484,7 +514,16 @@ async fn delete_segment_in(
     {
         return Ok(Err(refused.into()));
     }
-    delete_row(transaction, Table::Segments, env, key.as_str(), current, revision, actor).await?;
+    delete_row(
+        transaction,
+        Table::Segments,
+        env,
+        key.as_str(),
+        current,
+        revision,
+        actor,
+    )
+    .await?;
     Ok(Ok(Deleted {
         version: current,
         revision,

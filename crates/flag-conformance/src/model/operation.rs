@@ -109,7 +109,10 @@ pub(super) fn snapshot_of(revision: u64, keys: &[usize], generation: u8) -> Envi
     });
     // Each key names a segment too: flags and segments of one key must not collide.
     let segments = keys.iter().map(|k| {
-        segment_including(KEYS[*k], &[format!("generation-{generation}-revision-{revision}")])
+        segment_including(
+            KEYS[*k],
+            &[format!("generation-{generation}-revision-{revision}")],
+        )
     });
     EnvironmentSnapshot::new(Revision(revision), flags)
         .unwrap_or_else(|error| panic!("model snapshot: {error}"))
