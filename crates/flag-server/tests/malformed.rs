@@ -96,6 +96,13 @@ fn json_value() -> impl Strategy<Value = Value> {
                     Just("rules".to_owned()),
                     Just("rollout".to_owned()),
                     Just("defaultVariant".to_owned()),
+                    Just("prerequisites".to_owned()),
+                    Just("bucketBy".to_owned()),
+                    Just("included".to_owned()),
+                    Just("excluded".to_owned()),
+                    Just("operator".to_owned()),
+                    Just("attribute".to_owned()),
+                    Just("value".to_owned()),
                     "\\PC{0,8}",
                 ],
                 inner,
@@ -140,9 +147,40 @@ fn body() -> impl Strategy<Value = Body> {
         2 => (any::<bool>(), "\\PC{0,16}").prop_map(|(enabled, description)| {
             json!({"enabled": enabled, "description": description, "metadata": {"ü": "🚩"}}).to_string()
         }),
+        3 => (operator(), json_value(), json_value(), json_value()).prop_map(
+            |(operator, attribute, value, bucket_by)| {
+                json!({"enabled": true, "bucketBy": bucket_by,
+                       "prerequisites": [{"flag": "keep", "variants": [value.clone()]}],
+                       "rules": [{"conditions": [{"attribute": attribute, "operator": operator, "value": value}],
+                                  "rollout": [{"variant": "on", "weight": 1}]}]})
+                .to_string()
+            }
+        ),
+        2 => (operator(), json_value(), json_value(), json_value()).prop_map(
+            |(operator, included, value, excluded)| {
+                json!({"included": included, "excluded": excluded,
+                       "rules": [{"conditions": [{"attribute": "a", "operator": operator, "value": value}]}]})
+                .to_string()
+            }
+        ),
         1 => "\\PC{0,64}",
     ];
     text.prop_map(Body)
+}
+
+/// Operators, the new ones weighted up, with a few that do not exist.
+fn operator() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("semver_gte".to_owned()),
+        Just("semver_caret".to_owned()),
+        Just("matches".to_owned()),
+        Just("in_segment".to_owned()),
+        Just("not_in_segment".to_owned()),
+        Just("equals".to_owned()),
+        Just("in".to_owned()),
+        Just("like".to_owned()),
+        "\\PC{0,10}",
+    ]
 }
 
 /// Headers: with or without the admin token, odd environments, preconditions and content types.

@@ -1,9 +1,10 @@
 //! The flags a run serves, written through the management API, and the cache warm-up.
 //!
-//! Environments: `load` (100 flags: a third static, a third with rules, a third with rollouts)
-//! for the single and bulk scenarios; `mixed` (one counter flag per virtual user, which only that
-//! user writes) for the mixed scenario; `cold-0` … `cold-49` (100 flags each, the same mix) for the
-//! cold-cache scenario.
+//! Environments: `load` (100 flags: a fifth each static, with rules, with rollouts, using a
+//! segment of 1,000 included keys, and with 3 prerequisites) for the single and bulk scenarios;
+//! `mixed` (one counter flag per virtual user, which only that user writes) for the mixed
+//! scenario; `cold-0` … `cold-49` (100 flags each, the same mix) for the cold-cache scenario.
+//! Every seeded environment holds the segment `customers`.
 
 use std::sync::Arc;
 
@@ -34,9 +35,47 @@ pub(crate) fn cold_environment(index: usize) -> String {
     format!("cold-{index}")
 }
 
-/// The `index`th flag: static, rule-based or a rollout, in turn.
+/// The segment of every seeded environment.
+pub(crate) const SEGMENT: &str = "customers";
+
+/// The flags the prerequisite kind lists (all static, so always `on`).
+pub(crate) const PREREQUISITES: [usize; 3] = [0, 5, 10];
+
+/// The segment `customers`: 1,000 included keys and one rule.
+pub(crate) fn segment_definition() -> Value {
+    let included: Vec<String> = (0..1_000).map(|n| format!("customer-{n:04}")).collect();
+    json!({
+        "description": "paying customers",
+        "included": included,
+        "rules": [{"conditions": [{"attribute": "plan", "operator": "equals", "value": "enterprise"}]}]
+    })
+}
+
+/// The `index`th flag: static, rule-based, a rollout, segment-based or gated by prerequisites,
+/// in turn.
 pub(crate) fn flag_definition(index: usize) -> Value {
-    match index % 3 {
+    match index % 5 {
+        3 => json!({
+            "enabled": true,
+            "description": "segment",
+            "defaultVariant": "off",
+            "rules": [{"conditions": [{"operator": "in_segment", "value": SEGMENT}], "variant": "on"}]
+        }),
+        4 => json!({
+            "enabled": true,
+            "description": "prerequisites",
+            "prerequisites": PREREQUISITES
+                .iter()
+                .map(|index| json!({"flag": flag_key(*index), "variants": ["on"]}))
+                .collect::<Vec<_>>()
+        }),
+        _ => three_kinds(index),
+    }
+}
+
+/// Static, rule-based or a rollout, by `index`.
+fn three_kinds(index: usize) -> Value {
+    match index % 5 {
         0 => json!({
             "enabled": true,
             "description": "static",
@@ -112,14 +151,17 @@ impl Admin {
 
     /// `PUT` one flag; fails unless the server answers `200` or `201`.
     pub(crate) async fn put(&self, env: &str, key: &str, flag: &Value) -> anyhow::Result<()> {
+        self.put_at(&format!("{env}/flags/{key}"), flag).await
+    }
+
+    /// `PUT` the `/v1/environments/` resource at `path`; fails unless it answers `200` or `201`.
+    async fn put_at(&self, path: &str, definition: &Value) -> anyhow::Result<()> {
+        let (env, key) = path.split_once('/').unwrap_or((path, ""));
         let response = self
             .client
-            .put(format!(
-                "{}/v1/environments/{env}/flags/{key}",
-                self.base_url
-            ))
+            .put(format!("{}/v1/environments/{path}", self.base_url))
             .header("Authorization", &*self.bearer)
-            .json(flag)
+            .json(definition)
             .send()
             .await
             .with_context(|| format!("PUT {env}/{key}"))?;
@@ -131,13 +173,20 @@ impl Admin {
         Ok(())
     }
 
-    /// Writes every flag of every environment, `concurrency` writes at a time.
+    /// Writes every flag of every environment, `concurrency` writes at a time (each
+    /// environment's segment and prerequisite flags first, which the others refer to).
     pub(crate) async fn seed(&self, users: usize, concurrency: usize) -> anyhow::Result<usize> {
         let mut writes: Vec<(String, String, Value)> = Vec::new();
         let mut environments = vec![LOAD_ENVIRONMENT.to_owned()];
         environments.extend((0..COLD_ENVIRONMENTS).map(cold_environment));
         for env in &environments {
-            for index in 0..FLAGS_PER_ENVIRONMENT {
+            self.put_at(&format!("{env}/segments/{SEGMENT}"), &segment_definition())
+                .await?;
+            for index in PREREQUISITES {
+                self.put(env, &flag_key(index), &flag_definition(index))
+                    .await?;
+            }
+            for index in (0..FLAGS_PER_ENVIRONMENT).filter(|index| !PREREQUISITES.contains(index)) {
                 writes.push((env.clone(), flag_key(index), flag_definition(index)));
             }
         }
@@ -148,7 +197,7 @@ impl Admin {
                 counter_definition(0),
             ));
         }
-        let total = writes.len();
+        let total = writes.len() + environments.len() * (1 + PREREQUISITES.len());
         let mut pending = writes.into_iter();
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -197,13 +246,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_third_of_the_flags_are_each_kind() {
+    fn a_fifth_of_the_flags_are_each_kind() {
         let kinds: Vec<String> = (0..FLAGS_PER_ENVIRONMENT)
             .map(|index| flag_definition(index)["description"].to_string())
             .collect();
-        for kind in ["\"static\"", "\"rules\"", "\"rollout\""] {
+        for kind in [
+            "\"static\"",
+            "\"rules\"",
+            "\"rollout\"",
+            "\"segment\"",
+            "\"prerequisites\"",
+        ] {
             let count = kinds.iter().filter(|seen| *seen == kind).count();
-            assert!((33..=34).contains(&count), "{kind}: {count}");
+            assert_eq!(count, 20, "{kind}");
+        }
+        for index in PREREQUISITES {
+            assert_eq!(flag_definition(index)["description"], "static");
         }
     }
 }
