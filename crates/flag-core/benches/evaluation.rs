@@ -116,6 +116,12 @@ fn evaluations(c: &mut Criterion) {
             });
         });
     }
+    // The path of a flag with no segments or prerequisites: the service evaluates it without
+    // reading its environment.
+    let plain = Arc::clone(snapshot.flag("plain").unwrap());
+    group.bench_function("plain-standalone", |b| {
+        b.iter(|| black_box(Evaluation::of(Arc::clone(&plain), black_box(&context)).unwrap()));
+    });
     group.finish();
 }
 

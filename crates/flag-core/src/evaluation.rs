@@ -291,18 +291,21 @@ impl<'s> Scope<'s> {
             .and_then(|environment| environment.segment(key))
     }
 
-    /// The answer of `flag`: remembered when it is the environment's own, so that it is
-    /// evaluated once however many flags list it.
+    /// The answer of `flag`: remembered when it is the environment's own and a prerequisite of
+    /// another, so that it is evaluated once however many flags list it.
     fn outcome_of(
         &self,
         flag: &Arc<FeatureFlag>,
         context: &EvaluationContext,
     ) -> Result<(Arc<str>, Reason), EvaluationError> {
-        let own = self
-            .environment
-            .and_then(|environment| environment.flag(flag.key().as_str()))
-            .is_some_and(|own| Arc::ptr_eq(own, flag));
-        if own {
+        // Only answers another flag will ask for are worth remembering.
+        let shared = self.environment.is_some_and(|environment| {
+            environment.is_prerequisite(flag.key().as_str())
+                && environment
+                    .flag(flag.key().as_str())
+                    .is_some_and(|own| Arc::ptr_eq(own, flag))
+        });
+        if shared {
             return self.outcome(flag.key(), context, 0);
         }
         evaluate_at(flag, context, self, 0)

@@ -1,7 +1,7 @@
 //! An environment's flags and segments at one revision: the unit the cache stores and the
 //! service serves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -41,6 +41,9 @@ pub struct EnvironmentSnapshot {
     revision: Revision,
     flags: BTreeMap<FlagKey, Arc<FeatureFlag>>,
     segments: BTreeMap<SegmentKey, Arc<Segment>>,
+    /// The flags some flag lists as a prerequisite (the only ones worth remembering an answer
+    /// of during one evaluation scope).
+    prerequisites: BTreeSet<FlagKey>,
 }
 
 /// Two flags with one key in a snapshot.
@@ -68,8 +71,14 @@ impl EnvironmentSnapshot {
         flags: impl IntoIterator<Item = Arc<FeatureFlag>>,
     ) -> Result<Self, DuplicateFlag> {
         let mut map = BTreeMap::new();
+        let mut prerequisites = BTreeSet::new();
         for flag in flags {
             let key = flag.key().clone();
+            prerequisites.extend(
+                flag.prerequisites()
+                    .iter()
+                    .map(|prerequisite| prerequisite.flag().clone()),
+            );
             if map.insert(key.clone(), flag).is_some() {
                 return Err(DuplicateFlag(key));
             }
@@ -78,6 +87,7 @@ impl EnvironmentSnapshot {
             revision,
             flags: map,
             segments: BTreeMap::new(),
+            prerequisites,
         })
     }
 
@@ -109,6 +119,7 @@ impl EnvironmentSnapshot {
             revision,
             flags: BTreeMap::new(),
             segments: BTreeMap::new(),
+            prerequisites: BTreeSet::new(),
         }
     }
 
@@ -148,6 +159,11 @@ impl EnvironmentSnapshot {
     /// Whether there are no flags.
     pub fn is_empty(&self) -> bool {
         self.flags.is_empty()
+    }
+
+    /// Whether some flag of the environment lists `key` as a prerequisite.
+    pub fn is_prerequisite(&self, key: &str) -> bool {
+        self.prerequisites.contains(key)
     }
 
     /// One segment, if the environment has it.
