@@ -126,23 +126,11 @@ impl FeatureFlag {
         path_key: &FlagKey,
         document: FlagDocument,
     ) -> Result<Self, ValidationError> {
-        if document.error.is_some() {
-            return Err(ValidationError::new(
-                "error",
-                ValidationReason::BadServerField("error is set by the server only"),
-            ));
-        }
-        if let Some(key) = &document.key
-            && key != path_key.as_str()
-        {
-            return Err(ValidationError::new(
-                "key",
-                ValidationReason::KeyMismatch {
-                    path: path_key.to_string(),
-                    body: key.chars().take(140).collect(),
-                },
-            ));
-        }
+        check_definition(
+            path_key.as_str(),
+            document.key.as_deref(),
+            document.error.is_some(),
+        )?;
         document.validate(path_key.clone(), 0, OffsetDateTime::UNIX_EPOCH)
     }
 
@@ -1026,6 +1014,33 @@ impl TryFrom<FlagDocument> for FeatureFlag {
         }
         document.validate(key, version, updated_at)
     }
+}
+
+/// What a PUT body may not say of the server-set fields: an `error`, or a `key` other than the
+/// path's.
+pub(crate) fn check_definition(
+    path_key: &str,
+    body_key: Option<&str>,
+    has_error: bool,
+) -> Result<(), ValidationError> {
+    if has_error {
+        return Err(ValidationError::new(
+            "error",
+            ValidationReason::BadServerField("error is set by the server only"),
+        ));
+    }
+    if let Some(key) = body_key
+        && key != path_key
+    {
+        return Err(ValidationError::new(
+            "key",
+            ValidationReason::KeyMismatch {
+                path: path_key.to_owned(),
+                body: key.chars().take(140).collect(),
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// The key, version and timestamp a stored definition must carry, read.

@@ -1,11 +1,16 @@
 //! The core of the feature-flag service: what a flag is, how it is evaluated, the three ports
 //! that adapters implement, and the service that joins them. It knows no adapter.
 //!
-//! - Domain ([`Environment`], [`FlagKey`], [`FeatureFlag`], [`EnvironmentSnapshot`],
-//!   [`FlagLookup`]): parsed, not validated later; a value of these types is valid by
-//!   construction.
-//! - Evaluation ([`evaluate`], [`Evaluation`], [`EvaluationContext`]): every operator, reason and
-//!   error of the design contract; percentage rollouts bucketed exactly like flagd.
+//! - Domain ([`Environment`], [`FlagKey`], [`SegmentKey`], [`FeatureFlag`], [`Segment`],
+//!   [`EnvironmentSnapshot`], [`FlagLookup`]): parsed, not validated later; a value of these
+//!   types is valid by construction (operands such as versions and regular expressions are
+//!   compiled while parsing). [`References`] is the rule every repository keeps between flags,
+//!   segments and prerequisites.
+//! - Evaluation ([`evaluate`], [`evaluate_in`], [`Scope`], [`Evaluation`],
+//!   [`EvaluationContext`]): every operator, reason and error of the design contract, segments,
+//!   prerequisites and `$now` read from the [`Scope`] (the environment's snapshot and the
+//!   evaluation time); percentage rollouts bucketed exactly like flagd, by `targetingKey` or a
+//!   `bucketBy` attribute.
 //! - Ports, each object-safe and documented with a `# Contract` whose every rule names the
 //!   `flag-conformance` property that proves it for every adapter:
 //!   [`FeatureFlagCache`] (adapters: `flag-memory`'s `MemoryCache`, `TieredCache`, `NoCache`;

@@ -22,8 +22,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::flag::{
-    Condition, ConditionDocument, Segments, ValidationError, ValidationReason, keep,
-    keep_conditions, server_fields,
+    Condition, ConditionDocument, Segments, ValidationError, ValidationReason, check_definition,
+    keep, keep_conditions, server_fields,
 };
 use crate::names::SegmentKey;
 
@@ -77,23 +77,11 @@ impl Segment {
         path_key: &SegmentKey,
         document: SegmentDocument,
     ) -> Result<Self, ValidationError> {
-        if document.error.is_some() {
-            return Err(ValidationError::new(
-                "error",
-                ValidationReason::BadServerField("error is set by the server only"),
-            ));
-        }
-        if let Some(key) = &document.key
-            && key != path_key.as_str()
-        {
-            return Err(ValidationError::new(
-                "key",
-                ValidationReason::KeyMismatch {
-                    path: path_key.to_string(),
-                    body: key.chars().take(140).collect(),
-                },
-            ));
-        }
+        check_definition(
+            path_key.as_str(),
+            document.key.as_deref(),
+            document.error.is_some(),
+        )?;
         document.validate(path_key.clone(), 0, OffsetDateTime::UNIX_EPOCH)
     }
 

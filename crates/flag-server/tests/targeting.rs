@@ -368,3 +368,72 @@ async fn new_condition_kinds_are_checked_at_write_time_and_answer_over_ofrep(
     let other = evaluate(&server, "f", json!({"email": "a@other.com", "$now": 0})).await;
     assert_eq!(other["value"], json!(false));
 }
+
+/// A segment written through one `tiered` instance reaches another's in-process layer through
+/// the Redis bus, as a flag write does: the other instance's next answers change within the
+/// in-process TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_change_reaches_another_tiered_instance() {
+    let redis = flag_fixtures::RedisServer::start()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let data = flag_fixtures::ScratchDir::new().unwrap();
+    let database = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("flags.db").display()
+    );
+    let env = [
+        ("CACHE_BACKEND", "tiered"),
+        ("REDIS_URL", redis.url()),
+        ("REDIS_KEY_PREFIX", redis.key_prefix()),
+        ("DATABASE_URL", database.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let writer = support::Running::start_in(flag_fixtures::ScratchDir::new().unwrap(), &env);
+    let reader = support::Running::start_in(flag_fixtures::ScratchDir::new().unwrap(), &env);
+    let bearer = [("Authorization", "Bearer admin-secret")];
+    let write = |path: &'static str, body: Value| {
+        let address = writer.socket();
+        async move {
+            let reply = support::request(address, "PUT", path, &bearer, &body.to_string()).await;
+            assert!(reply.status == 200 || reply.status == 201, "{}", reply.body);
+        }
+    };
+    let ana = || async {
+        let reply = support::request(
+            reader.socket(),
+            "POST",
+            "/ofrep/v1/evaluate/flags/checkout",
+            &[],
+            r#"{"context": {"targetingKey": "ana"}}"#,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["value"].clone()
+    };
+    write(SEGMENT, json!({"included": ["bo"]})).await;
+    write(
+        "/v1/environments/production/flags/checkout",
+        json!({"enabled": true, "defaultVariant": "off",
+               "rules": [{"conditions": [{"operator": "in_segment", "value": "beta"}], "variant": "on"}]}),
+    )
+    .await;
+    // Warm the reader's in-process layer (its environment watched, its snapshot kept).
+    for _ in 0..20 {
+        assert_eq!(ana().await, json!(false));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    write(SEGMENT, json!({"included": ["ana"]})).await;
+    let written = std::time::Instant::now();
+    while ana().await != json!(true) {
+        assert!(
+            written.elapsed() < flag_memory::DEFAULT_L1_TTL,
+            "the segment change was not seen by the other instance within the in-process TTL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    println!(
+        "segment change seen by the other instance after {:?}",
+        written.elapsed()
+    );
+}

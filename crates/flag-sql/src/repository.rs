@@ -106,6 +106,30 @@ impl SqlRepository {
     }
 }
 
+impl SqlRepository {
+    /// One stored row of `table`, read with `parse` (`None` when there is no such row).
+    async fn stored_row<T>(
+        &self,
+        table: Table,
+        env: &Environment,
+        key: &str,
+        parse: fn(&str, &str, i64, &str) -> Result<T, sqlx::Error>,
+    ) -> Result<Option<T>, RepositoryError> {
+        self.bounded(async {
+            let row: Option<(String, i64, String)> = sqlx::query_as(table.select())
+                .bind(env.to_string())
+                .bind(key.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|(definition, version, updated_at)| {
+                parse(key, &definition, version, &updated_at)
+            })
+            .transpose()
+        })
+        .await
+    }
+}
+
 /// Ends a write's transaction: commits what it decided, or rolls back its refusal.
 async fn settle<T>(
     transaction: Transaction<'_, Any>,
@@ -230,6 +254,19 @@ impl Table {
         }
     }
 
+    fn select(self) -> &'static str {
+        match self {
+            Table::Flags => {
+                "SELECT definition, version, updated_at FROM flags \
+                 WHERE environment = $1 AND key = $2"
+            }
+            Table::Segments => {
+                "SELECT definition, version, updated_at FROM segments \
+                 WHERE environment = $1 AND key = $2"
+            }
+        }
+    }
+
     fn delete(self) -> &'static str {
         match self {
             Table::Flags => "DELETE FROM flags WHERE environment = $1 AND key = $2",
@@ -253,32 +290,58 @@ async fn current_version(
     Ok(version.map(to_u64))
 }
 
-/// Writes `stored` (a flag or a segment) over its row (`replacing`) or as a new one.
-async fn write_row(
-    transaction: &mut Transaction<'_, Any>,
+/// A row about to be written: what it holds and where it stands.
+struct Written<'a, T> {
     table: Table,
-    env: &Environment,
-    (key, version): (&str, u64),
-    stored: &impl serde::Serialize,
-    replacing: bool,
+    env: &'a Environment,
+    key: &'a str,
+    /// The definition, its version and `updatedAt` included.
+    stored: &'a T,
+    version: u64,
+    /// The version it replaces, `None` when it creates the row.
+    current: Option<u64>,
+    /// The environment's revision after the write.
+    revision: Revision,
+}
+
+/// Writes a flag or a segment over its row (or as a new one) and appends its audit row.
+async fn write_row<T: serde::Serialize>(
+    transaction: &mut Transaction<'_, Any>,
+    row: Written<'_, T>,
     at: &str,
+    actor: &str,
 ) -> Result<(), sqlx::Error> {
     let definition =
-        serde_json::to_string(stored).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    let query = sqlx::query(if replacing {
-        table.update()
+        serde_json::to_string(row.stored).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    let query = sqlx::query(if row.current.is_some() {
+        row.table.update()
     } else {
-        table.insert()
+        row.table.insert()
     });
     query
-        .bind(env.to_string())
-        .bind(key.to_owned())
+        .bind(row.env.to_string())
+        .bind(row.key.to_owned())
         .bind(definition)
-        .bind(to_i64(version))
+        .bind(to_i64(row.version))
         .bind(at.to_owned())
         .execute(&mut **transaction)
-        .await
-        .map(drop)
+        .await?;
+    let record = Audit {
+        env: row.env,
+        kind: row.table.kind(),
+        key: row.key,
+        action: if row.current.is_some() {
+            "update"
+        } else {
+            "create"
+        },
+        old_version: row.current,
+        new_version: Some(row.version),
+        revision: row.revision,
+        at,
+        actor,
+    };
+    audit::append(transaction, record).await
 }
 
 /// The references of `env` as this transaction sees it (see the module docs).
@@ -335,33 +398,16 @@ async fn upsert_in(
     }
     let (now, at) = now_rfc3339();
     let stored = flag.stored_as(current.unwrap_or(0) + 1, now);
-    let row = (stored.key().as_str(), stored.version());
-    write_row(
-        transaction,
-        Table::Flags,
+    let row = Written {
+        table: Table::Flags,
         env,
-        row,
-        &stored,
-        current.is_some(),
-        &at,
-    )
-    .await?;
-    let record = Audit {
-        env,
-        kind: "flag",
         key: stored.key().as_str(),
-        action: if current.is_some() {
-            "update"
-        } else {
-            "create"
-        },
-        old_version: current,
-        new_version: Some(stored.version()),
+        stored: &stored,
+        version: stored.version(),
+        current,
         revision,
-        at: &at,
-        actor,
     };
-    audit::append(transaction, record).await?;
+    write_row(transaction, row, &at, actor).await?;
     Ok(Ok(Upserted {
         created: current.is_none(),
         flag: stored,
@@ -455,33 +501,16 @@ async fn upsert_segment_in(
     }
     let (now, at) = now_rfc3339();
     let stored = segment.stored_as(current.unwrap_or(0) + 1, now);
-    let row = (key.as_str(), stored.version());
-    write_row(
-        transaction,
-        Table::Segments,
+    let row = Written {
+        table: Table::Segments,
         env,
-        row,
-        &stored,
-        current.is_some(),
-        &at,
-    )
-    .await?;
-    let record = Audit {
-        env,
-        kind: "segment",
         key: key.as_str(),
-        action: if current.is_some() {
-            "update"
-        } else {
-            "create"
-        },
-        old_version: current,
-        new_version: Some(stored.version()),
+        stored: &stored,
+        version: stored.version(),
+        current,
         revision,
-        at: &at,
-        actor,
     };
-    audit::append(transaction, record).await?;
+    write_row(transaction, row, &at, actor).await?;
     Ok(Ok(UpsertedSegment {
         created: current.is_none(),
         segment: stored,
@@ -605,22 +634,8 @@ impl FeatureFlagRepository for SqlRepository {
         env: &Environment,
         key: &FlagKey,
     ) -> Result<Option<FeatureFlag>, RepositoryError> {
-        let (env, key) = (env.to_string(), key.to_string());
-        self.bounded(async {
-            let row: Option<(String, i64, String)> = sqlx::query_as(
-                "SELECT definition, version, updated_at FROM flags \
-                 WHERE environment = $1 AND key = $2",
-            )
-            .bind(env)
-            .bind(&key)
-            .fetch_optional(&self.pool)
-            .await?;
-            row.map(|(definition, version, updated_at)| {
-                parse_stored(&key, &definition, version, &updated_at)
-            })
-            .transpose()
-        })
-        .await
+        self.stored_row(Table::Flags, env, key.as_str(), parse_stored)
+            .await
     }
 
     async fn upsert(
@@ -656,22 +671,8 @@ impl FeatureFlagRepository for SqlRepository {
         env: &Environment,
         key: &SegmentKey,
     ) -> Result<Option<Segment>, RepositoryError> {
-        let (env, key) = (env.to_string(), key.to_string());
-        self.bounded(async {
-            let row: Option<(String, i64, String)> = sqlx::query_as(
-                "SELECT definition, version, updated_at FROM segments \
-                 WHERE environment = $1 AND key = $2",
-            )
-            .bind(env)
-            .bind(&key)
-            .fetch_optional(&self.pool)
-            .await?;
-            row.map(|(definition, version, updated_at)| {
-                parse_stored_segment(&key, &definition, version, &updated_at)
-            })
-            .transpose()
-        })
-        .await
+        self.stored_row(Table::Segments, env, key.as_str(), parse_stored_segment)
+            .await
     }
 
     async fn upsert_segment(
