@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use flag_conformance::flag_with_value;
 use flag_core::{
     Environment, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, RepositoryError,
-    Revision,
+    Revision, Segment, SegmentKey,
 };
 use flag_fixtures::{PostgresDatabase, ScratchDir};
 use flag_sql::{SqlError, SqlRepository};
@@ -258,5 +258,71 @@ async fn every_write_is_audited_with_its_versions_and_revision() {
             "delete Some(2)->None r3 by tester",
         ],
         "the refused write left no row"
+    );
+
+    // Segment writes are audited the same way, apart from flags of the same key; a delete
+    // refused because a flag uses the segment leaves no row either.
+    let segment_key = SegmentKey::parse("audited").unwrap();
+    let segment = || Segment::from_definition_json(&segment_key, "{}").unwrap();
+    repository
+        .upsert_segment(&env(), segment(), Precondition::Absent)
+        .await
+        .unwrap();
+    repository
+        .upsert_segment(&env(), segment(), Precondition::Version(1))
+        .await
+        .unwrap();
+    let user = FlagKey::parse("user").unwrap();
+    let uses = r#"{"rules": [{"conditions": [{"operator": "in_segment", "value": "audited"}], "variant": "on"}]}"#;
+    repository
+        .upsert(
+            &env(),
+            FeatureFlag::from_definition_json(&user, uses).unwrap(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        repository
+            .delete_segment(&env(), &segment_key, Precondition::None)
+            .await
+            .is_err()
+    );
+    repository
+        .delete(&env(), &user, Precondition::None)
+        .await
+        .unwrap();
+    repository
+        .delete_segment(&env(), &segment_key, Precondition::Version(2))
+        .await
+        .unwrap();
+    let log = repository
+        .segment_audit_log(&env(), &segment_key)
+        .await
+        .unwrap();
+    let summary: Vec<String> = log
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} {:?}->{:?} r{}",
+                entry.action,
+                entry.old_version,
+                entry.new_version,
+                entry.revision.get()
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "create None->Some(1) r4",
+            "update Some(1)->Some(2) r5",
+            "delete Some(2)->None r8",
+        ]
+    );
+    assert_eq!(
+        repository.audit_log(&env(), &key).await.unwrap().len(),
+        3,
+        "the flag of the same key keeps its own three rows"
     );
 }
