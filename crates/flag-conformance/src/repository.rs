@@ -61,17 +61,28 @@ fn expect<T: PartialEq + std::fmt::Debug>(
     }
 }
 
-/// The revision of `env`, read both ways: `revision` must agree with `snapshot`'s.
+/// The revision of `env`, read both ways: `revision` must agree with `snapshot`'s, and so must
+/// `flag_count` with its number of flags.
 async fn revision(
     property: &'static str,
     repository: &SharedRepository,
     env: &Environment,
 ) -> Result<Revision, Violation> {
-    let of_snapshot = repository
+    let snapshot = repository
         .snapshot(env)
         .await
-        .map_err(|error| failed(property, "snapshot", error))?
-        .revision();
+        .map_err(|error| failed(property, "snapshot", error))?;
+    let count = repository
+        .flag_count(env)
+        .await
+        .map_err(|error| failed(property, "flag_count", error))?;
+    expect(
+        property,
+        "flag_count vs the snapshot's flags",
+        count,
+        u64::try_from(snapshot.len()).unwrap_or(u64::MAX),
+    )?;
+    let of_snapshot = snapshot.revision();
     let alone = repository
         .revision(env)
         .await

@@ -85,6 +85,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// How many reasons there are.
+    pub(crate) const COUNT: usize = 7;
+
+    /// The reason's place among the [`Self::COUNT`] reasons.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Reason::Static => 0,
+            Reason::Default => 1,
+            Reason::TargetingMatch => 2,
+            Reason::Split => 3,
+            Reason::Disabled => 4,
+            Reason::Cached => 5,
+            Reason::Error => 6,
+        }
+    }
+
     /// The reason as OFREP spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -687,5 +703,12 @@ impl Evaluation {
     /// The evaluated flag.
     pub fn flag(&self) -> &Arc<FeatureFlag> {
         &self.flag
+    }
+
+    /// The bytes `render` makes of this answer, rendered at most once per flag, variant and
+    /// reason (see [`FeatureFlag::rendered_answer`]); `None` only for a variant the flag lacks.
+    pub fn rendered(&self, render: impl FnOnce() -> Vec<u8>) -> Option<&[u8]> {
+        self.flag
+            .rendered_answer(&self.variant, self.reason, render)
     }
 }

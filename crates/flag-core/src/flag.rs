@@ -32,12 +32,14 @@
 //!   release during a rolling deploy, is read with them ignored.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::evaluation::Reason;
 use crate::names::{FlagKey, NameError, SegmentKey};
 use crate::operand::{self, Compiled};
 
@@ -85,6 +87,43 @@ pub struct FeatureFlag {
     #[serde(rename = "error", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     unreadable: Option<Arc<str>>,
+    /// Each answer's bytes as an adapter renders them, made on first use (never stored).
+    #[serde(skip)]
+    renderings: Renderings,
+}
+
+/// The rendered answers of one flag, one slot per (variant, reason), each filled on first use.
+///
+/// A flag never changes once built (the methods that make a changed copy start it empty), so
+/// an answer rendered once stays right for as long as any snapshot holds the flag: a bulk
+/// answer of a cached environment copies its flags' bytes instead of serializing them again.
+#[derive(Default)]
+struct Renderings(OnceLock<Box<[Rendering]>>);
+
+/// One answer's bytes, once rendered.
+type Rendering = OnceLock<Box<[u8]>>;
+
+impl Clone for Renderings {
+    /// A copy renders again: the copy may be changed before it is used.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Renderings {
+    /// Renderings follow from the flag, so they never tell two flags apart.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Renderings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let filled = self.0.get().map_or(0, |slots| {
+            slots.iter().filter(|slot| slot.get().is_some()).count()
+        });
+        write!(f, "Renderings({filled} rendered)")
+    }
 }
 
 impl FeatureFlag {
@@ -111,6 +150,7 @@ impl FeatureFlag {
             version,
             updated_at,
             unreadable: Some(why.into()),
+            renderings: Renderings::default(),
         }
     }
 
@@ -147,7 +187,27 @@ impl FeatureFlag {
     pub fn stored_as(mut self, version: u64, updated_at: OffsetDateTime) -> Self {
         self.version = version;
         self.updated_at = updated_at;
+        self.renderings = Renderings::default();
         self
+    }
+
+    /// The bytes `render` makes of this flag serving `variant` for `reason`, rendered at most
+    /// once per flag (every answer follows from the flag, which never changes); `None` when the
+    /// flag has no such variant. One rendering per answer is kept: the server's OFREP entry.
+    pub fn rendered_answer(
+        &self,
+        variant: &str,
+        reason: Reason,
+        render: impl FnOnce() -> Vec<u8>,
+    ) -> Option<&[u8]> {
+        let index = self.variants.keys().position(|name| &**name == variant)?;
+        let slots = self.renderings.0.get_or_init(|| {
+            (0..self.variants.len() * Reason::COUNT)
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        let slot = slots.get(index * Reason::COUNT + reason.index())?;
+        Some(slot.get_or_init(|| render().into_boxed_slice()))
     }
 
     /// The flag's key.
@@ -169,6 +229,7 @@ impl FeatureFlag {
     #[must_use]
     pub fn with_enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
+        self.renderings = Renderings::default();
         self
     }
 
@@ -910,6 +971,7 @@ impl FlagDocument {
             version,
             updated_at,
             unreadable: None,
+            renderings: Renderings::default(),
         })
     }
 }

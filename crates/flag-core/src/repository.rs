@@ -77,6 +77,12 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         Ok(self.snapshot(env).await?.revision())
     }
 
+    /// How many flags `env` holds (0 for an environment never written), for the limit check of a
+    /// create; the provided method reads the whole snapshot, and adapters answer it more cheaply.
+    async fn flag_count(&self, env: &Environment) -> Result<u64, RepositoryError> {
+        Ok(u64::try_from(self.snapshot(env).await?.len()).unwrap_or(u64::MAX))
+    }
+
     /// One flag of `env`, if it exists.
     async fn flag(
         &self,
@@ -355,6 +361,10 @@ macro_rules! forward_repository {
 
             async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
                 (**self).revision(env).await
+            }
+
+            async fn flag_count(&self, env: &Environment) -> Result<u64, RepositoryError> {
+                (**self).flag_count(env).await
             }
 
             async fn flag(

@@ -173,6 +173,7 @@ impl Serialize for Metadata<'_> {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = BulkEvaluationSuccess, description = "Every flag of the environment, evaluated.")]
+// Only its schema is used: `evaluate_all` writes the same shape into the body itself.
 struct Bulk<'a> {
     /// Every flag of the environment, in key order.
     flags: Vec<BulkEntry<'a>>,
@@ -219,6 +220,7 @@ fn claimed_revision(query: Option<&str>) -> Option<Option<Revision>> {
 /// One entry of a bulk answer: an evaluation, or that flag's error.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
+#[expect(dead_code, reason = "only its schema is used")]
 enum BulkEntry<'a> {
     Evaluated(Success<'a>),
     Failed(FlagFailure<'a>),
@@ -288,7 +290,9 @@ async fn evaluate_one(
         .evaluate(&env, &flag_key, &context)
         .await
         .map_err(|error| OfrepError::from(error).for_key(&key))?;
-    Ok(axum::Json(Success::of(&evaluation)).into_response())
+    let mut body = Vec::with_capacity(ENTRY_BYTES);
+    write_success(&mut body, &evaluation);
+    Ok(json_answer(body))
 }
 
 #[utoipa::path(
@@ -374,27 +378,74 @@ async fn evaluate_all(
         None => parse_context(&body)?,
     };
     let bulk = snapshot.evaluate(&context);
-    let flags: Vec<BulkEntry<'_>> = bulk
-        .results
-        .iter()
-        .map(|result| match result {
-            Ok(evaluation) => BulkEntry::Evaluated(Success::of(evaluation)),
-            Err(error) => BulkEntry::Failed(FlagFailure {
-                key: error.key().as_str(),
-                error_code: error.code(),
-                error_details: error.to_string().into(),
-            }),
-        })
-        .collect();
-    let answer = Bulk {
-        flags,
-        event_streams: state.streams.advertised(&env),
-        metadata: FlagSetMetadata {
+    // The shape of `Bulk`, written straight into the body: each flag's entry is copied from its
+    // rendering (made once per flag, variant and reason), not serialized again.
+    let mut body = Vec::with_capacity(bulk.results.len() * ENTRY_BYTES + 256);
+    body.extend_from_slice(b"{\"flags\":[");
+    for (index, result) in bulk.results.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        match result {
+            Ok(evaluation) => write_success(&mut body, evaluation),
+            Err(error) => write_json(
+                &mut body,
+                &FlagFailure {
+                    key: error.key().as_str(),
+                    error_code: error.code(),
+                    error_details: error.to_string().into(),
+                },
+            ),
+        }
+    }
+    body.extend_from_slice(b"],\"eventStreams\":");
+    write_json(&mut body, &state.streams.advertised(&env));
+    body.extend_from_slice(b",\"metadata\":");
+    write_json(
+        &mut body,
+        &FlagSetMetadata {
             environment: &env,
             revision: revision.get(),
         },
-    };
-    Ok(([(header::ETAG, etag_header)], axum::Json(answer)).into_response())
+    );
+    body.push(b'}');
+    let mut answer = json_answer(body);
+    answer.headers_mut().insert(header::ETAG, etag_header);
+    Ok(answer)
+}
+
+/// About the size of one evaluation's JSON, to size answer buffers once.
+const ENTRY_BYTES: usize = 160;
+
+/// Appends one evaluation's JSON, copied from its rendering (made on first use).
+fn write_success(out: &mut Vec<u8>, evaluation: &Evaluation) {
+    let rendered = evaluation.rendered(|| {
+        let mut rendering = Vec::with_capacity(ENTRY_BYTES);
+        write_json(&mut rendering, &Success::of(evaluation));
+        rendering
+    });
+    match rendered {
+        Some(bytes) => out.extend_from_slice(bytes),
+        None => write_json(out, &Success::of(evaluation)),
+    }
+}
+
+/// Appends `value` as JSON. Nothing written here can fail to serialize (string keys, JSON
+/// values), and writing into a `Vec` cannot fail either.
+fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// A `200` answer with the JSON `body`.
+fn json_answer(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The request's `If-None-Match`, if any: the one header the bulk handler reads (taking the

@@ -99,6 +99,10 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         self.repository()?.revision(env).await
     }
 
+    async fn flag_count(&self, env: &Environment) -> Result<u64, RepositoryError> {
+        self.repository()?.flag_count(env).await
+    }
+
     async fn flag(
         &self,
         env: &Environment,

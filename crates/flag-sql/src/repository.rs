@@ -629,6 +629,19 @@ impl FeatureFlagRepository for SqlRepository {
         .await
     }
 
+    async fn flag_count(&self, env: &Environment) -> Result<u64, RepositoryError> {
+        let name = env.to_string();
+        self.bounded(async {
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM flags WHERE environment = $1")
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await?;
+            Ok(to_u64(count))
+        })
+        .await
+    }
+
     async fn flag(
         &self,
         env: &Environment,

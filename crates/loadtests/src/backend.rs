@@ -179,7 +179,7 @@ impl Stores {
         for stale in ["flags.db", "flags.db-wal", "flags.db-shm"] {
             let _ = std::fs::remove_file(directory.join(stale));
         }
-        self.start(binary, backend, directory, admin_token, extra)
+        self.start(&[], binary, backend, directory, admin_token, extra)
             .await
     }
 
@@ -192,12 +192,29 @@ impl Stores {
         directory: &Path,
         admin_token: &str,
     ) -> anyhow::Result<Server> {
-        self.start(binary, backend, directory, admin_token, &[])
+        self.start(&[], binary, backend, directory, admin_token, &[])
+            .await
+    }
+
+    /// [`Stores::start_another`], run by `wrapper` (a program and its arguments, such as
+    /// `valgrind --tool=callgrind`, that runs the binary in its own process) when it is not
+    /// empty, with `extra` environment variables.
+    pub(crate) async fn start_another_under(
+        &self,
+        wrapper: &[&str],
+        binary: &Path,
+        backend: Backend,
+        directory: &Path,
+        admin_token: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
+        self.start(wrapper, binary, backend, directory, admin_token, extra)
             .await
     }
 
     async fn start(
         &self,
+        wrapper: &[&str],
         binary: &Path,
         backend: Backend,
         directory: &Path,
@@ -206,7 +223,14 @@ impl Stores {
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let run_id = format!("{}-{}", std::process::id(), backend.name());
-        let mut command = Command::new(binary);
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -263,11 +287,7 @@ impl Server {
 
     /// The server's resident memory in kB (`VmRSS`), where `/proc` tells it.
     pub(crate) fn resident_kb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        resident_kb_of(self.child.0.id())
     }
 
     async fn wait_until_ready(&self) -> anyhow::Result<()> {
@@ -300,6 +320,11 @@ impl Drop for Server {
 pub(crate) struct OwnedChild(Child);
 
 impl OwnedChild {
+    /// Owns `child`: it is stopped when this is dropped.
+    pub(crate) fn new(child: Child) -> Self {
+        Self(child)
+    }
+
     /// The process id.
     pub(crate) fn id(&self) -> u32 {
         self.0.id()
@@ -334,6 +359,15 @@ impl Drop for OwnedChild {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The resident memory of process `pid` in kB (`VmRSS`), where `/proc` tells it.
+pub(crate) fn resident_kb_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A free TCP port on loopback.

@@ -1,38 +1,13 @@
-//! The throughput ceiling: the same `wrk` load (2 threads, 50 connections, a Lua script for the
-//! OFREP POST) against flag-server and against the trivial `ceiling` server answering a body of
-//! the same size, and flag-server's requests/s as a fraction of the ceiling's.
+//! `wrk` and the throughput ceiling: the trivial `ceiling` server answering a fixed body, the
+//! Lua scripts that post OFREP requests, and one `wrk` run's figures.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 
-use crate::backend::{Backend, release_binary};
-use crate::scenarios::ScenarioKind;
-use crate::seed::{LOAD_ENVIRONMENT, flag_key};
-
-/// One scenario's throughput beside the machine's ceiling.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct CeilingRow {
-    pub(crate) scenario: &'static str,
-    pub(crate) backend: &'static str,
-    pub(crate) response_bytes: usize,
-    pub(crate) flag_server_rps: f64,
-    pub(crate) ceiling_rps: f64,
-}
-
-impl CeilingRow {
-    /// flag-server's requests/s over the ceiling's.
-    pub(crate) fn ratio(&self) -> f64 {
-        if self.ceiling_rps > 0.0 {
-            self.flag_server_rps / self.ceiling_rps
-        } else {
-            0.0
-        }
-    }
-}
+use crate::backend::{OwnedChild, release_binary};
 
 /// Fails with the install hint when `wrk` is not on the PATH.
 pub(crate) fn require_wrk() -> anyhow::Result<()> {
@@ -42,80 +17,71 @@ pub(crate) fn require_wrk() -> anyhow::Result<()> {
     }
 }
 
-/// What `wrk` sends for `scenario`: the path and the Lua script.
-fn request(scenario: ScenarioKind) -> anyhow::Result<(String, String)> {
-    let path = match scenario {
-        ScenarioKind::Single => format!("/ofrep/v1/evaluate/flags/{}", flag_key(1)),
-        ScenarioKind::Bulk => "/ofrep/v1/evaluate/flags".to_owned(),
-        other => bail!("no wrk measurement for the {} scenario", other.name()),
-    };
-    let script = format!(
+/// A `wrk` script posting `body` as JSON with `X-Environment: env` (and `If-None-Match: tag`).
+pub(crate) fn post_script(env: &str, body: &str, tag: Option<&str>) -> String {
+    let mut script = format!(
         "wrk.method = \"POST\"\n\
-         wrk.body = '{{\"context\":{{\"targetingKey\":\"user-7\",\"plan\":\"pro\",\"email\":\"a@example.com\"}}}}'\n\
+         wrk.body = [==[{body}]==]\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         wrk.headers[\"X-Environment\"] = \"{LOAD_ENVIRONMENT}\"\n"
+         wrk.headers[\"X-Environment\"] = \"{env}\"\n"
     );
-    Ok((path, script))
+    if let Some(tag) = tag {
+        script.push_str(&format!("wrk.headers[\"If-None-Match\"] = [==[{tag}]==]\n"));
+    }
+    script
 }
 
-/// Measures `scenario` on the server at `base_url`, then the ceiling with the same answer size.
-pub(crate) async fn measure(
-    base_url: &str,
-    backend: Backend,
-    scenario: ScenarioKind,
-    seconds: usize,
-    out: &Path,
-) -> anyhow::Result<CeilingRow> {
-    let (path, script) = request(scenario)?;
-    let script_path = out.join(format!("wrk-{}.lua", scenario.name()));
-    std::fs::write(&script_path, &script)
-        .with_context(|| format!("writing {}", script_path.display()))?;
-    let sample = reqwest::Client::new()
-        .post(format!("{base_url}{path}"))
-        .header("Content-Type", "application/json")
-        .header("X-Environment", LOAD_ENVIRONMENT)
-        .body(r#"{"context":{"targetingKey":"user-7","plan":"pro","email":"a@example.com"}}"#)
-        .send()
-        .await
-        .context("sampling the answer")?
-        .bytes()
-        .await
-        .context("reading the sample answer")?;
-    let flag_server_rps = wrk(&format!("{base_url}{path}"), &script_path, seconds)?;
+/// A `wrk` script posting `body` as JSON, each request to one of the environments
+/// `<prefix>0` … `<prefix><count - 1>`, chosen at random.
+pub(crate) fn spread_script(prefix: &str, count: usize, body: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\n\
+         wrk.body = [==[{body}]==]\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         request = function()\n\
+         \x20 wrk.headers[\"X-Environment\"] = \"{prefix}\" .. math.random(0, {last})\n\
+         \x20 return wrk.format()\n\
+         end\n",
+        last = count.saturating_sub(1)
+    )
+}
 
-    let binary = release_binary("ceiling")?;
-    let mut ceiling = Command::new(&binary)
-        .args(["--body-bytes", &sample.len().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let address = {
-        let stdout = ceiling.stdout.take().context("the ceiling's stdout")?;
+/// A running `ceiling` server answering a fixed body, killed when dropped.
+pub(crate) struct Ceiling {
+    child: OwnedChild,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) address: String,
+}
+
+impl Ceiling {
+    /// Starts the release `ceiling` binary answering bodies of `body_bytes`.
+    pub(crate) fn start(body_bytes: usize) -> anyhow::Result<Self> {
+        let binary = release_binary("ceiling")?;
+        let mut child = Command::new(&binary)
+            .args(["--body-bytes", &body_bytes.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("the ceiling's stdout")?;
+        let child = OwnedChild::new(child);
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
             .context("reading the ceiling's address")?;
-        line.trim()
+        let address = line
+            .trim()
             .strip_prefix("ceiling listening on ")
             .map(str::to_owned)
-            .with_context(|| format!("unexpected first line from the ceiling: {line:?}"))?
-    };
-    let ceiling_rps = wrk(&format!("{address}{path}"), &script_path, seconds);
-    let _ = ceiling.kill();
-    let _ = ceiling.wait();
-    Ok(CeilingRow {
-        scenario: scenario.name(),
-        backend: backend.name(),
-        response_bytes: sample.len(),
-        flag_server_rps,
-        ceiling_rps: ceiling_rps?,
-    })
+            .with_context(|| format!("unexpected first line from the ceiling: {line:?}"))?;
+        Ok(Self { child, address })
+    }
 }
 
-/// `wrk -t2 -c50 -d<seconds>s -s <script> <url>`: its requests/s.
-fn wrk(url: &str, script: &Path, seconds: usize) -> anyhow::Result<f64> {
-    Ok(wrk_run(url, script, seconds, 2, None)?.per_second)
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        self.child.kill();
+    }
 }
 
 /// What one `wrk` run measured.
@@ -184,27 +150,6 @@ fn requests_per_second(report: &str) -> Option<f64> {
         .lines()
         .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
         .and_then(|value| value.trim().parse().ok())
-}
-
-/// The ceiling rows as a Markdown table.
-pub(crate) fn table(rows: &[CeilingRow]) -> String {
-    let mut out = String::from(
-        "\nwrk -t2 -c50 (POST with a Lua script) against flag-server and the trivial `ceiling` server (same answer size):\n\n\
-         | scenario | backend | answer bytes | flag-server requests/s | ceiling requests/s | share of ceiling |\n\
-         |---|---|---:|---:|---:|---:|\n",
-    );
-    for row in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} % |\n",
-            row.scenario,
-            row.backend,
-            row.response_bytes,
-            row.flag_server_rps,
-            row.ceiling_rps,
-            row.ratio() * 100.0
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
 use crate::backend::{Backend, Server, Stores};
-use crate::report::micros;
+use crate::report::{median, micros};
 use crate::seed::{Admin, flag_definition, flag_key};
 
 /// The environment the streams follow.
@@ -573,13 +573,6 @@ fn median_rate(runs: &[BulkRate]) -> BulkRate {
         per_second: median(runs.iter().map(|run| run.per_second)),
         server_cpu_us: median(runs.iter().map(|run| run.server_cpu_us)),
     }
-}
-
-/// The median of `values` (0 when there are none).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Requests per second of server CPU.

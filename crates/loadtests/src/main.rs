@@ -5,7 +5,9 @@
 //! through the management API, warms it, runs every scenario with 50 concurrent users twice
 //! (paced to 5,000 requests/s in all, then saturated), writes goose's reports (HTML with its
 //! graphs, and JSON) under `target/loadtests/<backend>/`, prints one table and exits non-zero
-//! when any attack had an error or missed its P95 target. `--wrk` adds the throughput ceiling.
+//! when any attack had an error or missed its P95 target. `--wrk` adds the throughput shares
+//! (every series against a reference measured in the same run); `--speed` runs only those, the
+//! scaling tables, instructions per request and the memory figures.
 //! `--smoke` is CI's check: the single scenario on the embedded default for 5 s, failing only on
 //! errors.
 //!
@@ -16,11 +18,15 @@
 mod backend;
 mod ceiling;
 mod fanout;
+mod footprint;
+mod instructions;
 mod outage;
 mod propagation;
 mod report;
+mod scaling;
 mod scenarios;
 mod seed;
+mod shares;
 
 use std::path::{Path, PathBuf};
 
@@ -28,13 +34,16 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::backend::{Backend, Server, Stores, build_release, release_binary};
-use crate::ceiling::CeilingRow;
 use crate::fanout::Fanout;
+use crate::footprint::Footprint;
+use crate::instructions::Instructions;
 use crate::outage::Outage;
 use crate::propagation::Propagation;
 use crate::report::{MemoryRow, Row, table};
+use crate::scaling::ScalingRow;
 use crate::scenarios::{Attack, Mode, Plan, ScenarioKind};
 use crate::seed::Admin;
+use crate::shares::Share;
 
 /// Load scenarios against flag-server, per backend, with one table of results.
 #[derive(Parser)]
@@ -64,9 +73,20 @@ struct Cli {
     /// CI's smoke run: single scenario, embedded default, paced, 5 s; fails only on errors.
     #[arg(long)]
     smoke: bool,
-    /// Also measure the throughput ceiling with `wrk` (single and bulk).
+    /// Also measure throughput with `wrk` as shares of a reference (single, bulk, bulk 304).
     #[arg(long)]
     wrk: bool,
+    /// Only the speed figures: the `wrk` shares, the scaling tables, instructions per request
+    /// (callgrind) and resident memory.
+    #[arg(long)]
+    speed: bool,
+    /// Interleaved rounds of every `wrk` measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    wrk_rounds: usize,
+    /// A scaling database an earlier `--speed` run seeded (its `<out>/scaling/data`), used as
+    /// it is instead of seeding one (to measure another binary on the same flags).
+    #[arg(long)]
+    scaling_database: Option<PathBuf>,
     /// Writes of the propagation run on `tiered` (0 skips it).
     #[arg(long, default_value_t = 1_000)]
     propagation_writes: usize,
@@ -113,6 +133,12 @@ impl Cli {
         if self.fanout_only {
             self.outage_seconds = 0;
         }
+        if self.speed {
+            self.wrk = true;
+            self.outage_seconds = 0;
+            self.fanout_streams = vec![0];
+            self.propagation_writes = 0;
+        }
         self.fanout_streams.retain(|count| *count > 0);
         self
     }
@@ -122,10 +148,16 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().resolved();
     let mut run = Run::prepare(cli)?;
-    if !run.cli.outage_only && !run.cli.fanout_only {
+    if !run.cli.outage_only && !run.cli.fanout_only && !run.cli.speed {
         for backend in or_all(&run.cli.backends, &Backend::ALL) {
             run.backend(backend).await?;
         }
+    }
+    if run.cli.wrk {
+        run.shares().await?;
+    }
+    if run.cli.speed {
+        run.speed().await?;
     }
     if run.cli.outage_seconds > 0 {
         run.outage().await?;
@@ -154,7 +186,10 @@ struct Run {
     stores: Stores,
     token: String,
     rows: Vec<Row>,
-    ceilings: Vec<CeilingRow>,
+    shares: Vec<Share>,
+    scaling: Vec<ScalingRow>,
+    instructions: Option<Instructions>,
+    footprint: Option<Footprint>,
     skipped: Vec<String>,
     spread: Option<Propagation>,
     /// The server's resident memory around each hostile attack.
@@ -198,7 +233,10 @@ impl Run {
             stores,
             token: format!("loadtests-{}", std::process::id()),
             rows: Vec::new(),
-            ceilings: Vec::new(),
+            shares: Vec::new(),
+            scaling: Vec::new(),
+            instructions: None,
+            footprint: None,
             skipped: Vec::new(),
             spread: None,
             memory: Vec::new(),
@@ -208,8 +246,8 @@ impl Run {
         })
     }
 
-    /// Everything on one backend: a server seeded and warmed, every attack, the `wrk` ceiling
-    /// when asked, and the propagation run on `tiered`.
+    /// Everything on one backend: a server seeded and warmed, every attack, and the
+    /// propagation run on `tiered`.
     async fn backend(&mut self, backend: Backend) -> anyhow::Result<()> {
         if let Some(reason) = self.stores.missing(backend) {
             println!("skipping {}: {reason}", backend.name());
@@ -233,9 +271,6 @@ impl Run {
         seed::warm(&server.base_url).await?;
         println!("   seeded {seeded} flags, warmed the cache");
         self.attacks(backend, &server, &admin, &directory).await?;
-        if self.cli.wrk {
-            self.ceiling(backend, &server, &directory).await?;
-        }
         drop(server);
         if backend == Backend::Tiered && self.cli.propagation_writes > 0 {
             self.propagation(&directory).await?;
@@ -307,28 +342,74 @@ impl Run {
         Ok(())
     }
 
-    /// The `wrk` throughput of flag-server and of the trivial ceiling server, single and bulk.
-    async fn ceiling(
-        &mut self,
-        backend: Backend,
-        server: &Server,
-        directory: &Path,
-    ) -> anyhow::Result<()> {
-        for scenario in [ScenarioKind::Single, ScenarioKind::Bulk] {
-            println!(
-                "   wrk {} against flag-server and the ceiling",
-                scenario.name()
-            );
-            let row = ceiling::measure(
-                &server.base_url,
-                backend,
-                scenario,
-                self.cli.wrk_duration,
-                directory,
-            )
-            .await?;
-            self.ceilings.push(row);
-        }
+    /// Every `wrk` series of the chosen backends beside its reference, interleaved.
+    async fn shares(&mut self) -> anyhow::Result<()> {
+        println!("== wrk: every series beside its reference");
+        let backends = or_all(
+            &self.cli.backends,
+            &[Backend::Memory, Backend::Tiered, Backend::Redis],
+        );
+        self.shares = shares::measure(
+            &self.stores,
+            &self.binary,
+            &self.out,
+            &self.token,
+            &backends,
+            self.cli.wrk_duration,
+            self.cli.wrk_rounds,
+        )
+        .await?;
+        println!(
+            "{}",
+            shares::table(&self.shares, self.cli.wrk_duration, self.cli.wrk_rounds)
+        );
+        Ok(())
+    }
+
+    /// The scaling tables, instructions per request and the memory figures.
+    async fn speed(&mut self) -> anyhow::Result<()> {
+        println!("== scaling: flags, environments, context, rules, segments");
+        let database = match &self.cli.scaling_database {
+            Some(directory) => scaling::Database {
+                directory: directory.clone(),
+            },
+            None => scaling::seed(&self.stores, &self.binary, &self.out, &self.token).await?,
+        };
+        let backends = or_all(
+            &self.cli.backends,
+            &[Backend::Memory, Backend::Tiered, Backend::Redis],
+        );
+        self.scaling = scaling::measure(
+            &self.stores,
+            &self.binary,
+            &database,
+            &self.out,
+            &self.token,
+            &backends,
+            self.cli.wrk_duration,
+            self.cli.wrk_rounds,
+        )
+        .await?;
+        println!(
+            "{}",
+            scaling::table(&self.scaling, self.cli.wrk_duration, self.cli.wrk_rounds)
+        );
+        println!("== memory: 10 environments of 1,000 flags");
+        let footprint = footprint::measure(
+            &self.stores,
+            &self.binary,
+            &database,
+            &self.token,
+            self.cli.wrk_duration,
+        )
+        .await?;
+        println!("{}", footprint::table(&footprint));
+        self.footprint = Some(footprint);
+        println!("== instructions per request, under callgrind");
+        let counted =
+            instructions::measure(&self.stores, &self.binary, &self.out, &self.token).await?;
+        println!("{}", instructions::table(&counted));
+        self.instructions = Some(counted);
         Ok(())
     }
 
@@ -411,8 +492,25 @@ impl Run {
             cli.paced_rate,
             table(&self.rows, !cli.smoke)
         );
-        if !self.ceilings.is_empty() {
-            summary.push_str(&ceiling::table(&self.ceilings));
+        if !self.shares.is_empty() {
+            summary.push_str(&shares::table(
+                &self.shares,
+                cli.wrk_duration,
+                cli.wrk_rounds,
+            ));
+        }
+        if !self.scaling.is_empty() {
+            summary.push_str(&scaling::table(
+                &self.scaling,
+                cli.wrk_duration,
+                cli.wrk_rounds,
+            ));
+        }
+        if let Some(counted) = &self.instructions {
+            summary.push_str(&instructions::table(counted));
+        }
+        if let Some(footprint) = &self.footprint {
+            summary.push_str(&footprint::table(footprint));
         }
         if !self.memory.is_empty() {
             summary.push_str(&report::memory_table(&self.memory));
@@ -435,7 +533,10 @@ impl Run {
         std::fs::write(out.join("summary.md"), summary).context("writing summary.md")?;
         let json = serde_json::json!({
             "rows": self.rows,
-            "ceiling": self.ceilings,
+            "shares": self.shares,
+            "scaling": self.scaling,
+            "instructions": self.instructions,
+            "memory": self.footprint,
             "propagation": self.spread,
             "hostileMemory": self.memory,
             "outage": self.outage,
@@ -453,7 +554,11 @@ impl Run {
 
     /// Every error and missed target; an error when nothing ran at all.
     fn problems(&self) -> anyhow::Result<Vec<String>> {
-        if self.rows.is_empty() && self.outage.is_none() && self.fanout.is_none() {
+        if self.rows.is_empty()
+            && self.outage.is_none()
+            && self.fanout.is_none()
+            && self.shares.is_empty()
+        {
             bail!("no attack ran");
         }
         let mut problems: Vec<String> = self
@@ -464,6 +569,22 @@ impl Run {
         if let Some(outage) = &self.outage {
             problems.extend(outage.problems());
         }
+        problems.extend(
+            self.shares
+                .iter()
+                .filter(|share| !share.met())
+                .map(|share| {
+                    format!(
+                        "{} on {}: {:.2} of {}, target {:.2}",
+                        share.series.name(),
+                        share.backend,
+                        share.ratio(),
+                        share.reference,
+                        share.target
+                    )
+                }),
+        );
+        problems.extend(scaling::problems(&self.scaling));
         if let Some(fanout) = &self.fanout {
             problems.extend(fanout.problems());
         }

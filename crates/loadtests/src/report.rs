@@ -144,6 +144,13 @@ pub(crate) fn table(rows: &[Row], checked: bool) -> String {
     out
 }
 
+/// The median of `values` (0 when there are none).
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,8 +73,8 @@ pub(crate) fn flag_definition(index: usize) -> Value {
     }
 }
 
-/// Static, rule-based or a rollout, by `index`.
-fn three_kinds(index: usize) -> Value {
+/// Static, rule-based or a rollout, by `index` (needing no segment and no other flag).
+pub(crate) fn three_kinds(index: usize) -> Value {
     match index % 5 {
         0 => json!({
             "enabled": true,
@@ -173,33 +173,64 @@ impl Admin {
         Ok(())
     }
 
+    /// `PUT` one segment; fails unless the server answers `200` or `201`.
+    pub(crate) async fn put_segment(
+        &self,
+        env: &str,
+        key: &str,
+        segment: &Value,
+    ) -> anyhow::Result<()> {
+        self.put_at(&format!("{env}/segments/{key}"), segment).await
+    }
+
     /// Writes every flag of every environment, `concurrency` writes at a time (each
     /// environment's segment and prerequisite flags first, which the others refer to).
     pub(crate) async fn seed(&self, users: usize, concurrency: usize) -> anyhow::Result<usize> {
-        let mut writes: Vec<(String, String, Value)> = Vec::new();
         let mut environments = vec![LOAD_ENVIRONMENT.to_owned()];
         environments.extend((0..COLD_ENVIRONMENTS).map(cold_environment));
+        let mut total = 0;
         for env in &environments {
-            self.put_at(&format!("{env}/segments/{SEGMENT}"), &segment_definition())
-                .await?;
-            for index in PREREQUISITES {
-                self.put(env, &flag_key(index), &flag_definition(index))
-                    .await?;
-            }
-            for index in (0..FLAGS_PER_ENVIRONMENT).filter(|index| !PREREQUISITES.contains(index)) {
-                writes.push((env.clone(), flag_key(index), flag_definition(index)));
-            }
+            total += self.seed_environment(env, concurrency).await?;
         }
-        for user in 0..users {
-            writes.push((
+        let counters = (0..users).map(|user| {
+            (
                 MIXED_ENVIRONMENT.to_owned(),
                 counter_key(user),
                 counter_definition(0),
-            ));
+            )
+        });
+        total += self.put_all(counters, concurrency).await?;
+        Ok(total)
+    }
+
+    /// Writes one environment of the standard mix: its segment, its prerequisite flags, then
+    /// the rest `concurrency` at a time; returns how many flags it wrote.
+    pub(crate) async fn seed_environment(
+        &self,
+        env: &str,
+        concurrency: usize,
+    ) -> anyhow::Result<usize> {
+        self.put_segment(env, SEGMENT, &segment_definition())
+            .await?;
+        for index in PREREQUISITES {
+            self.put(env, &flag_key(index), &flag_definition(index))
+                .await?;
         }
-        let total = writes.len() + environments.len() * (1 + PREREQUISITES.len());
+        let rest = (0..FLAGS_PER_ENVIRONMENT)
+            .filter(|index| !PREREQUISITES.contains(index))
+            .map(|index| (env.to_owned(), flag_key(index), flag_definition(index)));
+        Ok(PREREQUISITES.len() + self.put_all(rest, concurrency).await?)
+    }
+
+    /// `PUT`s every `(environment, key, flag)`, `concurrency` at a time; returns how many.
+    pub(crate) async fn put_all(
+        &self,
+        writes: impl IntoIterator<Item = (String, String, Value)>,
+        concurrency: usize,
+    ) -> anyhow::Result<usize> {
         let mut pending = writes.into_iter();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut written = 0;
         loop {
             while tasks.len() < concurrency.max(1) {
                 let Some((env, key, flag)) = pending.next() else {
@@ -209,11 +240,13 @@ impl Admin {
                 tasks.spawn(async move { admin.put(&env, &key, &flag).await });
             }
             match tasks.join_next().await {
-                Some(joined) => joined.context("a seeding task")??,
-                None => break,
+                Some(joined) => {
+                    joined.context("a seeding task")??;
+                    written += 1;
+                }
+                None => return Ok(written),
             }
         }
-        Ok(total)
     }
 }
 

@@ -694,8 +694,9 @@ impl FeatureFlagService {
 
     /// Refuses a write of `key` in `env` that would create an environment or a flag past the
     /// limits. Replacing a flag costs one point read; creating one in a known environment also
-    /// reads its snapshot through the cache; only a write to an environment this instance does
-    /// not know lists the repository. Checked before the write, so writers racing for the last
+    /// counts its flags in the repository (not a snapshot read, which would make filling an
+    /// environment of n flags cost n²); only a write to an environment this instance does not
+    /// know lists the repository. Checked before the write, so writers racing for the last
     /// free places (or instances whose caches lag) can overshoot by their number.
     async fn check_limits(&self, env: &Environment, key: &FlagKey) -> Result<(), ServiceError> {
         let inner = &self.inner;
@@ -724,7 +725,8 @@ impl FeatureFlagService {
         if inner.repository.flag(env, key).await?.is_some() {
             return Ok(());
         }
-        if !flags_full(self.snapshot(env).await?.len()) {
+        let count = inner.repository.flag_count(env).await?;
+        if !flags_full(usize::try_from(count).unwrap_or(usize::MAX)) {
             return Ok(());
         }
         Err(LimitExceeded::Flags {
