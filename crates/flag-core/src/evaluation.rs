@@ -54,6 +54,7 @@ use serde_json::{Number, Value};
 use crate::bucketing;
 use crate::context::{EvaluationContext, TARGETING_KEY};
 use crate::flag::{Condition, FeatureFlag, NOW_ATTRIBUTE, Operator, Rollout, RuleOutcome};
+use crate::fnv::FnvBuildHasher;
 use crate::names::FlagKey;
 use crate::operand::{self, Compiled};
 use crate::segment::Segment;
@@ -245,7 +246,8 @@ pub struct Resolution<'f> {
 pub struct Scope<'s> {
     environment: Option<&'s EnvironmentSnapshot>,
     now: Value,
-    outcomes: RefCell<HashMap<FlagKey, Outcome>>,
+    /// Keyed by the environment's own flag keys (never a client's), so hashed with FNV.
+    outcomes: RefCell<HashMap<FlagKey, Outcome, FnvBuildHasher>>,
     evaluated: Cell<usize>,
 }
 

@@ -47,6 +47,7 @@ mod cache;
 mod context;
 mod evaluation;
 mod flag;
+mod fnv;
 mod in_memory;
 mod metrics;
 mod names;
@@ -83,7 +84,7 @@ pub use repository::{
     Upserted, UpsertedSegment,
 };
 pub use secrets::redact_url;
-pub use segment::{Segment, SegmentDocument, SegmentRule, SegmentRuleDocument};
+pub use segment::{KeySet, Segment, SegmentDocument, SegmentRule, SegmentRuleDocument};
 pub use service::{
     BulkEvaluation, BulkSnapshot, DEFAULT_OUTAGE_REFRESH, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
     FeatureFlagService, LimitExceeded, Limits, RELIST_EVERY, RetryPolicy, ServiceBuilder,

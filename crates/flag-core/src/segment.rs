@@ -37,9 +37,11 @@ pub struct Segment {
     /// Free text for people.
     description: String,
     /// Targeting keys always in the segment.
-    included: BTreeSet<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    included: KeySet,
     /// Targeting keys never in the segment (unless also included).
-    excluded: BTreeSet<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    excluded: KeySet,
     /// Rules: a context matching all conditions of one of them is in the segment.
     rules: Vec<SegmentRule>,
     /// Server-set: 1 on creation, one more on each replacement.
@@ -107,8 +109,8 @@ impl Segment {
         Self {
             key,
             description: String::new(),
-            included: BTreeSet::new(),
-            excluded: BTreeSet::new(),
+            included: KeySet::default(),
+            excluded: KeySet::default(),
             rules: Vec::new(),
             version,
             updated_at,
@@ -135,12 +137,12 @@ impl Segment {
     }
 
     /// Targeting keys always in the segment.
-    pub fn included(&self) -> &BTreeSet<String> {
+    pub fn included(&self) -> &KeySet {
         &self.included
     }
 
     /// Targeting keys never in the segment unless also included.
-    pub fn excluded(&self) -> &BTreeSet<String> {
+    pub fn excluded(&self) -> &KeySet {
         &self.excluded
     }
 
@@ -259,14 +261,77 @@ impl SegmentDocument {
     }
 }
 
-fn key_set(field: &str, keys: Vec<String>) -> Result<BTreeSet<String>, ValidationError> {
+fn key_set(field: &str, keys: Vec<String>) -> Result<KeySet, ValidationError> {
     if let Some(position) = keys.iter().position(String::is_empty) {
         return Err(ValidationError::new(
             format!("{field}[{position}]"),
             ValidationReason::Malformed("targeting keys must not be empty".to_owned()),
         ));
     }
-    Ok(keys.into_iter().collect())
+    Ok(KeySet::new(keys.into_iter().collect()))
+}
+
+/// A segment's targeting keys, in order, with a sorted index of their 64-bit fingerprints: a
+/// lookup hashes the key once and searches integers, and compares strings only when a
+/// fingerprint matches (a key in the set, or a rare collision). Every evaluation of a flag on a
+/// segment asks, and most users are in no list, so the absent key is the case made cheap.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: BTreeSet<String>,
+    fingerprints: Box<[u64]>,
+}
+
+impl KeySet {
+    fn new(keys: BTreeSet<String>) -> Self {
+        let mut fingerprints: Vec<u64> = keys.iter().map(|key| fingerprint(key)).collect();
+        fingerprints.sort_unstable();
+        Self {
+            keys,
+            fingerprints: fingerprints.into_boxed_slice(),
+        }
+    }
+
+    /// Whether `key` is in the set.
+    pub fn contains(&self, key: &str) -> bool {
+        !self.fingerprints.is_empty()
+            && self.fingerprints.binary_search(&fingerprint(key)).is_ok()
+            && self.keys.contains(key)
+    }
+
+    /// The keys, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &String> {
+        self.keys.iter()
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl PartialEq for KeySet {
+    fn eq(&self, other: &Self) -> bool {
+        self.keys == other.keys
+    }
+}
+
+/// Written as the sorted list of keys.
+impl Serialize for KeySet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.keys.serialize(serializer)
+    }
+}
+
+/// FNV-1a over the key's bytes: cheap for short keys, and only ever a prefilter (a match is
+/// confirmed against the key itself), so a collision, even one a client chose, costs a string
+/// comparison, never a wrong answer.
+fn fingerprint(key: &str) -> u64 {
+    crate::fnv::hash(key.as_bytes())
 }
 
 const SEGMENT_FIELDS: &[&str] = &[
@@ -306,5 +371,25 @@ impl TryFrom<Value> for Segment {
             return Ok(Segment::unreadable(key, version, updated_at, why));
         }
         document.validate(key, version, updated_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeySet;
+
+    #[test]
+    fn key_sets_find_their_keys_and_only_them() {
+        let keys: Vec<String> = (0..10_000).map(|n| format!("customer-{n}")).collect();
+        let set = KeySet::new(keys.iter().cloned().collect());
+        assert_eq!(set.len(), 10_000);
+        assert!(keys.iter().all(|key| set.contains(key)));
+        for absent in ["customer-10000", "customer-", "", "user-7", "Customer-1"] {
+            assert!(!set.contains(absent), "{absent}");
+        }
+        let empty = KeySet::default();
+        assert!(empty.is_empty() && !empty.contains("customer-1"));
+        let listed: Vec<&String> = set.iter().take(3).collect();
+        assert_eq!(listed, ["customer-0", "customer-1", "customer-10"]);
     }
 }

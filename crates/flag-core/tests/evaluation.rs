@@ -366,3 +366,45 @@ fn a_zero_weight_variant_is_never_served() {
         assert_eq!(evaluate(&flag, &ctx).unwrap().variant.as_ref(), "on");
     }
 }
+
+#[test]
+fn answers_are_rendered_once_per_flag_variant_and_reason() {
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    let stored = flag("rendered", json!({"enabled": true}));
+    let renders = Cell::new(0);
+    let render = |text: &str| {
+        renders.set(renders.get() + 1);
+        text.as_bytes().to_vec()
+    };
+    let first = stored.rendered_answer("on", Reason::Static, || render("a"));
+    assert_eq!(first, Some(&b"a"[..]));
+    let again = stored.rendered_answer("on", Reason::Static, || render("b"));
+    assert_eq!(again, Some(&b"a"[..]), "a second call reuses the rendering");
+    let cached = stored.rendered_answer("on", Reason::Cached, || render("c"));
+    assert_eq!(cached, Some(&b"c"[..]), "another reason is another answer");
+    let off = stored.rendered_answer("off", Reason::Static, || render("d"));
+    assert_eq!(off, Some(&b"d"[..]), "another variant is another answer");
+    assert_eq!(
+        stored.rendered_answer("missing", Reason::Static, || render("e")),
+        None
+    );
+    assert_eq!(renders.get(), 3);
+
+    // A changed copy (new version, switched off) renders again; the evaluation finds the same.
+    let replaced = stored
+        .clone()
+        .stored_as(2, flag_core::time::OffsetDateTime::UNIX_EPOCH);
+    assert_eq!(
+        replaced.rendered_answer("on", Reason::Static, || render("v2")),
+        Some(&b"v2"[..])
+    );
+    let switched = stored.clone().with_enabled(false);
+    assert_eq!(
+        switched.rendered_answer("on", Reason::Static, || render("off-copy")),
+        Some(&b"off-copy"[..])
+    );
+    let evaluation = flag_core::Evaluation::of(Arc::new(stored), &context(json!({}))).unwrap();
+    assert_eq!(evaluation.rendered(|| render("z")), Some(&b"a"[..]));
+}

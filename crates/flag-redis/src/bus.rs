@@ -261,7 +261,10 @@ impl Listener {
                 },
                 _ = heartbeat.due() => {
                     let mut sink = sink.clone();
-                    if !heartbeat.beat(async move { sink.ping::<String>().await.is_ok() }).await {
+                    // A subscribed connection answers PING with `["pong", ""]` (RESP2), not the
+                    // simple `PONG`: any answer will do, only silence is a loss.
+                    let answered = async move { sink.ping::<redis::Value>().await.is_ok() };
+                    if !heartbeat.beat(answered).await {
                         return "PING not answered within an interval";
                     }
                 }

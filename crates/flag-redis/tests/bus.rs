@@ -529,3 +529,33 @@ async fn a_frozen_cluster_node_is_a_loss_within_two_ping_intervals_and_comes_bac
         invalidated(&production, 7)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_stays_live_across_many_pings() {
+    // Nothing is published, so only the pings' answers keep the subscription judged alive: a
+    // subscribed connection answers PING in its own shape, which must count as an answer.
+    let redis = RedisProcess::spawn(&[])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cache = cache(&redis.url(), "idle");
+    let ping = Duration::from_millis(50);
+    let bus = RedisBus::start_with_ping(&cache, ping);
+    let mut events = bus.subscribe();
+    eventually("connecting", || bus.is_live()).await;
+    let watched = Instant::now();
+    while watched.elapsed() < ping * 20 {
+        assert!(
+            bus.is_live(),
+            "an idle, healthy subscription was judged lost after {:?}",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while let Ok(event) = events.try_recv() {
+        assert_ne!(
+            event,
+            BusEvent::Lost,
+            "a healthy subscription reported a loss"
+        );
+    }
+}

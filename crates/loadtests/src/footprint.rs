@@ -8,9 +8,10 @@
 //!   cached flag; then `wrk -t2 -c50` spreads single-flag, then bulk, evaluations over those
 //!   environments, and the largest `VmRSS` seen (sampled every 100 ms) is the resident memory
 //!   under load;
-//! - one warms `spread-0` … `spread-999` (1,000 × 10 flags: as many flags in 100 times as many
-//!   environments): its growth beyond the first's, over the 990 more environments, is the bytes
-//!   per cached environment.
+//! - one warms `spread-0` … `spread-99`, then `spread-100` … `spread-999` (environments of 10
+//!   flags): its growth between the two, over 900, is the bytes per cached environment of 10
+//!   flags (its flags included). Differences between two readings of one instance leave out
+//!   what filling the first environments left behind in the allocator.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,8 +27,10 @@ use crate::scaling::{Database, FOOTPRINT_ENVIRONMENTS, FOOTPRINT_FLAGS, SETTINGS
 use crate::seed::flag_key;
 use crate::shares::CONTEXT_BODY;
 
-/// Environments of the second instance.
+/// Environments the second instance warms in all.
 const MANY_ENVIRONMENTS: usize = 1_000;
+/// Environments it warms before its first reading.
+const FIRST_ENVIRONMENTS: usize = 100;
 
 /// The memory figures, in kB of `VmRSS` unless named otherwise.
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +43,7 @@ pub(crate) struct Footprint {
     pub(crate) loaded_kb: u64,
     /// Bytes per cached flag.
     pub(crate) bytes_per_flag: f64,
-    /// Bytes per cached environment beyond its flags.
+    /// Bytes per cached environment of 10 flags, its flags included.
     pub(crate) bytes_per_environment: f64,
 }
 
@@ -59,19 +62,24 @@ pub(crate) async fn measure(
     let (started_kb, warm_kb, server) = growth(stores, binary, database, token, &few).await?;
     let loaded_kb = under_load(&server, database, seconds)?;
     drop(server);
-    let many: Vec<String> = (0..MANY_ENVIRONMENTS)
+    let first: Vec<String> = (0..FIRST_ENVIRONMENTS)
         .map(|index| environment("spread-", index))
         .collect();
-    let (many_started_kb, many_warm_kb, _) = growth(stores, binary, database, token, &many).await?;
+    let rest: Vec<String> = (FIRST_ENVIRONMENTS..MANY_ENVIRONMENTS)
+        .map(|index| environment("spread-", index))
+        .collect();
+    let (_, first_kb, server) = growth(stores, binary, database, token, &first).await?;
+    crate::scaling::warm(&server, &rest).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all_kb = server.resident_kb().context("reading VmRSS")?;
     let few_growth = warm_kb.saturating_sub(started_kb) as f64 * 1024.0;
-    let many_growth = many_warm_kb.saturating_sub(many_started_kb) as f64 * 1024.0;
     Ok(Footprint {
         started_kb,
         warm_kb,
         loaded_kb,
         bytes_per_flag: few_growth / flags,
-        bytes_per_environment: (many_growth - few_growth)
-            / (MANY_ENVIRONMENTS - FOOTPRINT_ENVIRONMENTS) as f64,
+        bytes_per_environment: all_kb.saturating_sub(first_kb) as f64 * 1024.0
+            / (MANY_ENVIRONMENTS - FIRST_ENVIRONMENTS) as f64,
     })
 }
 
@@ -142,7 +150,7 @@ fn under_load(server: &Server, database: &Database, seconds: usize) -> anyhow::R
 pub(crate) fn table(footprint: &Footprint) -> String {
     format!(
         "\nmemory (memory backend, VmRSS): 10 environments of 1,000 flags\n\n\
-         | started | warm (10 × 1,000 flags cached) | under wrk -c50 load (peak) | bytes per cached flag | bytes per cached environment |\n\
+         | started | warm (10 × 1,000 flags cached) | under wrk -c50 load (peak) | bytes per cached flag | bytes per cached environment of 10 flags |\n\
          |---:|---:|---:|---:|---:|\n\
          | {} kB | {} kB | {} kB | {:.0} | {:.0} |\n",
         footprint.started_kb,
