@@ -179,7 +179,7 @@ impl Stores {
         for stale in ["flags.db", "flags.db-wal", "flags.db-shm"] {
             let _ = std::fs::remove_file(directory.join(stale));
         }
-        self.start(&[], binary, backend, directory, admin_token, extra)
+        self.start_another_under(&[], binary, backend, directory, admin_token, extra)
             .await
     }
 
@@ -192,7 +192,7 @@ impl Stores {
         directory: &Path,
         admin_token: &str,
     ) -> anyhow::Result<Server> {
-        self.start(&[], binary, backend, directory, admin_token, &[])
+        self.start_another_under(&[], binary, backend, directory, admin_token, &[])
             .await
     }
 
@@ -200,19 +200,6 @@ impl Stores {
     /// `valgrind --tool=callgrind`, that runs the binary in its own process) when it is not
     /// empty, with `extra` environment variables.
     pub(crate) async fn start_another_under(
-        &self,
-        wrapper: &[&str],
-        binary: &Path,
-        backend: Backend,
-        directory: &Path,
-        admin_token: &str,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<Server> {
-        self.start(wrapper, binary, backend, directory, admin_token, extra)
-            .await
-    }
-
-    async fn start(
         &self,
         wrapper: &[&str],
         binary: &Path,

@@ -345,10 +345,7 @@ impl Run {
     /// Every `wrk` series of the chosen backends beside its reference, interleaved.
     async fn shares(&mut self) -> anyhow::Result<()> {
         println!("== wrk: every series beside its reference");
-        let backends = or_all(
-            &self.cli.backends,
-            &[Backend::Memory, Backend::Tiered, Backend::Redis],
-        );
+        let backends = self.speed_backends();
         self.shares = shares::measure(
             &self.stores,
             &self.binary,
@@ -366,6 +363,14 @@ impl Run {
         Ok(())
     }
 
+    /// The backends the speed figures cover: those chosen, else `memory`, `tiered` and `redis`.
+    fn speed_backends(&self) -> Vec<Backend> {
+        or_all(
+            &self.cli.backends,
+            &[Backend::Memory, Backend::Tiered, Backend::Redis],
+        )
+    }
+
     /// The scaling tables, instructions per request and the memory figures.
     async fn speed(&mut self) -> anyhow::Result<()> {
         println!("== scaling: flags, environments, context, rules, segments");
@@ -375,10 +380,7 @@ impl Run {
             },
             None => scaling::seed(&self.stores, &self.binary, &self.out, &self.token).await?,
         };
-        let backends = or_all(
-            &self.cli.backends,
-            &[Backend::Memory, Backend::Tiered, Backend::Redis],
-        );
+        let backends = self.speed_backends();
         self.scaling = scaling::measure(
             &self.stores,
             &self.binary,
