@@ -667,6 +667,22 @@ pub async fn get_flag_agrees_with_get(
     if lookup("flag-00000").await? != FlagLookup::Miss {
         return Err(Violation::new(P, "get_flag after invalidate is not Miss"));
     }
+    // A later fill with other contents: nothing an adapter remembered of the first may show.
+    let replaced = generation_snapshot(5, 5, 2);
+    set(P, cache, &env, replaced.clone(), LONG_TTL).await?;
+    for flag in replaced.flags() {
+        let want = FlagLookup::Hit {
+            flag: Arc::clone(flag),
+            revision: Revision(5),
+        };
+        let got = lookup(flag.key().as_str()).await?;
+        if got != want {
+            return Err(Violation::new(
+                P,
+                format!("get_flag {} after a new fill answered {got:?}", flag.key()),
+            ));
+        }
+    }
     Ok(())
 }
 
