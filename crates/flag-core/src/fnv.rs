@@ -9,9 +9,9 @@ const PRIME: u64 = 0x0100_0000_01b3;
 
 /// The FNV-1a hash of `bytes`.
 pub(crate) fn hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(OFFSET, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
-    })
+    let mut hasher = FnvHasher::default();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 /// FNV-1a as a [`Hasher`], for maps keyed by server-chosen names.

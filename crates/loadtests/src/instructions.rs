@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, Server, Stores};
 use crate::seed::{Admin, LOAD_ENVIRONMENT, flag_key};
-use crate::shares::CONTEXT_BODY;
+use crate::shares::ofrep_post;
 
 /// Single-flag requests counted.
 const SINGLE_REQUESTS: u64 = 2_000;
@@ -74,19 +74,19 @@ pub(crate) async fn measure(
         .context("building the client")?;
     let single = format!("/ofrep/v1/evaluate/flags/{}", flag_key(1));
     let bulk = "/ofrep/v1/evaluate/flags";
-    let etag = client
-        .post(format!("{}{bulk}", server.base_url))
-        .header("X-Environment", LOAD_ENVIRONMENT)
-        .header("Content-Type", "application/json")
-        .body(CONTEXT_BODY)
-        .send()
-        .await
-        .context("sampling the bulk answer")?
-        .headers()
-        .get("etag")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .context("a bulk answer without an ETag")?;
+    let etag = ofrep_post(
+        &client,
+        &format!("{}{bulk}", server.base_url),
+        LOAD_ENVIRONMENT,
+    )
+    .send()
+    .await
+    .context("sampling the bulk answer")?
+    .headers()
+    .get("etag")
+    .and_then(|value| value.to_str().ok())
+    .map(str::to_owned)
+    .context("a bulk answer without an ETag")?;
     let count =
         |path, tag, requests, status| per_request(&server, &client, path, tag, requests, status);
     let single = count(&single, None, SINGLE_REQUESTS, 200).await?;
@@ -112,11 +112,7 @@ async fn per_request(
     let url = format!("{}{path}", server.base_url);
     let before = instructions_so_far(server.pid())?;
     for _ in 0..requests {
-        let mut request = client
-            .post(&url)
-            .header("X-Environment", LOAD_ENVIRONMENT)
-            .header("Content-Type", "application/json")
-            .body(CONTEXT_BODY);
+        let mut request = ofrep_post(client, &url, LOAD_ENVIRONMENT);
         if let Some(tag) = tag {
             request = request.header("If-None-Match", tag);
         }

@@ -28,7 +28,7 @@ use crate::backend::{Backend, Server, Stores};
 use crate::ceiling::{post_script, spread_script, wrk_run};
 use crate::report::median;
 use crate::seed::{Admin, flag_key, three_kinds};
-use crate::shares::CONTEXT_BODY;
+use crate::shares::{CONTEXT_BODY, ofrep_post};
 
 /// Flags per environment measured.
 pub(crate) const FLAG_COUNTS: [usize; 3] = [10, 1_000, 10_000];
@@ -297,12 +297,9 @@ pub(crate) fn context_of(count: usize) -> String {
 /// One bulk evaluation of each of `environments`, so that every row starts on a warm cache.
 pub(crate) async fn warm(server: &Server, environments: &[String]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
+    let url = format!("{}/ofrep/v1/evaluate/flags", server.base_url);
     for env in environments {
-        let status = client
-            .post(format!("{}/ofrep/v1/evaluate/flags", server.base_url))
-            .header("X-Environment", env)
-            .header("Content-Type", "application/json")
-            .body(CONTEXT_BODY)
+        let status = ofrep_post(&client, &url, env)
             .send()
             .await
             .with_context(|| format!("warming {env}"))?

@@ -30,6 +30,19 @@ use crate::seed::{Admin, LOAD_ENVIRONMENT, flag_key};
 pub(crate) const CONTEXT_BODY: &str =
     r#"{"context":{"targetingKey":"user-7","plan":"pro","email":"a@example.com"}}"#;
 
+/// An OFREP `POST` of [`CONTEXT_BODY`] to `url` in environment `env`.
+pub(crate) fn ofrep_post(
+    client: &reqwest::Client,
+    url: &str,
+    env: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Environment", env)
+        .body(CONTEXT_BODY)
+}
+
 /// What a series measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -220,13 +233,8 @@ async fn prepare(
         Series::Bulk | Series::BulkNotModified => "/ofrep/v1/evaluate/flags".to_owned(),
     };
     let client = reqwest::Client::new();
-    let post = || {
-        client
-            .post(format!("{}{path}", server.base_url))
-            .header("Content-Type", "application/json")
-            .header("X-Environment", LOAD_ENVIRONMENT)
-            .body(CONTEXT_BODY)
-    };
+    let url = format!("{}{path}", server.base_url);
+    let post = || ofrep_post(&client, &url, LOAD_ENVIRONMENT);
     let sample = post().send().await.context("sampling the answer")?;
     if !sample.status().is_success() {
         bail!("{} answered {}", series.name(), sample.status());

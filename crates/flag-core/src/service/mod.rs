@@ -725,6 +725,7 @@ impl FeatureFlagService {
         if inner.repository.flag(env, key).await?.is_some() {
             return Ok(());
         }
+        inner.counters.repository_reads.increment();
         let count = inner.repository.flag_count(env).await?;
         if !flags_full(usize::try_from(count).unwrap_or(usize::MAX)) {
             return Ok(());
