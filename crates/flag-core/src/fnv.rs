@@ -16,7 +16,7 @@ pub(crate) fn hash(bytes: &[u8]) -> u64 {
 
 /// FNV-1a as a [`Hasher`], for maps keyed by server-chosen names.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FnvHasher(u64);
+pub struct FnvHasher(u64);
 
 impl Default for FnvHasher {
     fn default() -> Self {
@@ -37,7 +37,7 @@ impl Hasher for FnvHasher {
 }
 
 /// Builds [`FnvHasher`]s.
-pub(crate) type FnvBuildHasher = BuildHasherDefault<FnvHasher>;
+pub type FnvBuildHasher = BuildHasherDefault<FnvHasher>;
 
 #[cfg(test)]
 mod tests {

@@ -74,6 +74,7 @@ pub use flag::{
     PrerequisiteDocument, Rollout, Rule, RuleDocument, RuleOutcome, ValidationError,
     ValidationReason, WeightedVariant, WeightedVariantDocument,
 };
+pub use fnv::{FnvBuildHasher, FnvHasher};
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;
 pub use names::{Environment, FlagKey, NameError, SegmentKey};

@@ -1,5 +1,6 @@
 //! The application: one router made of the per-area routers (`ofrep`, `admin`, `ops`) behind
-//! the tracking layer and the body limits, with JSON answers for unknown routes and methods.
+//! the tracking layer and the body limits, with JSON answers for unknown routes and methods, and
+//! in front of it the OFREP evaluation fast path (`fast_path`), tracked by the same layer.
 //!
 //! The tracking layer also admits the API routes (OFREP and management) under
 //! `FLAG_MAX_IN_FLIGHT`, shedding the rest with `503` (the `tracking` module says why there).
@@ -8,28 +9,92 @@
 //! path carries as few as possible: the OpenAPI document is a process-wide value, not a request
 //! extension, and the management routes carry their own body limit.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
+use tower::Service;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::arrival::Arrival;
 use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
+use crate::fast_path::FastPath;
 use crate::openapi::{ApiDoc, complete};
 use crate::state::{AppState, MAX_BODY_BYTES};
 use crate::tracking::{Tracking, track};
 use crate::{admin, ofrep, ops, segments, streams};
 
-/// The whole HTTP API.
-pub fn router(state: AppState) -> Router {
-    let tracking = Tracking::new(
+/// The whole HTTP API as served: the router, with OFREP evaluation served by the fast path in
+/// front of it (`fast_path` says when).
+#[derive(Clone)]
+pub struct App(Arc<Served>);
+
+struct Served {
+    router: Router,
+    fast_path: Option<FastPath>,
+}
+
+impl App {
+    /// The whole HTTP API of `state`, OFREP evaluation on the fast path.
+    pub fn new(state: AppState) -> Self {
+        let tracking = tracking_of(&state);
+        let fast_path = FastPath::new(state.clone(), tracking.clone());
+        Self(Arc::new(Served {
+            router: routed(state, tracking),
+            fast_path: Some(fast_path),
+        }))
+    }
+
+    /// The answer to `request`, whose body `arrival` watches.
+    pub(crate) async fn answer(&self, request: Request, arrival: Arrival) -> Response {
+        let mut request = match &self.0.fast_path {
+            Some(fast_path) => match fast_path.serve(request, &arrival).await {
+                Ok(response) => return response,
+                Err(request) => request,
+            },
+            None => request,
+        };
+        arrival.attach(&mut request);
+        let mut router = self.0.router.clone();
+        match router.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Every request through `router` (no fast path).
+impl From<Router> for App {
+    fn from(router: Router) -> Self {
+        Self(Arc::new(Served {
+            router,
+            fast_path: None,
+        }))
+    }
+}
+
+/// The tracking of `state`'s requests: one per application, so both paths share its permits.
+fn tracking_of(state: &AppState) -> Tracking {
+    Tracking::new(
         state.http_metrics.clone(),
         state.request_timeout,
         state.max_in_flight,
-    );
+    )
+}
+
+/// The whole HTTP API as a router, every request routed (what [`App`] falls back to).
+pub fn router(state: AppState) -> Router {
+    let tracking = tracking_of(&state);
+    routed(state, tracking)
+}
+
+/// The router of `state`, tracked by `tracking`.
+fn routed(state: AppState, tracking: Tracking) -> Router {
     let routes = described(state.max_context_bytes)
         .0
         .fallback(not_found)

@@ -24,24 +24,37 @@ const BROKEN: u8 = 2;
 
 impl Arrival {
     /// The request with its body watched (once: a request already watched keeps its watcher),
-    /// and that watcher.
+    /// and that watcher, which the request carries as an extension (where the tracking layer
+    /// finds it).
     pub(crate) fn of(request: Request) -> (Request, Arrival) {
         if let Some(arrival) = request.extensions().get::<Arrival>().cloned() {
             return (request, arrival);
         }
-        let (mut parts, body) = request.into_parts();
+        let (mut request, arrival) = Self::watch(request);
+        request.extensions_mut().insert(arrival.clone());
+        (request, arrival)
+    }
+
+    /// The request with its body watched, and the watcher (not added to the request: the fast
+    /// path has no use for the extension, and adding one allocates).
+    pub(crate) fn watch(request: Request) -> (Request, Arrival) {
+        let (parts, body) = request.into_parts();
         let initial = if http_body::Body::is_end_stream(&body) {
             COMPLETE
         } else {
             PENDING
         };
         let arrival = Arrival(Arc::new(AtomicU8::new(initial)));
-        parts.extensions.insert(arrival.clone());
         let body = Body::new(Watched {
             inner: body,
             arrival: arrival.clone(),
         });
         (Request::from_parts(parts, body), arrival)
+    }
+
+    /// Adds the watcher to `request`, where the tracking layer finds it.
+    pub(crate) fn attach(&self, request: &mut Request) {
+        request.extensions_mut().insert(self.clone());
     }
 
     /// Whether the body is still arriving.

@@ -7,7 +7,8 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | `app` | the one router made of the areas' routers |
+//! | `app` | the one router made of the areas' routers, and the application served |
+//! | `fast_path` | OFREP evaluation straight to its handlers, in front of the router |
 //! | `routes` | the route table the metrics and the OpenAPI document are held to |
 //! | `openapi` | the OpenAPI document: the handlers' annotations plus what each area's layers add |
 //! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
@@ -64,6 +65,7 @@ pub mod auth;
 pub mod config;
 pub mod cors;
 mod errors;
+mod fast_path;
 pub mod metrics;
 mod ofrep;
 mod openapi;

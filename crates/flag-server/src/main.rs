@@ -60,9 +60,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = state.service.clone();
     let streams = state.streams.clone();
-    let server = tokio::spawn(serve::serve(listener, app::router(state), limits, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve::serve(
+        listener,
+        app::App::new(state),
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     shutdown.wait().await;
     tracing::info!("shutting down: draining in-flight requests");
     // Event streams would hold the drain for the whole grace period: end them now; their

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use flag_core::{ServiceMetrics, TierStatus};
+use flag_core::{FnvBuildHasher, ServiceMetrics, TierStatus};
 
 /// Upper bounds of the latency histogram's buckets, in seconds: 50 µs to 10 s.
 const BUCKETS: [f64; 16] = [
@@ -23,10 +23,11 @@ const BUCKETS: [f64; 16] = [
 /// `(route template, method, status)`.
 type SeriesKey = (&'static str, &'static str, u16);
 
-/// Request counts and latency histograms of the HTTP API.
+/// Request counts and latency histograms of the HTTP API. The series are hashed with FNV: their
+/// keys are the server's own labels (route templates, methods, statuses), never a client's text.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    series: RwLock<HashMap<SeriesKey, Arc<Series>, FnvBuildHasher>>,
 }
 
 /// One series: a latency histogram (whose total count is the request count).
@@ -38,35 +39,41 @@ struct Series {
     sum_nanos: AtomicU64,
 }
 
-impl HttpMetrics {
-    /// Records one answered request.
-    pub fn record(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
-        let key = (route, method, status);
-        let existing = self
-            .series
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let series = match existing {
-            Some(series) => series,
-            None => self
-                .series
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(key)
-                .or_default()
-                .clone(),
-        };
+impl Series {
+    /// Counts one request that took `took`.
+    fn observe(&self, took: Duration) {
         let seconds = took.as_secs_f64();
         let slot = BUCKETS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS.len());
-        series.buckets[slot].fetch_add(1, Ordering::Relaxed);
-        series.count.fetch_add(1, Ordering::Relaxed);
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        series.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl HttpMetrics {
+    /// Records one answered request.
+    pub fn record(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
+        let key = (route, method, status);
+        {
+            let series = self
+                .series
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(series) = series.get(&key) {
+                series.observe(took);
+                return;
+            }
+        }
+        self.series
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .observe(took);
     }
 
     fn sorted(&self) -> Vec<(SeriesKey, Arc<Series>)> {

@@ -18,8 +18,9 @@ use flag_core::{
     Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, Revision,
     murmur3_x86_32,
 };
-use serde::Serialize;
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -54,17 +55,82 @@ struct EvaluationRequest {
     context: EvaluationContext,
 }
 
-/// The request's `context`, from a body that could be read.
-fn context(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<EvaluationContext, OfrepError> {
-    let body = body.map_err(|rejection| OfrepError::unreadable_body(&rejection, limit))?;
-    parse_context(&body)
+/// The request's `context`, from the body's bytes.
+///
+/// A well-formed request is read straight into the context's attributes (no map of the whole
+/// body, no `context` key to allocate); anything else is read again by [`tell_context_error`],
+/// which says exactly what is wrong, so both give the same answers.
+fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
+    if let Ok(ContextOnly(Some(attributes))) = serde_json::from_slice(body)
+        && let Ok(context) = EvaluationContext::from_map(attributes)
+    {
+        return Ok(context);
+    }
+    tell_context_error(body)
 }
 
-/// The request's `context`, from the body's bytes.
-fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
+/// An evaluation request's `context` object (the last one, as a JSON map keeps it), every other
+/// member skipped; reading fails on anything but an object whose `context` is an object.
+struct ContextOnly(Option<Map<String, Value>>);
+
+impl<'de> Deserialize<'de> for ContextOnly {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = ContextOnly;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an object with a `context` object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<ContextOnly, A::Error> {
+                let mut context = None;
+                while let Some(member) = members.next_key::<Member>()? {
+                    match member {
+                        Member::Context => context = Some(members.next_value()?),
+                        Member::Other => {
+                            members.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(ContextOnly(context))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// A member name of an evaluation request: `context` or another.
+enum Member {
+    Context,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Member;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a member name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Member, E> {
+                Ok(if name == "context" {
+                    Member::Context
+                } else {
+                    Member::Other
+                })
+            }
+        }
+        deserializer.deserialize_identifier(Name)
+    }
+}
+
+/// The error of a body [`parse_context`] could not read, or its context if it can be read after
+/// all.
+fn tell_context_error(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
     let request: Value = serde_json::from_slice(body).map_err(|error| {
         OfrepError::new(
             StatusCode::BAD_REQUEST,
@@ -266,7 +332,6 @@ async fn evaluate_one(
     key: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
-    let env = client.environment;
     let Ok(Path(key)) = key else {
         // Only a path that is not UTF-8 gets here: no flag can have its key.
         return Err(OfrepError::new(
@@ -276,20 +341,35 @@ async fn evaluate_one(
         )
         .about(&uri));
     };
-    let context = context(body, state.max_context_bytes).map_err(|error| error.for_key(&key))?;
-    let Ok(flag_key) = FlagKey::parse(&key) else {
+    let body = body.map_err(|rejection| {
+        OfrepError::unreadable_body(&rejection, state.max_context_bytes).for_key(&key)
+    })?;
+    evaluate_one_of(&state, &client.environment, &key, &body).await
+}
+
+/// The answer to a single-flag evaluation of `key` in `env` for the request body `body`, once
+/// the client is authenticated and the body read (by the route's extractors, or by the fast
+/// path).
+pub(crate) async fn evaluate_one_of(
+    state: &AppState,
+    env: &Environment,
+    key: &str,
+    body: &[u8],
+) -> Result<Response, OfrepError> {
+    let context = parse_context(body).map_err(|error| error.for_key(key))?;
+    let Ok(flag_key) = FlagKey::parse(key) else {
         return Err(OfrepError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::FlagNotFound,
             "no flag can have this key",
         )
-        .for_key(&key));
+        .for_key(key));
     };
     let evaluation = state
         .service
-        .evaluate(&env, &flag_key, &context)
+        .evaluate(env, &flag_key, &context)
         .await
-        .map_err(|error| OfrepError::from(error).for_key(&key))?;
+        .map_err(|error| OfrepError::from(error).for_key(key))?;
     let mut body = Vec::with_capacity(ENTRY_BYTES);
     write_success(&mut body, &evaluation);
     Ok(json_answer(body))
@@ -350,22 +430,41 @@ async fn evaluate_all(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OfrepError> {
-    let env = client.environment;
     let body =
         body.map_err(|rejection| OfrepError::unreadable_body(&rejection, state.max_context_bytes))?;
-    let presented = presented.as_ref().and_then(|value| value.to_str().ok());
+    evaluate_all_of(
+        &state,
+        &client.environment,
+        presented.as_ref(),
+        query.as_deref(),
+        &body,
+    )
+    .await
+}
+
+/// The answer to a bulk evaluation of `env` for the request body `body`, with the request's
+/// `If-None-Match` and query, once the client is authenticated and the body read (by the
+/// route's extractors, or by the fast path).
+pub(crate) async fn evaluate_all_of(
+    state: &AppState,
+    env: &Environment,
+    presented: Option<&HeaderValue>,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Response, OfrepError> {
+    let presented = presented.and_then(|value| value.to_str().ok());
     // Without a tag to match, a malformed body is told before the store is asked (a 400 beats a
     // 503 during an outage); with one, parsing waits until the tag is known not to match.
     let context = match presented {
-        None => Some(parse_context(&body)?),
+        None => Some(parse_context(body)?),
         Some(_) => None,
     };
-    let snapshot = match claimed_revision(query.as_deref()) {
-        None => state.service.bulk(&env).await?,
-        Some(claim) => state.service.bulk_after_event(&env, claim).await?,
+    let snapshot = match claimed_revision(query) {
+        None => state.service.bulk(env).await?,
+        Some(claim) => state.service.bulk_after_event(env, claim).await?,
     };
     let revision = snapshot.revision();
-    let etag = etag(&env, revision.get(), &body);
+    let etag = etag(env, revision.get(), body);
     let etag_header =
         HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
     // Decided before the body is parsed or any flag evaluated: a 304 costs a snapshot lookup and
@@ -375,7 +474,7 @@ async fn evaluate_all(
     }
     let context = match context {
         Some(context) => context,
-        None => parse_context(&body)?,
+        None => parse_context(body)?,
     };
     let bulk = snapshot.evaluate(&context);
     // The shape of `Bulk`, written straight into the body: each flag's entry is copied from its
@@ -399,12 +498,12 @@ async fn evaluate_all(
         }
     }
     body.extend_from_slice(b"],\"eventStreams\":");
-    write_json(&mut body, &state.streams.advertised(&env));
+    write_json(&mut body, &state.streams.advertised(env));
     body.extend_from_slice(b",\"metadata\":");
     write_json(
         &mut body,
         &FlagSetMetadata {
-            environment: &env,
+            environment: env,
             revision: revision.get(),
         },
     );
@@ -438,14 +537,12 @@ fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
 
 /// A `200` answer with the JSON `body`.
 fn json_answer(body: Vec<u8>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    let mut answer = Response::new(axum::body::Body::from(body));
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    answer
 }
 
 /// The request's `If-None-Match`, if any: the one header the bulk handler reads (taking the
@@ -485,6 +582,41 @@ fn etag(env: &Environment, revision: u64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_straight_into_the_context_agrees_with_telling_errors() {
+        let bodies: &[&str] = &[
+            r#"{"context":{"targetingKey":"alice","plan":"pro","n":1.5,"tags":["a"]}}"#,
+            r#"{"other":[1,{"context":2}],"context":{"targetingKey":"bob"},"more":null}"#,
+            r#"{"context":{"a":1},"context":{"b":2}}"#,
+            r#"{"context":{"a":1},"context":3}"#,
+            r#"{"context":3,"context":{"b":2}}"#,
+            r#"{"cont\u0065xt":{"escaped":"name"}}"#,
+            r#"{"context":{"targetingKey":7}}"#,
+            r#"{"context":{}}"#,
+            r#"{"context":null}"#,
+            r#"{"context":[]}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#""context""#,
+            r#"{"context":{"a":1}} trailing"#,
+            r#"{"context":{"a":1}"#,
+            "",
+        ];
+        for body in bodies {
+            let read = format!("{:?}", parse_context(body.as_bytes()));
+            let told = format!("{:?}", tell_context_error(body.as_bytes()));
+            assert_eq!(read, told, "{body}");
+        }
+        let context = parse_context(bodies[2].as_bytes()).unwrap();
+        assert!(
+            context.attribute("a").is_none(),
+            "the last `context` counts"
+        );
+        assert_eq!(context.attribute("b"), Some(&Value::from(2)));
+        let escaped = parse_context(bodies[5].as_bytes()).unwrap();
+        assert_eq!(escaped.attribute("escaped"), Some(&Value::from("name")));
+    }
 
     #[test]
     fn etags_differ_by_user_revision_and_environment() {

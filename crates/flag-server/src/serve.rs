@@ -13,6 +13,7 @@
 //!   flight finish it (keep-alive off) and close, and the caller bounds that drain with its grace
 //!   period.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
-use tower::Service;
 
+use crate::app::App;
 use crate::arrival::Arrival;
 
 /// How connections are held.
@@ -65,10 +65,11 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// Serves `app` on `listener` until `shutdown` resolves, then until every connection is closed.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<App>,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let app = app.into();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop, stopping) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -113,7 +114,7 @@ pub async fn serve(
 /// One connection, from accept to close.
 async fn connection(
     stream: TcpStream,
-    app: Router,
+    app: App,
     limits: ConnectionLimits,
     mut stopping: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
@@ -126,12 +127,12 @@ async fn connection(
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let (request, arrival) = Arrival::of(request.map(Body::new));
-            let in_flight = InFlight::begin(activity.clone(), arrival);
-            let mut app = app.clone();
+            let (request, arrival) = Arrival::watch(request.map(Body::new));
+            let in_flight = InFlight::begin(activity.clone(), arrival.clone());
+            let app = app.clone();
             async move {
-                let response = app.call(request).await;
-                response.map(|response| answered(response, in_flight))
+                let response = app.answer(request, arrival).await;
+                Ok::<_, Infallible>(answered(response, in_flight))
             }
         })
     };

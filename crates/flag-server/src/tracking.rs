@@ -19,6 +19,7 @@
 //! `try_acquire` on a semaphore allocates nothing where tower's limit allocates its acquire
 //! future on every clone.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,43 +74,62 @@ pub(crate) async fn track(
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |matched| route_label(matched.as_str()));
-    let mut record = Record {
-        metrics: &tracking.metrics,
-        route,
-        method: method_label(request.method()),
-        started: Instant::now(),
-        answered: false,
-    };
+    let method = method_label(request.method());
     let uri = request.uri().clone();
-    let _admitted = if is_admitted_route(route) {
-        match Arc::clone(&tracking.in_flight).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                tracing::debug!(path = uri.path(), "request shed");
-                let response = unavailable(
-                    &uri,
-                    "too many requests in flight; retry in a second".to_owned(),
-                );
-                record.answered(response.status().as_u16());
-                return response;
-            }
-        }
-    } else {
-        None
-    };
     let (request, arrival) = Arrival::of(request);
-    let response = match tokio::time::timeout(tracking.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => timed_out(&uri, tracking.timeout, !arrival.pending()),
-    };
-    // An answer to a client that went away while sending its body reaches no one.
-    let status = if arrival.broken() {
-        ABANDONED
-    } else {
-        response.status().as_u16()
-    };
-    record.answered(status);
-    response
+    tracking
+        .around(route, method, &uri, &arrival, next.run(request))
+        .await
+}
+
+impl Tracking {
+    /// `answer`, the answer to a request to `route` (a template of [`ROUTES`]) whose body is
+    /// `arrival`: admitted, timed out and recorded as this module says. The router's layer and
+    /// the OFREP fast path (`fast_path`) both answer through here.
+    pub(crate) async fn around(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        uri: &Uri,
+        arrival: &Arrival,
+        answer: impl Future<Output = Response>,
+    ) -> Response {
+        let mut record = Record {
+            metrics: &self.metrics,
+            route,
+            method,
+            started: Instant::now(),
+            answered: false,
+        };
+        let _admitted = if is_admitted_route(route) {
+            match Arc::clone(&self.in_flight).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    tracing::debug!(path = uri.path(), "request shed");
+                    let response = unavailable(
+                        uri,
+                        "too many requests in flight; retry in a second".to_owned(),
+                    );
+                    record.answered(response.status().as_u16());
+                    return response;
+                }
+            }
+        } else {
+            None
+        };
+        let response = match tokio::time::timeout(self.timeout, answer).await {
+            Ok(response) => response,
+            Err(_) => timed_out(uri, self.timeout, !arrival.pending()),
+        };
+        // An answer to a client that went away while sending its body reaches no one.
+        let status = if arrival.broken() {
+            ABANDONED
+        } else {
+            response.status().as_u16()
+        };
+        record.answered(status);
+        response
+    }
 }
 
 /// One request's entry in the metrics, written when it is answered or, if the client goes away
@@ -153,7 +173,8 @@ fn route_label(matched: &str) -> &'static str {
         .map_or("other", |(_, template)| template)
 }
 
-fn method_label(method: &Method) -> &'static str {
+/// The method's label in the metrics.
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use flag_core::{Environment, FeatureFlag, FeatureFlagService, FlagKey, Precondition};
 use flag_fixtures::{PostgresDatabase, RedisServer, ScratchDir};
-use flag_server::app::router;
+use flag_server::app::App;
 use flag_server::config::{CacheBackend, Config, LogFormat};
 use flag_server::serve::ConnectionLimits;
 use flag_server::state::AppState;
@@ -128,7 +128,7 @@ impl TestServer {
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let app = router(state.clone());
+        let app = App::new(state.clone());
         tokio::spawn(flag_server::serve::serve(
             listener,
             app,
