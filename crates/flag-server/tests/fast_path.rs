@@ -3,6 +3,8 @@
 //! (`App::from(router(..))`), both on the same service, get the same statuses, headers and
 //! bodies, and are counted the same in `flag_http_requests_total`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
+
 mod support;
 
 use std::sync::Arc;
