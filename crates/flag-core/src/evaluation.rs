@@ -330,6 +330,21 @@ impl<'s> Scope<'s> {
             .map(|resolution| (Arc::clone(resolution.variant), resolution.reason))
     }
 
+    /// [`Self::outcome_of`] for a flag taken from the scope's own environment (a bulk evaluation
+    /// walking its snapshot), which says whether it is a prerequisite: nothing is looked up.
+    fn outcome_of_own(
+        &self,
+        flag: &Arc<FeatureFlag>,
+        prerequisite: bool,
+        context: &EvaluationContext,
+    ) -> Result<(Arc<str>, Reason), EvaluationError> {
+        if prerequisite && self.environment.is_some() {
+            return self.outcome(flag.key(), context, 0);
+        }
+        evaluate_at(flag, context, self, 0)
+            .map(|resolution| (Arc::clone(resolution.variant), resolution.reason))
+    }
+
     /// The answer of the environment's flag `key`, evaluated at most once per scope.
     fn outcome(
         &self,
@@ -657,6 +672,23 @@ impl Evaluation {
         scope: &Scope<'_>,
     ) -> Result<Self, EvaluationError> {
         let (variant, reason) = scope.outcome_of(&flag, context)?;
+        Ok(Self {
+            flag,
+            variant,
+            reason,
+        })
+    }
+
+    /// [`Self::within`] for one of the flags of the scope's own snapshot, with whether another
+    /// flag lists it as a prerequisite, as a bulk evaluation walks them
+    /// ([`EnvironmentSnapshot::flags_marking_prerequisites`]): nothing is looked up per flag.
+    pub fn within_own(
+        flag: Arc<FeatureFlag>,
+        prerequisite: bool,
+        context: &EvaluationContext,
+        scope: &Scope<'_>,
+    ) -> Result<Self, EvaluationError> {
+        let (variant, reason) = scope.outcome_of_own(&flag, prerequisite, context)?;
         Ok(Self {
             flag,
             variant,

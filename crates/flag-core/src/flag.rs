@@ -200,7 +200,15 @@ impl FeatureFlag {
         reason: Reason,
         render: impl FnOnce() -> Vec<u8>,
     ) -> Option<&[u8]> {
-        let index = self.variants.keys().position(|name| &**name == variant)?;
+        // An evaluation's variant is this flag's own name for it (the same bytes), so a pointer
+        // comparison finds it without comparing strings; another copy of the name is compared.
+        let index = self
+            .variants
+            .keys()
+            .position(|name| {
+                std::ptr::eq(name.as_ptr(), variant.as_ptr()) && name.len() == variant.len()
+            })
+            .or_else(|| self.variants.keys().position(|name| &**name == variant))?;
         let slots = self.renderings.0.get_or_init(|| {
             (0..self.variants.len() * Reason::COUNT)
                 .map(|_| OnceLock::new())

@@ -166,6 +166,21 @@ impl EnvironmentSnapshot {
         self.prerequisites.contains(key)
     }
 
+    /// Every flag in key order, each with whether some flag lists it as a prerequisite: one walk
+    /// of both sorted sets, so past the last prerequisite a flag costs no comparison at all.
+    pub fn flags_marking_prerequisites(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (&Arc<FeatureFlag>, bool)> {
+        let mut prerequisites = self.prerequisites.iter().peekable();
+        self.flags.iter().map(move |(key, flag)| {
+            while prerequisites.next_if(|listed| *listed < key).is_some() {}
+            (
+                flag,
+                prerequisites.next_if(|listed| *listed == key).is_some(),
+            )
+        })
+    }
+
     /// One segment, if the environment has it.
     pub fn segment(&self, key: &str) -> Option<&Arc<Segment>> {
         self.segments.get(key)

@@ -421,6 +421,56 @@ fn one_scope_evaluates_each_prerequisite_once() {
 }
 
 #[test]
+fn a_bulk_walk_marks_exactly_the_listed_flags_and_evaluates_each_prerequisite_once() {
+    // Prerequisites before, between and after the flags that list them, and one listed by two.
+    let listing = |key: &str, prerequisites: &[&str]| {
+        let listed: Vec<Value> = prerequisites
+            .iter()
+            .map(|flag| json!({"flag": flag, "variants": ["on"]}))
+            .collect();
+        flag(key, json!({"enabled": true, "prerequisites": listed}))
+    };
+    let flags = vec![
+        flag("a-first", json!({"enabled": true})),
+        listing("b-lists", &["a-first", "m-middle"]),
+        flag("m-middle", json!({"enabled": true})),
+        listing("n-lists", &["m-middle", "z-last"]),
+        flag("q-plain", json!({"enabled": true})),
+        flag("z-last", json!({"enabled": true})),
+    ];
+    let snapshot = environment(flags, vec![]);
+    let marked: Vec<(String, bool)> = snapshot
+        .flags_marking_prerequisites()
+        .map(|(flag, listed)| (flag.key().to_string(), listed))
+        .collect();
+    let expected: Vec<(String, bool)> = snapshot
+        .flags()
+        .map(|flag| {
+            let key = flag.key().to_string();
+            let listed = snapshot.is_prerequisite(&key);
+            (key, listed)
+        })
+        .collect();
+    assert_eq!(marked, expected);
+    assert_eq!(
+        marked.iter().filter(|(_, listed)| *listed).count(),
+        3,
+        "{marked:?}"
+    );
+    let scope = Scope::new(&snapshot);
+    let anyone = context(json!({"targetingKey": "u"}));
+    for (flag, listed) in snapshot.flags_marking_prerequisites() {
+        let own = Evaluation::within_own(Arc::clone(flag), listed, &anyone, &scope).unwrap();
+        let alone = Evaluation::within(Arc::clone(flag), &anyone, &Scope::new(&snapshot)).unwrap();
+        assert_eq!(
+            (own.variant(), own.reason()),
+            (alone.variant(), alone.reason())
+        );
+    }
+    assert_eq!(scope.evaluations(), 6, "6 flags, each evaluated once");
+}
+
+#[test]
 fn a_cycle_or_an_overlong_chain_in_stored_data_fails_the_prerequisite_instead_of_recursing() {
     // Writes refuse both; stored data written around the checks must still not hang.
     let listing = |key: &str, prerequisite: &str| {

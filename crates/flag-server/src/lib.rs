@@ -1,9 +1,10 @@
 //! The feature-flag HTTP service: OFREP evaluation, the management API, health, metrics and the
 //! OpenAPI document.
 //!
-//! `app::router` builds the whole API from a `state::AppState`; `wiring::state_from` builds that
-//! state from `config::Config` (the only module that names adapters: the state holds the service,
-//! which holds the ports); the binary (`main.rs`) adds logging, signals and graceful shutdown.
+//! `app::App::new` builds the whole API from a `state::AppState` (`app::router` is the same API
+//! without the OFREP fast path); `wiring::state_from` builds that state from `config::Config`
+//! (the only module that names adapters: the state holds the service, which holds the ports);
+//! the binary (`main.rs`) adds logging, signals and graceful shutdown.
 //!
 //! | module | job |
 //! |---|---|
@@ -46,10 +47,16 @@
 //!
 //! Where the time goes (callgrind, requests one at a time; figures and method in
 //! `docs/performance.md`, measured by `cargo run --release -p loadtests -- --speed`):
-//! - About 23,000 instructions of a request are hyper and axum (parsing, routing, the boxed
-//!   layers, writing the answer): what the trivial `ceiling` server costs. Ours on top, for one
-//!   flag: the `tracking` layer (timeout, metrics), parsing the context into a JSON map (grows
-//!   with its attributes), the cache lookup and the evaluation.
+//! - About 23,600 instructions of a request are hyper and axum (parsing, routing, writing the
+//!   answer): what the trivial `ceiling` server costs. A single flag costs about 32,500.
+//! - axum's routing, boxed layers, extractors and a clone of `AppState` per request cost about
+//!   as much as evaluating the flag, so the two evaluation routes are served by `fast_path` in
+//!   front of the router: the same handlers, client check and tracking, called directly, for
+//!   requests the router would add nothing to (the rest, and the reference, is the router; a
+//!   socket test holds the two to the same answers and counts).
+//! - Ours on top of hyper, for one flag: parsing the context (read straight into its
+//!   attributes; grows with them), the `tracking` timeout and metrics, the cache lookup and the
+//!   evaluation.
 //! - glibc's allocator was a fifth of a single-flag request: the binary runs on mimalloc.
 //! - Half of a bulk request was `serde_json` escaping and writing 100 entries into a growing
 //!   buffer. An OFREP entry follows from the flag, the variant and the reason alone, and a cached

@@ -218,9 +218,9 @@ impl BulkSnapshot {
         let scope = Scope::new(&self.snapshot);
         let results = self
             .snapshot
-            .flags()
-            .map(|flag| {
-                Evaluation::within(Arc::clone(flag), context, &scope)
+            .flags_marking_prerequisites()
+            .map(|(flag, prerequisite)| {
+                Evaluation::within_own(Arc::clone(flag), prerequisite, context, &scope)
                     .map(|e| self.freshness.mark(e))
             })
             .collect();
