@@ -48,7 +48,7 @@
 //! Where the time goes (callgrind, requests one at a time; figures and method in
 //! `docs/performance.md`, measured by `cargo run --release -p loadtests -- --speed`):
 //! - About 23,600 instructions of a request are hyper and axum (parsing, routing, writing the
-//!   answer): what the trivial `ceiling` server costs. A single flag costs about 32,500.
+//!   answer): what the trivial `ceiling` server costs. A single flag costs about 32,000.
 //! - axum's routing, boxed layers, extractors and a clone of `AppState` per request cost about
 //!   as much as evaluating the flag, so the two evaluation routes are served by `fast_path` in
 //!   front of the router: the same handlers, client check and tracking, called directly, for

@@ -294,11 +294,14 @@ async fn with_client_tokens_a_stream_needs_the_credential_of_its_own_environment
 
     assert_eq!(Stream::open(server.address, &web, &[]).await.status, 200);
     assert_eq!(Stream::open(server.address, &app, &[]).await.status, 200);
+    // The credential with its last digit changed (to one it is not: a fixed replacement would
+    // leave one credential in sixteen untouched).
+    let last = if credential.ends_with('0') { '1' } else { '0' };
     let refused = [
         "/ofrep/v1/events/web".to_owned(),
         format!("/ofrep/v1/events/app?credential={credential}"),
         format!(
-            "/ofrep/v1/events/web?credential={}0",
+            "/ofrep/v1/events/web?credential={}{last}",
             &credential[..credential.len() - 1]
         ),
         "/ofrep/v1/events/web?credential=garbage".to_owned(),
