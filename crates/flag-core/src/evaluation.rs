@@ -53,7 +53,9 @@ use serde_json::{Number, Value};
 
 use crate::bucketing;
 use crate::context::{EvaluationContext, TARGETING_KEY};
-use crate::flag::{Condition, FeatureFlag, NOW_ATTRIBUTE, Operator, Rollout, RuleOutcome};
+use crate::flag::{
+    Condition, FeatureFlag, NOW_ATTRIBUTE, Operator, Prerequisite, Rollout, RuleOutcome,
+};
 use crate::fnv::FnvBuildHasher;
 use crate::names::FlagKey;
 use crate::operand::{self, Compiled};
@@ -345,6 +347,18 @@ impl<'s> Scope<'s> {
             .map(|resolution| (Arc::clone(resolution.variant), resolution.reason))
     }
 
+    /// Whether `prerequisite` passes, when the scope has its flag's answer already: read in
+    /// place, nothing cloned (most flags that list a prerequisite find it answered).
+    fn remembered_pass(&self, prerequisite: &Prerequisite) -> Option<bool> {
+        match self.outcomes.borrow().get(prerequisite.flag())? {
+            Outcome::Done(Ok((variant, reason))) => {
+                Some(*reason != Reason::Disabled && prerequisite.accepts(variant))
+            }
+            Outcome::Done(Err(_)) => Some(false),
+            Outcome::InProgress => None,
+        }
+    }
+
     /// The answer of the environment's flag `key`, evaluated at most once per scope.
     fn outcome(
         &self,
@@ -415,9 +429,14 @@ fn evaluate_at<'f>(
         return resolve(flag, flag.off_variant(), Reason::Disabled);
     }
     for prerequisite in flag.prerequisites() {
-        let passes = match scope.outcome(prerequisite.flag(), context, depth + 1) {
-            Ok((variant, reason)) => reason != Reason::Disabled && prerequisite.accepts(&variant),
-            Err(_) => false,
+        let passes = match scope.remembered_pass(prerequisite) {
+            Some(passes) => passes,
+            None => match scope.outcome(prerequisite.flag(), context, depth + 1) {
+                Ok((variant, reason)) => {
+                    reason != Reason::Disabled && prerequisite.accepts(&variant)
+                }
+                Err(_) => false,
+            },
         };
         if !passes {
             return resolve(flag, flag.off_variant(), Reason::Disabled);

@@ -98,7 +98,10 @@ pub struct FeatureFlag {
 /// an answer rendered once stays right for as long as any snapshot holds the flag: a bulk
 /// answer of a cached environment copies its flags' bytes instead of serializing them again.
 #[derive(Default)]
-struct Renderings(OnceLock<Box<[Rendering]>>);
+struct Renderings(OnceLock<Box<[VariantAnswers]>>);
+
+/// A variant's name (the flag's own `Arc`, found by pointer) and its answers, one per reason.
+type VariantAnswers = (Arc<str>, [Rendering; Reason::COUNT]);
 
 /// One answer's bytes, once rendered.
 type Rendering = OnceLock<Box<[u8]>>;
@@ -120,7 +123,11 @@ impl PartialEq for Renderings {
 impl fmt::Debug for Renderings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let filled = self.0.get().map_or(0, |slots| {
-            slots.iter().filter(|slot| slot.get().is_some()).count()
+            slots
+                .iter()
+                .flat_map(|(_, answers)| answers)
+                .filter(|slot| slot.get().is_some())
+                .count()
         });
         write!(f, "Renderings({filled} rendered)")
     }
@@ -200,21 +207,22 @@ impl FeatureFlag {
         reason: Reason,
         render: impl FnOnce() -> Vec<u8>,
     ) -> Option<&[u8]> {
-        // An evaluation's variant is this flag's own name for it (the same bytes), so a pointer
-        // comparison finds it without comparing strings; another copy of the name is compared.
-        let index = self
-            .variants
-            .keys()
-            .position(|name| {
-                std::ptr::eq(name.as_ptr(), variant.as_ptr()) && name.len() == variant.len()
-            })
-            .or_else(|| self.variants.keys().position(|name| &**name == variant))?;
         let slots = self.renderings.0.get_or_init(|| {
-            (0..self.variants.len() * Reason::COUNT)
-                .map(|_| OnceLock::new())
+            self.variants
+                .keys()
+                .map(|name| (Arc::clone(name), std::array::from_fn(|_| OnceLock::new())))
                 .collect()
         });
-        let slot = slots.get(index * Reason::COUNT + reason.index())?;
+        // An evaluation's variant is this flag's own name for it (the same bytes), so a pointer
+        // comparison over the slots finds it without comparing strings (or walking the variant
+        // map); another copy of the name is compared.
+        let (_, answers) = slots
+            .iter()
+            .find(|(name, _)| {
+                std::ptr::eq(name.as_ptr(), variant.as_ptr()) && name.len() == variant.len()
+            })
+            .or_else(|| slots.iter().find(|(name, _)| &**name == variant))?;
+        let slot = answers.get(reason.index())?;
         Some(slot.get_or_init(|| render().into_boxed_slice()))
     }
 
