@@ -635,21 +635,26 @@ pub async fn get_flag_agrees_with_get(
             "get_flag on an uncached environment is not Miss",
         ));
     }
+    // Every flag of `snapshot` answered as a `Hit` of it; `when` names the moment.
+    let every_flag_hits = async |snapshot: &EnvironmentSnapshot, when: &str| {
+        for flag in snapshot.flags() {
+            let want = FlagLookup::Hit {
+                flag: Arc::clone(flag),
+                revision: snapshot.revision(),
+            };
+            let got = lookup(flag.key().as_str()).await?;
+            if got != want {
+                return Err(Violation::new(
+                    P,
+                    format!("get_flag {}{when} answered {got:?}", flag.key()),
+                ));
+            }
+        }
+        Ok(())
+    };
     let snapshot = generation_snapshot(4, 5, 1);
     set(P, cache, &env, snapshot.clone(), LONG_TTL).await?;
-    for flag in snapshot.flags() {
-        let want = FlagLookup::Hit {
-            flag: Arc::clone(flag),
-            revision: Revision(4),
-        };
-        let got = lookup(flag.key().as_str()).await?;
-        if got != want {
-            return Err(Violation::new(
-                P,
-                format!("get_flag {} answered {got:?}", flag.key()),
-            ));
-        }
-    }
+    every_flag_hits(&snapshot, "").await?;
     for absent in ["flag-00005", "FLAG-00000", "flag-0000"] {
         let got = lookup(absent).await?;
         if got
@@ -670,19 +675,7 @@ pub async fn get_flag_agrees_with_get(
     // A later fill with other contents: nothing an adapter remembered of the first may show.
     let replaced = generation_snapshot(5, 5, 2);
     set(P, cache, &env, replaced.clone(), LONG_TTL).await?;
-    for flag in replaced.flags() {
-        let want = FlagLookup::Hit {
-            flag: Arc::clone(flag),
-            revision: Revision(5),
-        };
-        let got = lookup(flag.key().as_str()).await?;
-        if got != want {
-            return Err(Violation::new(
-                P,
-                format!("get_flag {} after a new fill answered {got:?}", flag.key()),
-            ));
-        }
-    }
+    every_flag_hits(&replaced, " after a new fill").await?;
     Ok(())
 }
 

@@ -34,6 +34,8 @@ use crate::{admin, ofrep, ops, segments, streams};
 #[derive(Clone)]
 pub struct App(Arc<Served>);
 
+/// What [`App`] shares between clones: the router and, unless built from a bare router, the
+/// fast path.
 struct Served {
     router: Router,
     fast_path: Option<FastPath>,

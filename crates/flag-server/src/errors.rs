@@ -308,15 +308,19 @@ impl OfrepError {
         Self::new(status, error.code(), error.to_string()).for_key(error.key().as_str())
     }
 
+    /// `413`: an evaluation request body over `limit` bytes (`FLAG_MAX_CONTEXT_BYTES`).
+    pub(crate) fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::General,
+            format!("evaluation request bodies are limited to {limit} bytes"),
+        )
+    }
+
     /// A body that could not be read: `413 GENERAL` past `limit` bytes, else `400 PARSE_ERROR`.
     pub(crate) fn unreadable_body(rejection: &BytesRejection, limit: usize) -> Self {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::new(
-                status,
-                ErrorCode::General,
-                format!("evaluation request bodies are limited to {limit} bytes"),
-            );
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::body_too_large(limit);
         }
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -158,8 +158,9 @@ fn route_of(request: &Request, max_context_bytes: usize, cors: bool) -> Option<E
 /// client goes away while sending it (answered as the router's body extractor answers it, and
 /// recorded as abandoned). A body that arrived in one piece is kept as it is, not copied.
 async fn read(mut body: Body, limit: usize) -> Result<Bytes, OfrepError> {
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
+    // The first piece as it came; a copy of everything only once a second piece arrives.
+    let mut whole = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|error| {
             OfrepError::new(
@@ -171,27 +172,29 @@ async fn read(mut body: Body, limit: usize) -> Result<Bytes, OfrepError> {
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    joined.extend_from_slice(&earlier);
-                }
+        let read = match &mut joined {
+            Some(joined) => {
                 joined.extend_from_slice(&data);
+                joined.len()
             }
-        }
-        let read = first.as_ref().map_or(joined.len(), Bytes::len);
+            None if whole.is_empty() => {
+                whole = data;
+                whole.len()
+            }
+            None => {
+                let mut copy = Vec::with_capacity(whole.len() + data.len());
+                copy.extend_from_slice(&whole);
+                copy.extend_from_slice(&data);
+                joined.insert(copy).len()
+            }
+        };
         if read > limit {
             // hyper holds a body to its `Content-Length`, which was within the limit; kept for
             // the day a body arrives some other way.
-            return Err(OfrepError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::General,
-                format!("evaluation request bodies are limited to {limit} bytes"),
-            ));
+            return Err(OfrepError::body_too_large(limit));
         }
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+    Ok(joined.map_or(whole, Bytes::from))
 }
 
 #[cfg(test)]
