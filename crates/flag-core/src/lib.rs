@@ -59,6 +59,7 @@ mod repository;
 mod secrets;
 mod segment;
 mod service;
+mod single_flight;
 mod snapshot;
 
 pub use bucketing::{bucket, murmur3_x86_32};
@@ -91,6 +92,7 @@ pub use service::{
     FeatureFlagService, LimitExceeded, Limits, RELIST_EVERY, RetryPolicy, ServiceBuilder,
     ServiceConfigError, ServiceError,
 };
+pub use single_flight::SingleFlight;
 pub use snapshot::{
     DuplicateFlag, DuplicateSegment, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision,
 };

@@ -14,6 +14,11 @@
 //! - A bus that subscribes per environment (sharded pub/sub) is asked to watch an environment the
 //!   first time L2 answers it; L1 keeps nothing of an environment until the bus says its
 //!   invalidations arrive, checked before L2 is read, so no invalidation can fall in between.
+//! - Concurrent L1 misses on one environment share one L2 read ([`SingleFlight`]): when a large
+//!   environment's L1 entry expires under load, one request reads and decodes it from L2 while
+//!   the others wait for that answer, instead of each fetching megabytes at once (which ran into
+//!   the L2 timeout and opened the service's circuit). An invalidation lets go of the read in
+//!   progress, so readers after it read L2 again.
 //! - The L1 TTL bounds staleness if everything else fails.
 
 use std::collections::HashMap;
@@ -27,7 +32,8 @@ use tracing::{debug, warn};
 
 use flag_core::{
     BusEvent, CacheError, DynFeatureFlagCache, DynInvalidationBus, Environment,
-    EnvironmentSnapshot, FeatureFlagCache, FlagKey, FlagLookup, Revision, SetOutcome, TierStatus,
+    EnvironmentSnapshot, FeatureFlagCache, FlagKey, FlagLookup, Revision, SetOutcome, SingleFlight,
+    TierStatus,
 };
 
 /// The L1 TTL when none is configured: five seconds.
@@ -53,7 +59,12 @@ struct Tiers {
     losses: AtomicU64,
     /// Environments L1 may hold, with the newest revision it was given for each.
     held: Mutex<HashMap<Environment, Revision>>,
+    /// L2 reads in progress after L1 misses, shared by the readers that missed together.
+    l2_reads: SingleFlight<L2Answer>,
 }
+
+/// What an L2 read answers.
+type L2Answer = Result<Option<Arc<EnvironmentSnapshot>>, CacheError>;
 
 impl TieredCache {
     /// Starts a tiered cache (and its bus listener, which ends when the bus closes or the cache is
@@ -75,6 +86,7 @@ impl TieredCache {
             epoch: AtomicU64::new(0),
             losses: AtomicU64::new(0),
             held: Mutex::default(),
+            l2_reads: SingleFlight::default(),
         });
         tokio::spawn(listen(Arc::downgrade(&inner), events));
         Self { inner }
@@ -107,6 +119,7 @@ async fn listen(
                 revision,
             }) => {
                 debug!(%environment, %revision, "invalidation received");
+                tiers.l2_reads.detach(&environment);
                 let _ = tiers.l1.invalidate(&environment, revision).await;
             }
             Ok(BusEvent::Lost) => {
@@ -152,6 +165,7 @@ impl Tiers {
     /// Drops every environment L1 may hold.
     async fn drop_l1(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.l2_reads.detach_all();
         let held: Vec<(Environment, Revision)> = self
             .held
             .lock()
@@ -205,11 +219,13 @@ impl Tiers {
         }
     }
 
+    /// L2's snapshot of `env` after an L1 miss, read once for every reader that missed meanwhile.
+    async fn read_after_miss(&self, env: &Environment) -> L2Answer {
+        self.l2_reads.share(env, || self.read_through_l2(env)).await
+    }
+
     /// L2's snapshot of `env`, filling L1 with it.
-    async fn read_through_l2(
-        &self,
-        env: &Environment,
-    ) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+    async fn read_through_l2(&self, env: &Environment) -> L2Answer {
         let ticket = self.ticket(env);
         let Some((snapshot, remaining)) = self.l2.get_with_ttl(env).await? else {
             return Ok(None);
@@ -240,7 +256,7 @@ impl FeatureFlagCache for TieredCache {
         {
             return Ok(Some(snapshot));
         }
-        tiers.read_through_l2(env).await
+        tiers.read_after_miss(env).await
     }
 
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
@@ -251,7 +267,7 @@ impl FeatureFlagCache for TieredCache {
                 Ok(found) => return Ok(found),
             }
         }
-        Ok(match tiers.read_through_l2(env).await? {
+        Ok(match tiers.read_after_miss(env).await? {
             Some(snapshot) => snapshot.lookup(key.as_str()),
             None => FlagLookup::Miss,
         })

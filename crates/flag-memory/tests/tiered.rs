@@ -5,16 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failure by panicking
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flag_conformance::{CacheCapabilities, SharedCache, cache_suite, generation_snapshot};
 use flag_core::{
-    BusError, BusEvent, Environment, FeatureFlagCache, InvalidationBus, Revision, SetOutcome,
-    TierStatus, async_trait,
+    BusError, BusEvent, CacheError, Environment, EnvironmentSnapshot, FeatureFlagCache, FlagKey,
+    FlagLookup, InvalidationBus, Revision, SetOutcome, TierStatus, async_trait,
 };
 use flag_memory::{LocalBus, MemoryCache, TTL_SLACK, TieredCache};
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 
 fn tiered_over(l2: Arc<MemoryCache>, bus: &LocalBus, l1_ttl: Duration) -> TieredCache {
     TieredCache::start(
@@ -299,5 +300,167 @@ async fn a_read_that_began_before_its_environment_was_watched_is_not_kept() {
     assert_eq!(
         cache.get(&env).await.unwrap().unwrap().revision(),
         Revision(2)
+    );
+}
+
+/// A real `MemoryCache` as L2 that counts the snapshot reads it is asked for and holds each
+/// answer until the test opens its gate: reads that overlap can be made to overlap.
+#[derive(Debug)]
+struct GatedL2 {
+    inner: MemoryCache,
+    reads: AtomicUsize,
+    gate: Semaphore,
+}
+
+impl GatedL2 {
+    fn closed() -> Self {
+        Self {
+            inner: MemoryCache::new(),
+            reads: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        }
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+#[async_trait]
+impl FeatureFlagCache for GatedL2 {
+    fn backend(&self) -> &'static str {
+        "gated"
+    }
+
+    async fn get(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
+        Ok(self.get_with_ttl(env).await?.map(|(snapshot, _)| snapshot))
+    }
+
+    async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
+        self.inner.get_flag(env, key).await
+    }
+
+    async fn set(
+        &self,
+        env: &Environment,
+        snapshot: Arc<EnvironmentSnapshot>,
+        ttl: Duration,
+    ) -> Result<SetOutcome, CacheError> {
+        self.inner.set(env, snapshot, ttl).await
+    }
+
+    async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
+        self.inner.invalidate(env, revision).await
+    }
+
+    /// Reads the entry first, then waits at the gate: the answer is what L2 held when the read
+    /// began.
+    async fn get_with_ttl(
+        &self,
+        env: &Environment,
+    ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let found = self.inner.get_with_ttl(env).await;
+        let _passed = self.gate.acquire().await.unwrap();
+        found
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_miss_l1_together_share_one_l2_read() {
+    let l2 = Arc::new(GatedL2::closed());
+    let bus = LocalBus::new();
+    let cache = Arc::new(TieredCache::start(
+        Arc::new(MemoryCache::new()),
+        l2.clone(),
+        Arc::new(bus.clone()),
+        Duration::from_secs(60),
+    ));
+    let env = production();
+    l2.inner
+        .set(&env, Arc::new(generation_snapshot(1, 3, 1)), TTL)
+        .await
+        .unwrap();
+    let key = FlagKey::parse("flag-0").unwrap();
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let (cache, env, key) = (cache.clone(), env.clone(), key.clone());
+            tokio::spawn(async move { cache.get_flag(&env, &key).await })
+        })
+        .collect();
+    eventually("the first reader reached L2", async || l2.reads() == 1).await;
+    // Give the other readers time to arrive while the read is held.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    l2.open();
+    for reader in readers {
+        let lookup = reader.await.unwrap().unwrap();
+        assert!(
+            matches!(
+                lookup,
+                FlagLookup::Hit {
+                    revision: Revision(1),
+                    ..
+                }
+            ),
+            "{lookup:?}"
+        );
+    }
+    assert_eq!(l2.reads(), 1, "readers that missed together read L2 each");
+    // L1 holds it now: nothing more reaches L2.
+    cache.get(&env).await.unwrap().unwrap();
+    assert_eq!(l2.reads(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_after_an_invalidation_does_not_join_the_l2_read_that_began_before_it() {
+    let l2 = Arc::new(GatedL2::closed());
+    let bus = LocalBus::new();
+    let tiered = |l2: Arc<GatedL2>| {
+        Arc::new(TieredCache::start(
+            Arc::new(MemoryCache::new()),
+            l2,
+            Arc::new(bus.clone()),
+            Duration::from_secs(60),
+        ))
+    };
+    let (reader, writer) = (tiered(l2.clone()), tiered(l2.clone()));
+    let env = production();
+    l2.inner
+        .set(&env, Arc::new(generation_snapshot(1, 3, 1)), TTL)
+        .await
+        .unwrap();
+    let read = |cache: Arc<TieredCache>, env: Environment| {
+        tokio::spawn(async move { cache.get(&env).await.unwrap().unwrap().revision() })
+    };
+    let early = read(reader.clone(), env.clone());
+    eventually("the early read reached L2", async || l2.reads() == 1).await;
+    // A write through the other instance: L2 changes and the invalidation goes out on the bus.
+    writer.invalidate(&env, Revision(2)).await.unwrap();
+    l2.inner
+        .set(&env, Arc::new(generation_snapshot(2, 3, 2)), TTL)
+        .await
+        .unwrap();
+    // Once the reader has heard it, a new read starts its own L2 read (the gate holds both).
+    let mut late = Vec::new();
+    eventually(
+        "a reader after the invalidation read L2 itself",
+        async || {
+            late.push(read(reader.clone(), env.clone()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            l2.reads() >= 2
+        },
+    )
+    .await;
+    l2.open();
+    assert_eq!(early.await.unwrap(), Revision(1));
+    let last = late.pop().unwrap();
+    assert_eq!(
+        last.await.unwrap(),
+        Revision(2),
+        "the reader joined a read older than the invalidation"
     );
 }

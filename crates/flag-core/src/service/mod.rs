@@ -1,7 +1,7 @@
 //! `FeatureFlagService`: reads through the cache, writes through the repository.
 //!
 //! This module is the service's public API; `read_through` is the read path, `catalog` knows
-//! which environments exist, `single_flight` shares concurrent repository reads, `invalidation`
+//! which environments exist, [`crate::SingleFlight`] shares concurrent repository reads, `invalidation`
 //! retries failed invalidations, `last_good` keeps what to answer when the stores fail, `changes`
 //! tells followers of an environment's newest revision,
 //! `breaker` stops calling a cache that is out, and `copies` keeps in-process copies of
@@ -59,7 +59,6 @@ mod copies;
 mod invalidation;
 mod last_good;
 mod read_through;
-mod single_flight;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -69,6 +68,7 @@ use crate::cache::{CacheError, DynFeatureFlagCache, TierStatus};
 use crate::context::EvaluationContext;
 use crate::evaluation::{Evaluation, EvaluationError, Scope};
 use crate::flag::FeatureFlag;
+use crate::fnv::FnvBuildHasher;
 use crate::metrics::{Counters, ServiceMetrics};
 use crate::names::{Environment, FlagKey, SegmentKey};
 use crate::repository::{
@@ -77,6 +77,7 @@ use crate::repository::{
 use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 
+use crate::single_flight::SingleFlight;
 use breaker::{Breaker, Quiet};
 use catalog::Catalog;
 pub use catalog::RELIST_EVERY;
@@ -85,7 +86,6 @@ use copies::{Copies, OVERSIZED_REFRESH};
 use invalidation::PendingInvalidations;
 pub use invalidation::RetryPolicy;
 use last_good::LastKnownGood;
-use single_flight::Flights;
 
 /// The cache TTL used when none is configured: five minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_millis(300_000);
@@ -333,8 +333,8 @@ impl ServiceBuilder {
                 cache: self.cache,
                 ttl: self.ttl,
                 retry: self.retry,
-                flights: Flights::default(),
-                floors: RwLock::new(HashMap::new()),
+                flights: SingleFlight::default(),
+                floors: RwLock::default(),
                 invalidations: PendingInvalidations::default(),
                 last_good: LastKnownGood::archived(self.stale_if_error, archive),
                 catalog: Catalog::default(),
@@ -358,9 +358,9 @@ struct Inner {
     ttl: Duration,
     retry: RetryPolicy,
     /// Repository reads in progress, one per environment, joined by concurrent misses.
-    flights: Flights,
+    flights: SingleFlight<Result<Arc<EnvironmentSnapshot>, RepositoryError>>,
     /// The newest revision this service wrote per environment: nothing older may be served.
-    floors: RwLock<HashMap<Environment, Revision>>,
+    floors: RwLock<HashMap<Environment, Revision, FnvBuildHasher>>,
     /// Environments whose invalidation failed, with the revision still to invalidate.
     invalidations: PendingInvalidations,
     /// What to serve when the cache cannot answer and the repository fails.
