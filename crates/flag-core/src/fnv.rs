@@ -1,6 +1,7 @@
 //! FNV-1a, 64 bits: a hash for short keys the server itself chose (flag keys, segment keys), where
 //! SipHash's protection against chosen collisions buys nothing and costs most of a lookup.
-//! Never use it for maps keyed by what a client sends.
+//! Also for maps of existing environments: a client may look a name up, but only the server's
+//! own writes add one. Never use it for maps a client's input adds keys to.
 
 use std::hash::{BuildHasherDefault, Hasher};
 

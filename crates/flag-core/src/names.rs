@@ -53,8 +53,38 @@ struct Grammar {
     description: &'static str,
     pattern: &'static str,
     max_len: usize,
-    first: fn(u8) -> bool,
-    rest: fn(u8) -> bool,
+    /// The bytes a name may start with.
+    first: ByteSet,
+    /// The bytes that may follow.
+    rest: ByteSet,
+}
+
+/// A set of bytes, as a table: names are checked on every request, a byte at a time.
+struct ByteSet([bool; 256]);
+
+impl ByteSet {
+    /// ASCII lowercase letters and digits, uppercase letters when `upper`, and `extra`.
+    const fn of(upper: bool, extra: &[u8]) -> Self {
+        let mut set = [false; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            let b = byte as u8;
+            let mut allowed = b.is_ascii_lowercase() || b.is_ascii_digit();
+            allowed |= upper && b.is_ascii_uppercase();
+            let mut other = 0;
+            while other < extra.len() {
+                allowed |= extra[other] == b;
+                other += 1;
+            }
+            set[byte] = allowed;
+            byte += 1;
+        }
+        Self(set)
+    }
+
+    fn contains(&self, byte: u8) -> bool {
+        self.0[usize::from(byte)]
+    }
 }
 
 impl Grammar {
@@ -76,7 +106,7 @@ impl Grammar {
                 ),
             ));
         }
-        if !(self.first)(first) {
+        if !self.first.contains(first) {
             let reason = if first == b'_' {
                 format!(
                     "must start with a letter or digit (names starting with `_` are reserved); pattern {}",
@@ -90,7 +120,7 @@ impl Grammar {
             };
             return Err(NameError::new(self.kind, input, reason));
         }
-        if let Some(position) = bytes.iter().skip(1).position(|&b| !(self.rest)(b)) {
+        if let Some(position) = bytes.iter().skip(1).position(|&b| !self.rest.contains(b)) {
             let bad = input[position + 1..].chars().next().unwrap_or('?');
             return Err(NameError::new(
                 self.kind,
@@ -106,34 +136,34 @@ impl Grammar {
     }
 }
 
-const ENVIRONMENT: Grammar = Grammar {
+static ENVIRONMENT: Grammar = Grammar {
     kind: "environment",
     #[cfg(feature = "openapi")]
     description: "An environment name, such as `production`.",
     pattern: "^[a-z0-9][a-z0-9_-]{0,63}$",
     max_len: 64,
-    first: |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
-    rest: |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-',
+    first: ByteSet::of(false, b""),
+    rest: ByteSet::of(false, b"_-"),
 };
 
-const FLAG_KEY: Grammar = Grammar {
+static FLAG_KEY: Grammar = Grammar {
     kind: "flag key",
     #[cfg(feature = "openapi")]
     description: "A flag key, such as `new-checkout`.",
     pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
     max_len: 128,
-    first: |b| b.is_ascii_alphanumeric(),
-    rest: |b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-',
+    first: ByteSet::of(true, b""),
+    rest: ByteSet::of(true, b"._-"),
 };
 
-const SEGMENT_KEY: Grammar = Grammar {
+static SEGMENT_KEY: Grammar = Grammar {
     kind: "segment key",
     #[cfg(feature = "openapi")]
     description: "A segment key, such as `beta-testers`.",
     pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
     max_len: 128,
-    first: |b| b.is_ascii_alphanumeric(),
-    rest: |b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-',
+    first: ByteSet::of(true, b""),
+    rest: ByteSet::of(true, b"._-"),
 };
 
 macro_rules! name_type {

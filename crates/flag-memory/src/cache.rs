@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flag_core::{
-    CacheError, Environment, EnvironmentSnapshot, FeatureFlagCache, FlagKey, FlagLookup, Revision,
-    SetOutcome, async_trait,
+    CacheError, Environment, EnvironmentSnapshot, FeatureFlagCache, FlagKey, FlagLookup,
+    FnvBuildHasher, Revision, SetOutcome, async_trait,
 };
 use moka::Expiry;
 use moka::future::Cache;
@@ -71,7 +71,9 @@ impl Expiry<Environment, Arc<Slot>> for SlotExpiry {
 /// An in-process cache of environment snapshots.
 #[derive(Clone)]
 pub struct MemoryCache {
-    slots: Cache<Environment, Arc<Slot>>,
+    /// Keyed with FNV: only existing environments are stored (a client's junk name is looked up,
+    /// never added), and SipHash was a tenth of a lookup.
+    slots: Cache<Environment, Arc<Slot>, FnvBuildHasher>,
     tombstone_ttl: Duration,
 }
 
@@ -121,7 +123,7 @@ impl MemoryCacheBuilder {
             slots: Cache::builder()
                 .max_capacity(self.max_environments)
                 .expire_after(SlotExpiry)
-                .build(),
+                .build_with_hasher(FnvBuildHasher::default()),
             tombstone_ttl: self.tombstone_ttl,
         }
     }

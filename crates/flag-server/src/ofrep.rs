@@ -20,7 +20,7 @@ use flag_core::{
 };
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -63,8 +63,7 @@ struct EvaluationRequest {
 fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
     // One UTF-8 check of the whole body, rather than one per string as `from_slice` makes.
     if let Ok(text) = std::str::from_utf8(body)
-        && let Ok(ContextOnly(Some(attributes))) = serde_json::from_str(text)
-        && let Ok(context) = EvaluationContext::from_map(attributes)
+        && let Ok(ContextOnly(Some(context))) = serde_json::from_str(text)
     {
         return Ok(context);
     }
@@ -73,7 +72,7 @@ fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
 
 /// An evaluation request's `context` object (the last one, as a JSON map keeps it), every other
 /// member skipped; reading fails on anything but an object whose `context` is an object.
-struct ContextOnly(Option<Map<String, Value>>);
+struct ContextOnly(Option<EvaluationContext>);
 
 impl<'de> Deserialize<'de> for ContextOnly {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::fnv::FnvBuildHasher;
 use crate::names::Environment;
 use crate::repository::RepositoryError;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
@@ -33,7 +34,7 @@ pub const RELIST_EVERY: Duration = Duration::from_secs(1);
 /// The environments known to exist, and when the repository was last listed.
 #[derive(Debug)]
 pub(super) struct Catalog {
-    known: RwLock<HashSet<Environment>>,
+    known: RwLock<HashSet<Environment, FnvBuildHasher>>,
     listing: tokio::sync::Mutex<Listing>,
     empty: Arc<EnvironmentSnapshot>,
 }

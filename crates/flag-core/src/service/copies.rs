@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::fnv::FnvBuildHasher;
 use crate::names::Environment;
 use crate::snapshot::{EnvironmentSnapshot, Revision};
 
@@ -24,7 +25,7 @@ pub(super) const OVERSIZED_REFRESH: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) struct Copies {
     refresh: Duration,
-    copies: RwLock<HashMap<Environment, (Arc<EnvironmentSnapshot>, Instant)>>,
+    copies: RwLock<HashMap<Environment, (Arc<EnvironmentSnapshot>, Instant), FnvBuildHasher>>,
 }
 
 impl Copies {

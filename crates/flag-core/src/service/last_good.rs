@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::archive::{Archive, Restored};
+use crate::fnv::FnvBuildHasher;
 use crate::names::Environment;
 use crate::snapshot::{EnvironmentSnapshot, Revision};
 
@@ -27,7 +28,7 @@ const REPOSITORY_REST: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct LastKnownGood {
     bound: Duration,
-    entries: RwLock<HashMap<Environment, Entry>>,
+    entries: RwLock<HashMap<Environment, Entry, FnvBuildHasher>>,
     /// Environments whose whole snapshot is being fetched to catch up with a single-flag read.
     catching_up: Mutex<HashSet<Environment>>,
     /// Per environment, until when reads with a fallback skip the repository after an outage.
@@ -247,7 +248,7 @@ impl LastKnownGood {
             .remove(env);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Environment, Entry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Environment, Entry, FnvBuildHasher>> {
         self.entries.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
