@@ -48,7 +48,8 @@
 //! Where the time goes (callgrind, requests one at a time; figures and method in
 //! `docs/performance.md`, measured by `cargo run --release -p loadtests -- --speed`):
 //! - About 23,600 instructions of a request are hyper and axum (parsing, routing, writing the
-//!   answer): what the trivial `ceiling` server costs. A single flag costs about 32,000.
+//!   answer): what the trivial `ceiling` server costs. A single flag costs about 29,500 (as
+//!   the runner counts it).
 //! - axum's routing, boxed layers, extractors and a clone of `AppState` per request cost about
 //!   as much as evaluating the flag, so the two evaluation routes are served by `fast_path` in
 //!   front of the router: the same handlers, client check and tracking, called directly, for
@@ -57,7 +58,11 @@
 //! - Ours on top of hyper, for one flag: parsing the context (read straight into its
 //!   attributes; grows with them), the `tracking` timeout and metrics, the cache lookup and the
 //!   evaluation.
-//! - glibc's allocator was a fifth of a single-flag request: the binary runs on mimalloc.
+//! - The fast path's answer future is boxed where it is made: it holds the evaluation and the
+//!   cache lookup inline, and was copied whole at each of five moves (a twentieth of a request).
+//! - glibc's allocator was a fifth of a single-flag request: the binary runs on mimalloc, v2,
+//!   whose aligned allocations (all of Rust's, through the `mimalloc` crate) stay on the fast
+//!   path where v3's fell to an over-allocating fallback whenever a page needed refilling.
 //! - Half of a bulk request was `serde_json` escaping and writing 100 entries into a growing
 //!   buffer. An OFREP entry follows from the flag, the variant and the reason alone, and a cached
 //!   flag never changes, so each flag keeps its answers' bytes once rendered

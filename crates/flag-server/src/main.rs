@@ -17,6 +17,8 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than glibc's allocator: under callgrind, malloc and free were a fifth of the
 /// instructions of a single-flag request (see `flag_server`'s crate docs, "Where the time goes").
+/// Its v2 (the workspace's `mimalloc` features): the crate allocates through `mi_malloc_aligned`,
+/// which in v3 over-allocates whenever a page's free list needs refilling.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
