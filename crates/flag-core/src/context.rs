@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 /// The reserved attribute that identifies the user, as OpenFeature names it.
 pub const TARGETING_KEY: &str = "targetingKey";
 
+/// Up to this many attributes, a lookup compares names one by one.
+const LINEAR_LOOKUP_MAX: usize = 8;
+
 /// Attributes of the subject of an evaluation, `targetingKey` among them.
 ///
 /// Decisions: an attribute whose value is `null` counts as missing; an empty `targetingKey` counts
@@ -114,6 +117,15 @@ impl EvaluationContext {
     }
 
     fn get(&self, name: &str) -> Option<&Value> {
+        // Few attributes (the usual context): equality, which a length tells apart at once,
+        // costs less than ordering them; many: a binary search.
+        if self.attributes.len() <= LINEAR_LOOKUP_MAX {
+            return self
+                .attributes
+                .iter()
+                .find(|(candidate, _)| candidate == name)
+                .map(|(_, value)| value);
+        }
         self.position(name)
             .ok()
             .map(|found| &self.attributes[found].1)
@@ -160,6 +172,26 @@ mod tests {
         assert_eq!(read.targeting_key(), Some("u-1"));
         let names: Vec<&str> = read.attributes().map(|(name, _)| name).collect();
         assert_eq!(names, ["a", "plan", "targetingKey"]);
+    }
+
+    #[test]
+    fn many_attributes_are_found_by_name_as_few_are() {
+        let names: Vec<String> = (0..(LINEAR_LOOKUP_MAX * 3))
+            .map(|n| format!("a{n:02}"))
+            .collect();
+        let many = EvaluationContext::from_pairs(
+            names
+                .iter()
+                .rev()
+                .map(|name| (name.clone(), json!(name)))
+                .collect(),
+        )
+        .unwrap();
+        for name in &names {
+            assert_eq!(many.attribute(name), Some(&json!(name)));
+        }
+        assert_eq!(many.attribute("a99"), None);
+        assert_eq!(many.attribute(""), None);
     }
 
     #[test]
