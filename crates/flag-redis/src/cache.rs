@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flag_core::{
     CacheError, Environment, EnvironmentSnapshot, FeatureFlag, FeatureFlagCache, FlagKey,
-    FlagLookup, Revision, SetOutcome, async_trait, redact_url,
+    FlagLookup, FnvBuildHasher, Revision, SetOutcome, async_trait, redact_url,
 };
 
 use crate::client::RedisClient;
@@ -44,9 +44,9 @@ pub struct RedisCache {
 
 struct Shared {
     /// The last snapshot `get` decoded per environment, with the `__meta` text it came with.
-    decoded: Mutex<HashMap<Environment, Decoded>>,
+    decoded: Mutex<HashMap<Environment, Decoded, FnvBuildHasher>>,
     /// The flags `get_flag` decoded per environment, with the `__meta` text they came with.
-    decoded_flags: Mutex<HashMap<Environment, DecodedFlags>>,
+    decoded_flags: Mutex<HashMap<Environment, DecodedFlags, FnvBuildHasher>>,
     tombstone_ttl: Duration,
     max_snapshot_bytes: usize,
     scripts: Scripts,
@@ -61,9 +61,14 @@ struct Decoded {
 /// Flags `get_flag` decoded from one fill of an environment (the exact `__meta` text that came
 /// with them): decoding a flag's JSON was a third of a single-flag read, and a fill never
 /// changes, so each flag of it is decoded once.
+///
+/// Keyed with FNV, as the environment maps are: only flags Redis answered are remembered, of
+/// environments that exist, so a client's junk names are never added.
 struct DecodedFlags {
     meta: String,
-    flags: HashMap<FlagKey, Arc<FeatureFlag>>,
+    /// The revision `meta` names: a read that finds the same text needs not parse it again.
+    revision: Revision,
+    flags: HashMap<FlagKey, Arc<FeatureFlag>, FnvBuildHasher>,
 }
 
 impl fmt::Debug for RedisCache {
@@ -220,7 +225,7 @@ impl RedisCache {
         self.client.call(operation).await.map_err(CacheError::from)
     }
 
-    fn decoded(&self) -> MutexGuard<'_, HashMap<Environment, Decoded>> {
+    fn decoded(&self) -> MutexGuard<'_, HashMap<Environment, Decoded, FnvBuildHasher>> {
         self.shared
             .decoded
             .lock()
@@ -234,9 +239,10 @@ impl RedisCache {
         env: &Environment,
         meta: &str,
         key: &FlagKey,
-    ) -> Option<Arc<FeatureFlag>> {
+    ) -> Option<(Arc<FeatureFlag>, Revision)> {
         if let Some(snapshot) = self.decoded_with(env, meta) {
-            return snapshot.flag(key.as_str()).cloned();
+            let flag = snapshot.flag(key.as_str()).cloned()?;
+            return Some((flag, snapshot.revision()));
         }
         let flags = self
             .shared
@@ -244,12 +250,19 @@ impl RedisCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let decoded = flags.get(env).filter(|decoded| decoded.meta == meta)?;
-        decoded.flags.get(key).cloned()
+        let flag = decoded.flags.get(key).cloned()?;
+        Some((flag, decoded.revision))
     }
 
     /// Remembers `flag` of `env` as decoded from the fill that came with `meta` (forgetting what
     /// was remembered of an older fill; past [`DECODED_ENVIRONMENTS`] environments, everything).
-    fn remember_flag(&self, env: &Environment, meta: &str, key: &FlagKey, flag: Arc<FeatureFlag>) {
+    fn remember_flag(
+        &self,
+        env: &Environment,
+        (meta, revision): (&str, Revision),
+        key: &FlagKey,
+        flag: Arc<FeatureFlag>,
+    ) {
         let mut flags = self
             .shared
             .decoded_flags
@@ -260,10 +273,12 @@ impl RedisCache {
         }
         let decoded = flags.entry(env.clone()).or_insert_with(|| DecodedFlags {
             meta: meta.to_owned(),
-            flags: HashMap::new(),
+            revision,
+            flags: HashMap::default(),
         });
         if decoded.meta != meta {
             decoded.meta = meta.to_owned();
+            decoded.revision = revision;
             decoded.flags.clear();
         }
         decoded.flags.insert(key.clone(), flag);
@@ -406,6 +421,13 @@ impl FeatureFlagCache for RedisCache {
         let Some(raw_meta) = raw_meta else {
             return Ok(FlagLookup::Miss);
         };
+        // The fill `__meta` names is immutable: what was decoded from it stays right, and so
+        // does the revision read from it (a tombstone's flags are never remembered).
+        if raw_flag.is_some()
+            && let Some((flag, revision)) = self.decoded_flag(env, &raw_meta, flag_key)
+        {
+            return Ok(FlagLookup::Hit { flag, revision });
+        }
         let meta = parse_meta(env, &raw_meta)?;
         if meta.tombstone {
             return Ok(FlagLookup::Miss);
@@ -414,12 +436,8 @@ impl FeatureFlagCache for RedisCache {
         let Some(raw) = raw_flag else {
             return Ok(FlagLookup::Absent { revision });
         };
-        // The fill `__meta` names is immutable: what was decoded from it stays right.
-        if let Some(flag) = self.decoded_flag(env, &raw_meta, flag_key) {
-            return Ok(FlagLookup::Hit { flag, revision });
-        }
         let flag = Arc::new(parse_flag(env, flag_key.as_str(), &raw)?);
-        self.remember_flag(env, &raw_meta, flag_key, Arc::clone(&flag));
+        self.remember_flag(env, (&raw_meta, revision), flag_key, Arc::clone(&flag));
         Ok(FlagLookup::Hit { flag, revision })
     }
 
