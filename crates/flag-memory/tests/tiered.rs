@@ -385,7 +385,7 @@ async fn readers_that_miss_l1_together_share_one_l2_read() {
         .set(&env, Arc::new(generation_snapshot(1, 3, 1)), TTL)
         .await
         .unwrap();
-    let key = FlagKey::parse("flag-0").unwrap();
+    let key = FlagKey::parse("flag-00001").unwrap();
     let readers: Vec<_> = (0..32)
         .map(|_| {
             let (cache, env, key) = (cache.clone(), env.clone(), key.clone());
