@@ -43,6 +43,9 @@ use crate::evaluation::Reason;
 use crate::names::{FlagKey, NameError, SegmentKey};
 use crate::operand::{self, Compiled};
 
+/// How many variants [`FeatureFlag::variant`] compares by pointer before searching by name.
+const POINTER_SCAN_MAX: usize = 8;
+
 /// A validated feature flag, as stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", try_from = "Value")]
@@ -90,6 +93,11 @@ pub struct FeatureFlag {
     /// Each answer's bytes as an adapter renders them, made on first use (never stored).
     #[serde(skip)]
     renderings: Renderings,
+    /// Whether evaluating needs prerequisites or segments, decided once when the flag is built:
+    /// asked on every evaluation, it read every rule's conditions, rules the evaluation itself
+    /// may never reach (never stored).
+    #[serde(skip)]
+    environment_needed: bool,
 }
 
 /// The rendered answers of one flag, one slot per (variant, reason), each filled on first use.
@@ -158,6 +166,7 @@ impl FeatureFlag {
             updated_at,
             unreadable: Some(why.into()),
             renderings: Renderings::default(),
+            environment_needed: false,
         }
     }
 
@@ -256,7 +265,18 @@ impl FeatureFlag {
 
     /// The variant named `name` with its value, if the flag has it.
     pub fn variant(&self, name: &str) -> Option<(&Arc<str>, &Value)> {
-        self.variants.get_key_value(name)
+        // The names rules, rollouts and the defaults serve are this map's own `Arc`s
+        // (`VariantNames`), so comparing pointers over the first few entries finds them without
+        // reading any name's characters, which are stored apart (a cache miss each when
+        // evaluations spread over many environments); another copy of a name is looked up by
+        // its characters.
+        self.variants
+            .iter()
+            .take(POINTER_SCAN_MAX)
+            .find(|(known, _)| {
+                std::ptr::eq(known.as_ptr(), name.as_ptr()) && known.len() == name.len()
+            })
+            .or_else(|| self.variants.get_key_value(name))
     }
 
     /// The variant served when the flag is enabled and nothing else decides.
@@ -311,12 +331,7 @@ impl FeatureFlag {
     /// Whether evaluating the flag needs other parts of its environment (prerequisites or
     /// segments), so it must be evaluated within its environment's snapshot.
     pub fn needs_environment(&self) -> bool {
-        !self.prerequisites.is_empty()
-            || self
-                .rules
-                .iter()
-                .flat_map(|rule| &rule.conditions)
-                .any(|condition| condition.segment().is_some())
+        self.environment_needed
     }
 
     /// Server-set: starts at 1 and grows by 1 on every write of this flag; 0 means never stored.
@@ -971,6 +986,11 @@ impl FlagDocument {
         };
         let bucket_by = validate_bucket_by("bucketBy", self.bucket_by)?;
         let prerequisites = validate_prerequisites(&key, self.prerequisites.unwrap_or_default())?;
+        let environment_needed = !prerequisites.is_empty()
+            || rules
+                .iter()
+                .flat_map(|rule: &Rule| &rule.conditions)
+                .any(|condition| condition.segment().is_some());
 
         Ok(FeatureFlag {
             key,
@@ -988,6 +1008,7 @@ impl FlagDocument {
             updated_at,
             unreadable: None,
             renderings: Renderings::default(),
+            environment_needed,
         })
     }
 }

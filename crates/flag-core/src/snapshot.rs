@@ -1,13 +1,14 @@
 //! An environment's flags and segments at one revision: the unit the cache stores and the
 //! service serves.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::flag::FeatureFlag;
+use crate::fnv::FnvBuildHasher;
 use crate::names::{Environment, FlagKey, SegmentKey};
 use crate::segment::Segment;
 
@@ -40,6 +41,11 @@ impl fmt::Display for Revision {
 pub struct EnvironmentSnapshot {
     revision: Revision,
     flags: BTreeMap<FlagKey, Arc<FeatureFlag>>,
+    /// The same flags, for lookups by key: a B-tree compares the key with several others, each
+    /// stored apart, where a hash table touches one bucket and the one key that matches (an
+    /// evaluation spread over many environments finds little of this in the CPU's caches;
+    /// `docs/performance.md`). FNV: flag keys are the server's own.
+    index: HashMap<FlagKey, Arc<FeatureFlag>, FnvBuildHasher>,
     segments: BTreeMap<SegmentKey, Arc<Segment>>,
     /// The flags some flag lists as a prerequisite (the only ones worth remembering an answer
     /// of during one evaluation scope).
@@ -83,9 +89,14 @@ impl EnvironmentSnapshot {
                 return Err(DuplicateFlag(key));
             }
         }
+        let index = map
+            .iter()
+            .map(|(key, flag)| (key.clone(), Arc::clone(flag)))
+            .collect();
         Ok(Self {
             revision,
             flags: map,
+            index,
             segments: BTreeMap::new(),
             prerequisites,
         })
@@ -118,6 +129,7 @@ impl EnvironmentSnapshot {
         Self {
             revision,
             flags: BTreeMap::new(),
+            index: HashMap::default(),
             segments: BTreeMap::new(),
             prerequisites: BTreeSet::new(),
         }
@@ -130,12 +142,12 @@ impl EnvironmentSnapshot {
 
     /// One flag, if the environment has it.
     pub fn flag(&self, key: &str) -> Option<&Arc<FeatureFlag>> {
-        self.flags.get(key)
+        self.index.get(key)
     }
 
     /// What a cache holding this snapshot answers to `get_flag(key)`: `Hit` or `Absent`.
     pub fn lookup(&self, key: &str) -> FlagLookup {
-        match self.flags.get(key) {
+        match self.index.get(key) {
             Some(flag) => FlagLookup::Hit {
                 flag: Arc::clone(flag),
                 revision: self.revision,

@@ -407,12 +407,11 @@ impl FeatureFlagCache for RedisCache {
         flag_key: &FlagKey,
     ) -> Result<FlagLookup, CacheError> {
         let key = self.key(env);
-        let field = flag_key.as_str().to_owned();
         let (raw_flag, raw_meta): (Option<String>, Option<String>) = self
             .call(|mut link| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
-                    .arg(&field)
+                    .arg(flag_key.as_str())
                     .arg(META_FIELD)
                     .query_async(&mut link)
                     .await

@@ -206,11 +206,15 @@ impl Connector {
 
     async fn connect(&self) -> redis::RedisResult<Link> {
         let timeout = Some(self.timeout);
+        // No response timeout of redis' own on the multiplexed connections: every call is already
+        // bounded by `RedisClient::call`'s timeout, and a second timer per call cost about 1,000
+        // instructions of a single-flag read (`docs/performance.md`). The Cluster connection
+        // keeps its own: it also bounds the retries it makes inside one call.
         match &self.target {
             Target::Single { url } => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout)
+                    .set_response_timeout(None)
                     .set_max_delay(Duration::from_millis(500));
                 let manager = redis::Client::open(url.as_str())?
                     .get_connection_manager_with_config(config)
@@ -227,7 +231,7 @@ impl Connector {
                 let mut client = self.sentinel_client()?;
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
+                    .set_response_timeout(None);
                 Ok(Link::Sentinel(
                     client.get_async_connection_with_config(&config).await?,
                 ))
