@@ -285,3 +285,60 @@ fn the_fields_read_from_storage_are_every_field_a_flag_is_stored_with() {
     let again = serde_json::from_value::<FeatureFlag>(stored.clone()).unwrap();
     assert_eq!(serde_json::to_value(&again).unwrap(), stored);
 }
+
+#[rstest]
+#[case::plain(json!({}), false)]
+#[case::attribute_rules(json!({"rules": [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}], "variant": "on"}]}), false)]
+#[case::segment_in_a_later_rule(json!({"rules": [
+    {"conditions": [{"attribute": "plan", "operator": "in", "value": ["pro"]}], "variant": "on"},
+    {"conditions": [{"operator": "not_in_segment", "value": "beta"}], "variant": "off"}
+]}), true)]
+#[case::prerequisite(json!({"prerequisites": [{"flag": "other", "variants": ["on"]}]}), true)]
+fn whether_a_flag_needs_its_environment_is_decided_when_it_is_built(
+    #[case] body: Value,
+    #[case] needs: bool,
+) {
+    let flag = parse(body).unwrap();
+    assert_eq!(flag.needs_environment(), needs, "parsed");
+    // A stored flag is read back through `Deserialize`, which builds it the same way.
+    let stored: FeatureFlag = serde_json::from_value(serde_json::to_value(&flag).unwrap()).unwrap();
+    assert_eq!(stored.needs_environment(), needs, "read back");
+}
+
+#[test]
+fn a_variant_is_found_by_the_flags_own_name_and_by_any_copy_of_it() {
+    let flag = parse(json!({
+        "variants": {"a": 1, "b": 2, "c": 3},
+        "defaultVariant": "c",
+        "offVariant": "a"
+    }))
+    .unwrap();
+    let own = flag.default_variant();
+    let (found, value) = flag.variant(own).unwrap();
+    assert!(
+        std::ptr::eq(found.as_ptr(), own.as_ptr()),
+        "the map's own name"
+    );
+    assert_eq!(value, &json!(3));
+    let copy = String::from("c");
+    let (by_copy, value) = flag.variant(&copy).unwrap();
+    assert!(
+        std::ptr::eq(by_copy.as_ptr(), own.as_ptr()),
+        "the map's own name, found by characters"
+    );
+    assert_eq!(value, &json!(3));
+    assert_eq!(flag.variant("b").unwrap().1, &json!(2));
+    assert!(flag.variant("d").is_none());
+    assert!(flag.variant("").is_none());
+}
+
+#[test]
+fn a_variant_past_the_first_eight_is_found_too() {
+    let variants: serde_json::Map<String, Value> = (0..12)
+        .map(|index| (format!("v{index:02}"), json!(index)))
+        .collect();
+    let flag =
+        parse(json!({"variants": variants, "defaultVariant": "v11", "offVariant": "v00"})).unwrap();
+    assert_eq!(flag.variant(flag.default_variant()).unwrap().1, &json!(11));
+    assert_eq!(flag.variant("v10").unwrap().1, &json!(10));
+}
