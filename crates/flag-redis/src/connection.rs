@@ -207,9 +207,9 @@ impl Connector {
     async fn connect(&self) -> redis::RedisResult<Link> {
         let timeout = Some(self.timeout);
         // No response timeout of redis' own on the multiplexed connections: every call is already
-        // bounded by `RedisClient::call`'s timeout, and a second timer per call cost about 1,000
-        // instructions of a single-flag read (`docs/performance.md`). The Cluster connection
-        // keeps its own: it also bounds the retries it makes inside one call.
+        // bounded by `RedisClient::call`'s timeout, and a second timer registered and cancelled
+        // on every read was pure cost (`docs/performance.md`). The Cluster connection keeps its
+        // own: it also bounds the retries it makes inside one call.
         match &self.target {
             Target::Single { url } => {
                 let config = ConnectionManagerConfig::new()
