@@ -58,6 +58,11 @@
 //! - Ours on top of hyper, for one flag: parsing the context (read straight into its
 //!   attributes; grows with them), the `tracking` timeout and metrics, the cache lookup and the
 //!   evaluation.
+//! - Traffic spread over many environments costs cache misses, not instructions (callgrind's
+//!   cache simulation: 17.3 last-level misses a request over 1,000 environments, 1.05 on one).
+//!   Names are held inline, flags found through a hash index, variants by pointer, and whether
+//!   a flag needs its environment decided when it is built: 13.7 now (`flag_core`'s `names`,
+//!   `snapshot` and `flag` docs).
 //! - The fast path's answer future is boxed where it is made: it holds the evaluation and the
 //!   cache lookup inline, and was copied whole at each of five moves (a twentieth of a request).
 //! - glibc's allocator was a fifth of a single-flag request: the binary runs on mimalloc, v2,
