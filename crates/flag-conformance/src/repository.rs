@@ -7,8 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use flag_core::{
-    Environment, EnvironmentSnapshot, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition,
-    ReferenceError, RepositoryError, Revision, Segment, SegmentKey,
+    Actor, AuditPage, AuditQuery, Environment, EnvironmentSnapshot, FeatureFlag,
+    FeatureFlagRepository, FlagKey, Precondition, ReferenceError, RepositoryError, Revision,
+    Segment, SegmentKey,
 };
 use serde_json::{Value, json};
 
@@ -111,6 +112,7 @@ pub async fn versions_start_at_one_and_grow(
             &env,
             definition("checkout", body.clone()),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "first upsert", error))?;
@@ -140,6 +142,7 @@ pub async fn versions_start_at_one_and_grow(
                 &env,
                 definition("checkout", json!({"enabled": expected % 2 == 0})),
                 Precondition::None,
+                &flag_core::Actor::system(),
             )
             .await
             .map_err(|error| failed(P, "upsert", error))?;
@@ -180,7 +183,12 @@ pub async fn revisions_bump_once_per_write(repository: &SharedRepository) -> Res
     let mut expected = 0;
     for name in ["a", "b", "a", "c"] {
         let upserted = repository
-            .upsert(&env, definition(name, json!({})), Precondition::None)
+            .upsert(
+                &env,
+                definition(name, json!({})),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .map_err(|error| failed(P, "upsert", error))?;
         expected += 1;
@@ -198,7 +206,12 @@ pub async fn revisions_bump_once_per_write(repository: &SharedRepository) -> Res
         )?;
     }
     let deleted = repository
-        .delete(&env, &key("b"), Precondition::None)
+        .delete(
+            &env,
+            &key("b"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete", error))?;
     expected += 1;
@@ -210,13 +223,28 @@ pub async fn revisions_bump_once_per_write(repository: &SharedRepository) -> Res
     )?;
     // Refused writes change nothing.
     let _ = repository
-        .upsert(&env, definition("a", json!({})), Precondition::Version(99))
+        .upsert(
+            &env,
+            definition("a", json!({})),
+            Precondition::Version(99),
+            &flag_core::Actor::system(),
+        )
         .await;
     let _ = repository
-        .upsert(&env, definition("a", json!({})), Precondition::Absent)
+        .upsert(
+            &env,
+            definition("a", json!({})),
+            Precondition::Absent,
+            &flag_core::Actor::system(),
+        )
         .await;
     let _ = repository
-        .delete(&env, &key("missing"), Precondition::None)
+        .delete(
+            &env,
+            &key("missing"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await;
     expect(
         P,
@@ -254,7 +282,12 @@ pub async fn optimistic_concurrency_is_enforced(
     };
     let missing_version = conflict(
         repository
-            .upsert(&env, definition("f", json!({})), Precondition::Version(1))
+            .upsert(
+                &env,
+                definition("f", json!({})),
+                Precondition::Version(1),
+                &flag_core::Actor::system(),
+            )
             .await
             .map(|_| ()),
     )?;
@@ -269,6 +302,7 @@ pub async fn optimistic_concurrency_is_enforced(
             &env,
             definition("f", json!({"enabled": true})),
             Precondition::Absent,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "create-only upsert", error))?;
@@ -280,7 +314,12 @@ pub async fn optimistic_concurrency_is_enforced(
     )?;
     let exists = conflict(
         repository
-            .upsert(&env, definition("f", json!({})), Precondition::Absent)
+            .upsert(
+                &env,
+                definition("f", json!({})),
+                Precondition::Absent,
+                &flag_core::Actor::system(),
+            )
             .await
             .map(|_| ()),
     )?;
@@ -292,7 +331,12 @@ pub async fn optimistic_concurrency_is_enforced(
     )?;
     let stale = conflict(
         repository
-            .upsert(&env, definition("f", json!({})), Precondition::Version(7))
+            .upsert(
+                &env,
+                definition("f", json!({})),
+                Precondition::Version(7),
+                &flag_core::Actor::system(),
+            )
             .await
             .map(|_| ()),
     )?;
@@ -302,6 +346,7 @@ pub async fn optimistic_concurrency_is_enforced(
             &env,
             definition("f", json!({"enabled": false})),
             Precondition::Version(1),
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "matching If-Match", error))?;
@@ -323,7 +368,12 @@ pub async fn optimistic_concurrency_is_enforced(
     )?;
     let delete_stale = conflict(
         repository
-            .delete(&env, &key("f"), Precondition::Version(1))
+            .delete(
+                &env,
+                &key("f"),
+                Precondition::Version(1),
+                &flag_core::Actor::system(),
+            )
             .await
             .map(|_| ()),
     )?;
@@ -335,7 +385,12 @@ pub async fn optimistic_concurrency_is_enforced(
     )?;
     let missing_any = conflict(
         repository
-            .upsert(&env, definition("g", json!({})), Precondition::Exists)
+            .upsert(
+                &env,
+                definition("g", json!({})),
+                Precondition::Exists,
+                &flag_core::Actor::system(),
+            )
             .await
             .map(|_| ()),
     )?;
@@ -361,12 +416,18 @@ pub async fn optimistic_concurrency_is_enforced(
             &env,
             definition("f", json!({"enabled": true})),
             Precondition::Exists,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "If-Match: * on an existing flag", error))?;
     expect(P, "version after If-Match: *", any.flag.version(), 3)?;
     let deleted = repository
-        .delete(&env, &key("f"), Precondition::Exists)
+        .delete(
+            &env,
+            &key("f"),
+            Precondition::Exists,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete with If-Match: *", error))?;
     expect(P, "version deleted with If-Match: *", deleted.version, 3)
@@ -383,7 +444,12 @@ pub async fn concurrent_writers_never_lose_updates(
     let counter =
         |count: u64| definition("counter", json!({"metadata": {"count": count.to_string()}}));
     repository
-        .upsert(&env, counter(0), Precondition::None)
+        .upsert(
+            &env,
+            counter(0),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "seed", error))?;
     let writers: Vec<_> = (0..WRITERS)
@@ -410,6 +476,7 @@ pub async fn concurrent_writers_never_lose_updates(
                             &env,
                             counter(count + 1),
                             Precondition::Version(current.version()),
+                            &flag_core::Actor::system(),
                         )
                         .await
                     {
@@ -464,7 +531,12 @@ pub async fn deletes_remove_and_restart_versions(
     const P: &str = "deletes_remove_and_restart_versions";
     let env = env("deletes");
     match repository
-        .delete(&env, &key("ghost"), Precondition::None)
+        .delete(
+            &env,
+            &key("ghost"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
     {
         Err(RepositoryError::NotFound { .. }) => {}
@@ -477,12 +549,22 @@ pub async fn deletes_remove_and_restart_versions(
     }
     for _ in 0..3 {
         repository
-            .upsert(&env, definition("f", json!({})), Precondition::None)
+            .upsert(
+                &env,
+                definition("f", json!({})),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .map_err(|error| failed(P, "upsert", error))?;
     }
     let deleted = repository
-        .delete(&env, &key("f"), Precondition::Version(3))
+        .delete(
+            &env,
+            &key("f"),
+            Precondition::Version(3),
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete", error))?;
     expect(P, "version reported by delete", deleted.version, 3)?;
@@ -491,7 +573,15 @@ pub async fn deletes_remove_and_restart_versions(
         .await
         .map_err(|error| failed(P, "flag", error))?;
     expect(P, "a deleted flag", gone, None)?;
-    match repository.delete(&env, &key("f"), Precondition::None).await {
+    match repository
+        .delete(
+            &env,
+            &key("f"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
+        .await
+    {
         Err(RepositoryError::NotFound { .. }) => {}
         other => {
             return Err(Violation::new(
@@ -501,7 +591,12 @@ pub async fn deletes_remove_and_restart_versions(
         }
     }
     let again = repository
-        .upsert(&env, definition("f", json!({})), Precondition::Absent)
+        .upsert(
+            &env,
+            definition("f", json!({})),
+            Precondition::Absent,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "re-create", error))?;
     expect(P, "version of a re-created flag", again.flag.version(), 1)?;
@@ -517,6 +612,7 @@ pub async fn environments_are_isolated(repository: &SharedRepository) -> Result<
             &prod,
             definition("shared", json!({"enabled": true})),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "upsert", error))?;
@@ -525,6 +621,7 @@ pub async fn environments_are_isolated(repository: &SharedRepository) -> Result<
             &prod,
             definition("only-prod", json!({})),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "upsert", error))?;
@@ -533,6 +630,7 @@ pub async fn environments_are_isolated(repository: &SharedRepository) -> Result<
             &prod_eu,
             definition("shared", json!({"enabled": false})),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "upsert", error))?;
@@ -549,7 +647,12 @@ pub async fn environments_are_isolated(repository: &SharedRepository) -> Result<
         Some((false, 1)),
     )?;
     repository
-        .delete(&prod, &key("shared"), Precondition::None)
+        .delete(
+            &prod,
+            &key("shared"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete", error))?;
     let still = repository
@@ -571,12 +674,22 @@ pub async fn environments_are_listed(repository: &SharedRepository) -> Result<()
     let (a, b) = (env("list-a"), env("list-b"));
     for (environment, name) in [(&b, "x"), (&a, "x"), (&a, "y")] {
         repository
-            .upsert(environment, definition(name, json!({})), Precondition::None)
+            .upsert(
+                environment,
+                definition(name, json!({})),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .map_err(|error| failed(P, "upsert", error))?;
     }
     repository
-        .delete(&b, &key("x"), Precondition::None)
+        .delete(
+            &b,
+            &key("x"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete", error))?;
     let listed: BTreeMap<String, (u64, u64)> = repository
@@ -642,7 +755,12 @@ pub async fn environments_are_removed_only_when_empty(
         }
     }
     repository
-        .upsert(&environment, definition("f", json!({})), Precondition::None)
+        .upsert(
+            &environment,
+            definition("f", json!({})),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "upsert", error))?;
     match repository.delete_environment(&environment).await {
@@ -661,7 +779,12 @@ pub async fn environments_are_removed_only_when_empty(
         Revision(1),
     )?;
     repository
-        .delete(&environment, &key("f"), Precondition::None)
+        .delete(
+            &environment,
+            &key("f"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete", error))?;
     let removed = repository
@@ -685,7 +808,12 @@ pub async fn environments_are_removed_only_when_empty(
         }
     }
     let written = repository
-        .upsert(&environment, definition("g", json!({})), Precondition::None)
+        .upsert(
+            &environment,
+            definition("g", json!({})),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "upsert after removal", error))?;
     expect(
@@ -723,7 +851,7 @@ pub async fn unusual_flags_round_trip(repository: &SharedRepository) -> Result<(
     for flag in flags {
         let name = flag.key().clone();
         let stored = repository
-            .upsert(&env, flag, Precondition::None)
+            .upsert(&env, flag, Precondition::None, &flag_core::Actor::system())
             .await
             .map_err(|error| failed(P, "upsert", error))?
             .flag;
@@ -790,7 +918,12 @@ pub async fn stored_rows_are_read_tolerantly(
     let mut written = BTreeMap::new();
     for name in ["newer", "broken", "fine"] {
         let upserted = repository
-            .upsert(&env, definition(name, body.clone()), Precondition::None)
+            .upsert(
+                &env,
+                definition(name, body.clone()),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .map_err(|error| failed(P, "upsert", error))?;
         written.insert(name, upserted.flag);
@@ -875,6 +1008,7 @@ pub async fn stored_rows_are_read_tolerantly(
             &env,
             definition("broken", body),
             Precondition::Version(written["broken"].version()),
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "rewriting the damaged flag", error))?;
@@ -912,6 +1046,7 @@ pub async fn segments_are_versioned_with_the_environment(
             &environment,
             segment("beta", body.clone()),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "first segment upsert", error))?;
@@ -939,7 +1074,12 @@ pub async fn segments_are_versioned_with_the_environment(
         .map_err(|error| failed(P, "segment", error))?;
     expect(P, "segment read back", read.as_ref(), Some(&first.segment))?;
     let flag = repository
-        .upsert(&environment, definition("f", json!({})), Precondition::None)
+        .upsert(
+            &environment,
+            definition("f", json!({})),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "flag upsert", error))?;
     expect(P, "revision after a flag write", flag.revision, Revision(2))?;
@@ -948,6 +1088,7 @@ pub async fn segments_are_versioned_with_the_environment(
             &environment,
             segment("beta", json!({})),
             Precondition::Version(1),
+            &flag_core::Actor::system(),
         )
         .await
         .map_err(|error| failed(P, "second segment upsert", error))?;
@@ -984,7 +1125,12 @@ pub async fn segments_are_versioned_with_the_environment(
         ),
     ] {
         match repository
-            .upsert_segment(&environment, segment("beta", json!({})), precondition)
+            .upsert_segment(
+                &environment,
+                segment("beta", json!({})),
+                precondition,
+                &flag_core::Actor::system(),
+            )
             .await
         {
             Err(RepositoryError::SegmentVersionConflict {
@@ -1023,13 +1169,23 @@ pub async fn segments_are_versioned_with_the_environment(
         None,
     )?;
     let deleted = repository
-        .delete_segment(&environment, &segment_key("beta"), Precondition::Version(2))
+        .delete_segment(
+            &environment,
+            &segment_key("beta"),
+            Precondition::Version(2),
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "delete_segment", error))?;
     expect(P, "deleted version", deleted.version, 2)?;
     expect(P, "revision of the delete", deleted.revision, Revision(4))?;
     match repository
-        .delete_segment(&environment, &segment_key("beta"), Precondition::None)
+        .delete_segment(
+            &environment,
+            &segment_key("beta"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
     {
         Err(RepositoryError::SegmentNotFound { .. }) => {}
@@ -1073,7 +1229,12 @@ pub async fn references_are_kept_by_every_write(
         )
     };
     match repository
-        .upsert(&environment, uses_beta(), Precondition::None)
+        .upsert(
+            &environment,
+            uses_beta(),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
     {
         Err(RepositoryError::Reference(ReferenceError::MissingSegment { .. })) => {}
@@ -1095,20 +1256,40 @@ pub async fn references_are_kept_by_every_write(
         let environment = environment.clone();
         async move {
             repository
-                .upsert(&environment, definition(name, body), Precondition::None)
+                .upsert(
+                    &environment,
+                    definition(name, body),
+                    Precondition::None,
+                    &flag_core::Actor::system(),
+                )
                 .await
         }
     };
     repository
-        .upsert_segment(&environment, segment("beta", json!({})), Precondition::None)
+        .upsert_segment(
+            &environment,
+            segment("beta", json!({})),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "segment upsert", error))?;
     repository
-        .upsert(&environment, uses_beta(), Precondition::None)
+        .upsert(
+            &environment,
+            uses_beta(),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "flag naming an existing segment", error))?;
     match repository
-        .delete_segment(&environment, &segment_key("beta"), Precondition::None)
+        .delete_segment(
+            &environment,
+            &segment_key("beta"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
     {
         Err(RepositoryError::Reference(ReferenceError::SegmentInUse { by, .. }))
@@ -1139,7 +1320,12 @@ pub async fn references_are_kept_by_every_write(
         other => return Err(refused("a cycle", format!("{other:?}"))),
     }
     match repository
-        .delete(&environment, &key(CHAIN[4]), Precondition::None)
+        .delete(
+            &environment,
+            &key(CHAIN[4]),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
     {
         Err(RepositoryError::Reference(ReferenceError::FlagInUse { by, .. }))
@@ -1167,11 +1353,21 @@ pub async fn references_are_kept_by_every_write(
         .await
         .map_err(|error| failed(P, "dropping the segment reference", error))?;
     repository
-        .delete_segment(&environment, &segment_key("beta"), Precondition::None)
+        .delete_segment(
+            &environment,
+            &segment_key("beta"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "deleting an unused segment", error))?;
     repository
-        .delete(&environment, &key(CHAIN[8]), Precondition::None)
+        .delete(
+            &environment,
+            &key(CHAIN[8]),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .map_err(|error| failed(P, "deleting the top of the chain", error))?;
     expect(
@@ -1180,6 +1376,232 @@ pub async fn references_are_kept_by_every_write(
         revision(P, repository, &environment).await?,
         Revision(before.get() + 3),
     )
+}
+
+/// Rule 13: every successful write appends one audit entry with its actor, action, kind, key,
+/// versions, revision and definitions; refused writes append none; pages run newest first and a
+/// cursor pages through without repeating or skipping while writes go on.
+pub async fn every_write_is_audited_with_its_actor(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "every_write_is_audited_with_its_actor";
+    let environment = env("audited");
+    let actor = |name: &str| {
+        Actor::parse(name).unwrap_or_else(|error| panic!("suite actor {name:?}: {error}"))
+    };
+    let (alice, bob, carol) = (actor("alice"), actor("bob"), actor("ci.bot-2"));
+    let page = |query: AuditQuery| {
+        let environment = environment.clone();
+        async move {
+            repository
+                .audit(&environment, &query)
+                .await
+                .map_err(|error| failed(P, "audit", error))
+        }
+    };
+    let never = page(AuditQuery::default()).await?;
+    expect(
+        P,
+        "the log of an environment never written",
+        never,
+        AuditPage::default(),
+    )?;
+
+    let mut revisions = Vec::new();
+    let created = repository
+        .upsert(
+            &environment,
+            definition("a", json!({})),
+            Precondition::Absent,
+            &alice,
+        )
+        .await
+        .map_err(|error| failed(P, "create", error))?;
+    revisions.push(created.revision);
+    let updated = repository
+        .upsert(
+            &environment,
+            definition("a", json!({"enabled": true})),
+            Precondition::Version(1),
+            &bob,
+        )
+        .await
+        .map_err(|error| failed(P, "update", error))?;
+    revisions.push(updated.revision);
+    let refused = repository
+        .upsert(
+            &environment,
+            definition("a", json!({})),
+            Precondition::Version(9),
+            &carol,
+        )
+        .await;
+    expect(P, "a stale write is refused", refused.is_err(), true)?;
+    let segment_written = repository
+        .upsert_segment(
+            &environment,
+            segment("a", json!({})),
+            Precondition::None,
+            &alice,
+        )
+        .await
+        .map_err(|error| failed(P, "segment create", error))?;
+    revisions.push(segment_written.revision);
+    let deleted = repository
+        .delete(&environment, &key("a"), Precondition::None, &bob)
+        .await
+        .map_err(|error| failed(P, "delete", error))?;
+    revisions.push(deleted.revision);
+    let other = repository
+        .upsert(
+            &environment,
+            definition("b", json!({})),
+            Precondition::None,
+            &carol,
+        )
+        .await
+        .map_err(|error| failed(P, "create b", error))?;
+    revisions.push(other.revision);
+
+    let all = page(AuditQuery::default()).await?;
+    let told: Vec<String> = all
+        .entries
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} {} {} {} {:?}->{:?}",
+                entry.actor,
+                entry.action.as_str(),
+                entry.kind.as_str(),
+                entry.key,
+                entry.old_version,
+                entry.new_version
+            )
+        })
+        .collect();
+    expect(
+        P,
+        "the log, newest first",
+        told,
+        [
+            "ci.bot-2 create flag b None->Some(1)",
+            "bob delete flag a Some(2)->None",
+            "alice create segment a None->Some(1)",
+            "bob update flag a Some(1)->Some(2)",
+            "alice create flag a None->Some(1)",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )?;
+    expect(
+        P,
+        "each entry's revision is its write's",
+        all.entries
+            .iter()
+            .map(|entry| entry.revision)
+            .collect::<Vec<_>>(),
+        revisions.iter().rev().copied().collect(),
+    )?;
+    expect(P, "the whole log is one page", all.next, None)?;
+    let definition_field = |value: &Option<Value>, field: &str| {
+        value.as_ref().and_then(|value| value.get(field)).cloned()
+    };
+    let [create_b, delete_a, _, update_a, create_a] = all.entries.as_slice() else {
+        return Err(Violation::new(P, "five entries expected"));
+    };
+    expect(
+        P,
+        "a create has nothing before",
+        create_a.before.clone(),
+        None,
+    )?;
+    expect(
+        P,
+        "a create's definition after",
+        definition_field(&create_a.after, "version"),
+        Some(json!(1)),
+    )?;
+    expect(
+        P,
+        "an update's definition before",
+        definition_field(&update_a.before, "enabled"),
+        Some(json!(false)),
+    )?;
+    expect(
+        P,
+        "an update's definition after",
+        definition_field(&update_a.after, "enabled"),
+        Some(json!(true)),
+    )?;
+    expect(
+        P,
+        "a delete's definition before",
+        definition_field(&delete_a.before, "version"),
+        Some(json!(2)),
+    )?;
+    expect(
+        P,
+        "a delete has nothing after",
+        delete_a.after.clone(),
+        None,
+    )?;
+    expect(
+        P,
+        "the definition after names its key",
+        definition_field(&create_b.after, "key"),
+        Some(json!("b")),
+    )?;
+
+    let of_a = page(AuditQuery {
+        key: Some("a".to_owned()),
+        ..AuditQuery::default()
+    })
+    .await?;
+    expect(
+        P,
+        "the entries of key a (flag and segment)",
+        of_a.entries.len(),
+        4,
+    )?;
+
+    // Two at a time, with a write landing between pages: the pages still add up to the log as
+    // it was, each entry once.
+    let first = page(AuditQuery {
+        limit: 2,
+        ..AuditQuery::default()
+    })
+    .await?;
+    repository
+        .upsert(
+            &environment,
+            definition("b", json!({})),
+            Precondition::None,
+            &carol,
+        )
+        .await
+        .map_err(|error| failed(P, "a write between pages", error))?;
+    let mut paged = first.entries.clone();
+    let mut next = first.next;
+    let mut pages = 1;
+    while let Some(before) = next {
+        let more = page(AuditQuery {
+            limit: 2,
+            before: Some(before),
+            ..AuditQuery::default()
+        })
+        .await?;
+        if more.entries.is_empty() {
+            return Err(Violation::new(P, "a page with a cursor came back empty"));
+        }
+        paged.extend(more.entries);
+        next = more.next;
+        pages += 1;
+        if pages > 10 {
+            return Err(Violation::new(P, "paging does not end"));
+        }
+    }
+    expect(P, "pages of two add up to the log", paged, all.entries)?;
+    expect(P, "five entries make three pages of two", pages, 3)
 }
 
 /// Runs every repository property, each on a repository from `factory`; returns the violations.
@@ -1209,6 +1631,7 @@ where
         ping_answers,
         segments_are_versioned_with_the_environment,
         references_are_kept_by_every_write,
+        every_write_is_audited_with_its_actor,
     );
     violations
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use flag_conformance::repository::StoredRows;
 use flag_conformance::{SharedRepository, repository, repository_suite};
 use flag_core::{
-    Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError, Revision,
-    Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
+    Actor, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary,
+    FeatureFlag, FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError,
+    Revision, Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
 };
 
 repository_suite!(
@@ -59,6 +59,10 @@ struct Careless {
     snapshots_without_segments: bool,
     /// Answers a refused delete as done, as a store that checks no references would.
     deletes_whatever_is_used: bool,
+    /// Records every write under one name, as a store that ignores the actor it is given would.
+    audit_without_actors: bool,
+    /// Pages by offset from the newest entry, as a store that ignores the cursor would.
+    audit_ignoring_the_cursor: bool,
 }
 
 impl Careless {
@@ -125,26 +129,28 @@ impl FeatureFlagRepository for Careless {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, RepositoryError> {
         let precondition = if self.ignore_preconditions {
             Precondition::None
         } else {
             precondition
         };
-        self.inner.upsert(env, flag, precondition).await
+        self.inner.upsert(env, flag, precondition, actor).await
     }
     async fn delete(
         &self,
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         let precondition = if self.ignore_preconditions {
             Precondition::None
         } else {
             precondition
         };
-        let deleted = self.inner.delete(env, key, precondition).await;
+        let deleted = self.inner.delete(env, key, precondition, actor).await;
         self.careless_delete(deleted)
     }
     async fn segment(
@@ -159,18 +165,43 @@ impl FeatureFlagRepository for Careless {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError> {
-        self.inner.upsert_segment(env, segment, precondition).await
+        self.inner
+            .upsert_segment(env, segment, precondition, actor)
+            .await
     }
     async fn delete_segment(
         &self,
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
-        let deleted = self.inner.delete_segment(env, key, precondition).await;
+        let deleted = self
+            .inner
+            .delete_segment(env, key, precondition, actor)
+            .await;
         self.careless_delete(deleted)
     }
+    async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, RepositoryError> {
+        let mut query = query.clone();
+        if self.audit_ignoring_the_cursor {
+            query.before = None;
+        }
+        let mut page = self.inner.audit(env, &query).await?;
+        if self.audit_without_actors {
+            for entry in &mut page.entries {
+                entry.actor = "flag-server".to_owned();
+            }
+        }
+        Ok(page)
+    }
+
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
         self.inner.environments().await
     }
@@ -278,4 +309,24 @@ async fn deleting_what_is_referred_to_is_caught() {
     })
     .await;
     assert_eq!(caught, ["references_are_kept_by_every_write"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_log_without_actors_is_caught() {
+    let caught = caught_by(|| Careless {
+        audit_without_actors: true,
+        ..Careless::default()
+    })
+    .await;
+    assert_eq!(caught, ["every_write_is_audited_with_its_actor"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_cursor_that_is_ignored_is_caught() {
+    let caught = caught_by(|| Careless {
+        audit_ignoring_the_cursor: true,
+        ..Careless::default()
+    })
+    .await;
+    assert_eq!(caught, ["every_write_is_audited_with_its_actor"]);
 }

@@ -50,23 +50,39 @@ pub fn bucket(hash_input: &[u8], total_weight: u64) -> u64 {
     (u64::from(murmur3_x86_32(hash_input, 0)) * total_weight) >> 32
 }
 
-/// The variant of `rollout` that the user `targeting_key` gets for the flag `flag_key`.
-///
-/// `None` only for an empty rollout (which validation never lets a rule hold).
-pub(crate) fn choose<'r>(
-    rollout: &'r Rollout,
-    flag_key: &str,
-    targeting_key: &str,
-) -> Option<&'r str> {
+/// Where a user falls in a rollout: the hash of flag key and bucketing value, and the entry
+/// (slot) of the rollout it selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// MurmurHash3 of the flag key followed by the bucketing value.
+    pub(crate) hash: u32,
+    /// The index of the chosen entry; `None` only for an empty rollout (which validation never
+    /// lets a flag hold).
+    pub(crate) slot: Option<usize>,
+}
+
+impl Placement {
+    /// The bucket as flagd shows it, a percentage from 0 to 99.99 (two decimals, rounded down).
+    pub(crate) fn percent(self) -> f64 {
+        // Exact in integers first: (hash / 2^32) of 10,000 hundredths.
+        let hundredths = (u64::from(self.hash) * 10_000) >> 32;
+        hundredths as f64 / 100.0
+    }
+}
+
+/// Where the user `targeting_key` falls in `rollout` for the flag `flag_key`.
+pub(crate) fn place(rollout: &Rollout, flag_key: &str, targeting_key: &str) -> Placement {
     let mut input = Vec::with_capacity(flag_key.len() + targeting_key.len());
     input.extend_from_slice(flag_key.as_bytes());
     input.extend_from_slice(targeting_key.as_bytes());
-    let bucket = bucket(&input, rollout.total_weight());
+    let hash = murmur3_x86_32(&input, 0);
+    let bucket = (u64::from(hash) * rollout.total_weight()) >> 32;
     let mut cumulative = 0u64;
-    rollout.entries().iter().find_map(|entry| {
+    let slot = rollout.entries().iter().position(|entry| {
         cumulative += u64::from(entry.weight());
-        (bucket < cumulative).then_some(entry.variant())
-    })
+        bucket < cumulative
+    });
+    Placement { hash, slot }
 }
 
 #[cfg(test)]

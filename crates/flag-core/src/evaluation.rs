@@ -51,7 +51,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Number, Value};
 
-use crate::bucketing;
+use crate::bucketing::{self, Placement};
 use crate::context::{EvaluationContext, TARGETING_KEY};
 use crate::flag::{
     Condition, FeatureFlag, NOW_ATTRIBUTE, Operator, Prerequisite, Rollout, RuleOutcome,
@@ -418,6 +418,53 @@ fn evaluate_at<'f>(
     scope: &Scope<'_>,
     depth: usize,
 ) -> Result<Resolution<'f>, EvaluationError> {
+    evaluate_witnessed(flag, context, scope, depth, &mut Unwatched)
+}
+
+/// What an evaluation tells whoever watches it, step by step (the explainer); an evaluation
+/// nobody watches tells [`Unwatched`], which the compiler removes.
+///
+/// Why a witness instead of a second evaluator: the explanation is made by the very code that
+/// makes the answer, so the two can never disagree.
+pub(crate) trait Witness {
+    /// Whether anyone listens; when not, conditions stop at a rule's first miss.
+    const WATCHING: bool;
+
+    /// A prerequisite's answer, and whether it let the flag go on.
+    fn prerequisite(
+        &mut self,
+        _prerequisite: &Prerequisite,
+        _answer: &Result<(Arc<str>, Reason), EvaluationError>,
+        _passed: bool,
+    ) {
+    }
+
+    /// The outcome of condition `condition` of rule `rule`.
+    fn condition(&mut self, _rule: usize, _condition: usize, _outcome: ConditionOutcome) {}
+
+    /// Whether rule `rule` matched.
+    fn rule(&mut self, _rule: usize, _matched: bool) {}
+
+    /// Where the context fell in the rollout that chose the variant.
+    fn split(&mut self, _rollout: &Rollout, _attribute: &str, _value: &str, _placement: Placement) {
+    }
+}
+
+/// The witness of an evaluation nobody watches.
+pub(crate) struct Unwatched;
+
+impl Witness for Unwatched {
+    const WATCHING: bool = false;
+}
+
+/// [`evaluate_at`], telling `witness` each step.
+pub(crate) fn evaluate_witnessed<'f, W: Witness>(
+    flag: &'f FeatureFlag,
+    context: &EvaluationContext,
+    scope: &Scope<'_>,
+    depth: usize,
+    witness: &mut W,
+) -> Result<Resolution<'f>, EvaluationError> {
     scope.evaluated.set(scope.evaluated.get() + 1);
     if let Some(reason) = flag.unreadable_reason() {
         return Err(EvaluationError::Unreadable {
@@ -429,35 +476,56 @@ fn evaluate_at<'f>(
         return resolve(flag, flag.off_variant(), Reason::Disabled);
     }
     for prerequisite in flag.prerequisites() {
-        let passes = match scope.remembered_pass(prerequisite) {
+        let remembered = if W::WATCHING {
+            None
+        } else {
+            scope.remembered_pass(prerequisite)
+        };
+        let passes = match remembered {
             Some(passes) => passes,
-            None => match scope.outcome(prerequisite.flag(), context, depth + 1) {
-                Ok((variant, reason)) => {
-                    reason != Reason::Disabled && prerequisite.accepts(&variant)
-                }
-                Err(_) => false,
-            },
+            None => {
+                let answer = scope.outcome(prerequisite.flag(), context, depth + 1);
+                let passes = match &answer {
+                    Ok((variant, reason)) => {
+                        *reason != Reason::Disabled && prerequisite.accepts(variant)
+                    }
+                    Err(_) => false,
+                };
+                witness.prerequisite(prerequisite, &answer, passes);
+                passes
+            }
         };
         if !passes {
             return resolve(flag, flag.off_variant(), Reason::Disabled);
         }
     }
-    for rule in flag.rules() {
-        if rule
-            .conditions()
-            .iter()
-            .all(|condition| matches_in(condition, context, scope))
-        {
+    for (index, rule) in flag.rules().iter().enumerate() {
+        let matched = if W::WATCHING {
+            // Every condition of the rule, so the explanation shows each one's outcome.
+            let mut all = true;
+            for (position, condition) in rule.conditions().iter().enumerate() {
+                let outcome = condition_outcome(condition, context, scope);
+                witness.condition(index, position, outcome);
+                all &= outcome.matched();
+            }
+            witness.rule(index, all);
+            all
+        } else {
+            rule.conditions()
+                .iter()
+                .all(|condition| matches_in(condition, context, scope))
+        };
+        if matched {
             return match rule.outcome() {
                 RuleOutcome::Variant(variant) => resolve(flag, variant, Reason::TargetingMatch),
                 RuleOutcome::Rollout(rollout) => {
-                    split(flag, rollout, rule.bucket_by(), context, scope)
+                    split(flag, rollout, rule.bucket_by(), context, scope, witness)
                 }
             };
         }
     }
     if !flag.rollout().is_empty() {
-        return split(flag, flag.rollout(), None, context, scope);
+        return split(flag, flag.rollout(), None, context, scope, witness);
     }
     let reason = if flag.rules().is_empty() {
         Reason::Static
@@ -467,12 +535,13 @@ fn evaluate_at<'f>(
     resolve(flag, flag.default_variant(), reason)
 }
 
-fn split<'f>(
+fn split<'f, W: Witness>(
     flag: &'f FeatureFlag,
     rollout: &'f Rollout,
     rule_bucket_by: Option<&str>,
     context: &EvaluationContext,
     scope: &Scope<'_>,
+    witness: &mut W,
 ) -> Result<Resolution<'f>, EvaluationError> {
     let attribute = rule_bucket_by.or(flag.bucket_by());
     let number;
@@ -498,7 +567,17 @@ fn split<'f>(
             }
         },
     };
-    let variant = bucketing::choose(rollout, flag.key().as_str(), value).unwrap_or("");
+    let placement = bucketing::place(rollout, flag.key().as_str(), value);
+    witness.split(
+        rollout,
+        attribute.unwrap_or(TARGETING_KEY),
+        value,
+        placement,
+    );
+    let variant = placement
+        .slot
+        .and_then(|slot| rollout.entries().get(slot))
+        .map_or("", |entry| entry.variant());
     resolve(flag, variant, Reason::Split)
 }
 
@@ -526,81 +605,158 @@ pub fn matches(condition: &Condition, context: &EvaluationContext) -> bool {
 
 /// Whether one condition holds for the context within `scope`.
 pub fn matches_in(condition: &Condition, context: &EvaluationContext, scope: &Scope<'_>) -> bool {
-    match (condition.operator(), condition.compiled()) {
-        (Operator::InSegment, Compiled::Segment(key)) => {
-            return scope
-                .segment(key.as_str())
-                .and_then(|segment| contains(segment, context, scope))
-                == Some(true);
+    condition_outcome(condition, context, scope).matched()
+}
+
+/// How one condition came out for a context, as the explainer tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionOutcome {
+    /// The attribute was there, of a comparable type, and the comparison held.
+    Match,
+    /// The attribute was there, of a comparable type, and the comparison did not hold.
+    NoMatch,
+    /// The context has no such attribute (or it is `null`): no operator matches.
+    MissingAttribute,
+    /// The attribute's JSON type cannot be compared with the condition's value: no operator
+    /// matches, the negative ones included.
+    WrongType,
+    /// An `in_segment` / `not_in_segment` condition, decided by `part` of the segment.
+    Segment {
+        /// Which part of the segment decided whether the context is in it.
+        part: SegmentPart,
+        /// Whether the condition holds.
+        matched: bool,
+    },
+}
+
+impl ConditionOutcome {
+    /// Whether the condition holds.
+    pub fn matched(self) -> bool {
+        match self {
+            ConditionOutcome::Match => true,
+            ConditionOutcome::Segment { matched, .. } => matched,
+            _ => false,
         }
-        (Operator::NotInSegment, Compiled::Segment(key)) => {
-            return scope
-                .segment(key.as_str())
-                .and_then(|segment| contains(segment, context, scope))
-                == Some(false);
-        }
-        _ => {}
     }
-    let Some(attribute) = scope.attribute(context, condition.attribute()) else {
-        return false;
-    };
-    let operand = condition.value();
-    match condition.operator() {
-        Operator::Exists => true,
-        Operator::Equals => {
-            same_type(attribute, operand) && operand.is_some_and(|v| json_eq(attribute, v))
+
+    fn of(held: Option<bool>) -> Self {
+        match held {
+            Some(true) => ConditionOutcome::Match,
+            Some(false) => ConditionOutcome::NoMatch,
+            None => ConditionOutcome::WrongType,
         }
-        Operator::NotEquals => {
-            same_type(attribute, operand) && operand.is_some_and(|v| !json_eq(attribute, v))
-        }
-        Operator::In => membership(attribute, operand) == Some(true),
-        Operator::NotIn => membership(attribute, operand) == Some(false),
-        Operator::StartsWith => strings(attribute, operand).is_some_and(|(a, v)| a.starts_with(v)),
-        Operator::EndsWith => strings(attribute, operand).is_some_and(|(a, v)| a.ends_with(v)),
-        Operator::Contains => match (attribute, operand) {
-            (Value::String(a), Some(Value::String(v))) => a.contains(v.as_str()),
-            (Value::Array(items), Some(v)) => items.iter().any(|item| json_eq(item, v)),
-            _ => false,
-        },
-        Operator::Gt => numbers(attribute, operand).is_some_and(Ordering::is_gt),
-        Operator::Gte => numbers(attribute, operand).is_some_and(Ordering::is_ge),
-        Operator::Lt => numbers(attribute, operand).is_some_and(Ordering::is_lt),
-        Operator::Lte => numbers(attribute, operand).is_some_and(Ordering::is_le),
-        Operator::Matches => match (attribute, condition.compiled()) {
-            (Value::String(text), Compiled::Pattern(pattern)) => pattern.is_match(text),
-            _ => false,
-        },
-        operator if operator.is_semver() => match (attribute, condition.compiled()) {
-            (Value::String(text), Compiled::Version(wanted)) => operand::version(text)
-                .is_some_and(|version| operand::compare_versions(operator, &version, wanted)),
-            _ => false,
-        },
-        _ => false,
     }
 }
 
-/// Whether the context is in `segment`; `None` for a segment that could not be read.
-fn contains(segment: &Segment, context: &EvaluationContext, scope: &Scope<'_>) -> Option<bool> {
+/// What decided whether a context is in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentPart {
+    /// Its targeting key is listed in `included`.
+    Included,
+    /// Its targeting key is listed in `excluded`.
+    Excluded,
+    /// All conditions of the segment's rule at this index (from 0) matched.
+    Rule(usize),
+    /// No rule of the segment matched.
+    NoRule,
+    /// The segment does not exist in the environment, or could not be read: neither operator
+    /// matches.
+    Unavailable,
+}
+
+/// How `condition` comes out for the context within `scope`: the single place every condition
+/// is decided, for answers and explanations alike.
+pub fn condition_outcome(
+    condition: &Condition,
+    context: &EvaluationContext,
+    scope: &Scope<'_>,
+) -> ConditionOutcome {
+    if let (operator @ (Operator::InSegment | Operator::NotInSegment), Compiled::Segment(key)) =
+        (condition.operator(), condition.compiled())
+    {
+        let membership = scope
+            .segment(key.as_str())
+            .and_then(|segment| membership(segment, context, scope));
+        return match membership {
+            Some((is_in, part)) => ConditionOutcome::Segment {
+                part,
+                matched: is_in == (operator == Operator::InSegment),
+            },
+            None => ConditionOutcome::Segment {
+                part: SegmentPart::Unavailable,
+                matched: false,
+            },
+        };
+    }
+    let Some(attribute) = scope.attribute(context, condition.attribute()) else {
+        return ConditionOutcome::MissingAttribute;
+    };
+    let operand = condition.value();
+    let held =
+        match condition.operator() {
+            Operator::Exists => Some(true),
+            Operator::Equals => same_type(attribute, operand)
+                .then(|| operand.is_some_and(|v| json_eq(attribute, v))),
+            Operator::NotEquals => same_type(attribute, operand)
+                .then(|| operand.is_some_and(|v| !json_eq(attribute, v))),
+            Operator::In => listed(attribute, operand),
+            Operator::NotIn => listed(attribute, operand).map(|found| !found),
+            Operator::StartsWith => strings(attribute, operand).map(|(a, v)| a.starts_with(v)),
+            Operator::EndsWith => strings(attribute, operand).map(|(a, v)| a.ends_with(v)),
+            Operator::Contains => match (attribute, operand) {
+                (Value::String(a), Some(Value::String(v))) => Some(a.contains(v.as_str())),
+                (Value::Array(items), Some(v)) => Some(items.iter().any(|item| json_eq(item, v))),
+                _ => None,
+            },
+            Operator::Gt => numbers(attribute, operand).map(Ordering::is_gt),
+            Operator::Gte => numbers(attribute, operand).map(Ordering::is_ge),
+            Operator::Lt => numbers(attribute, operand).map(Ordering::is_lt),
+            Operator::Lte => numbers(attribute, operand).map(Ordering::is_le),
+            Operator::Matches => match (attribute, condition.compiled()) {
+                (Value::String(text), Compiled::Pattern(pattern)) => Some(pattern.is_match(text)),
+                _ => None,
+            },
+            operator if operator.is_semver() => match (attribute, condition.compiled()) {
+                (Value::String(text), Compiled::Version(wanted)) => operand::version(text)
+                    .map(|version| operand::compare_versions(operator, &version, wanted)),
+                _ => None,
+            },
+            _ => None,
+        };
+    ConditionOutcome::of(held)
+}
+
+/// Whether the context is in `segment` and what decided it; `None` for a segment that could not
+/// be read.
+fn membership(
+    segment: &Segment,
+    context: &EvaluationContext,
+    scope: &Scope<'_>,
+) -> Option<(bool, SegmentPart)> {
     if segment.unreadable_reason().is_some() {
         return None;
     }
     if let Some(key) = context.targeting_key() {
         if segment.included().contains(key) {
-            return Some(true);
+            return Some((true, SegmentPart::Included));
         }
         if segment.excluded().contains(key) {
-            return Some(false);
+            return Some((false, SegmentPart::Excluded));
         }
     }
-    Some(segment.rules().iter().any(|rule| {
+    let rule = segment.rules().iter().position(|rule| {
         rule.conditions()
             .iter()
             .all(|condition| matches_in(condition, context, scope))
-    }))
+    });
+    Some(match rule {
+        Some(index) => (true, SegmentPart::Rule(index)),
+        None => (false, SegmentPart::NoRule),
+    })
 }
 
 /// `Some(found)` when the attribute can be compared with the list, `None` for a wrong type.
-fn membership(attribute: &Value, operand: Option<&Value>) -> Option<bool> {
+fn listed(attribute: &Value, operand: Option<&Value>) -> Option<bool> {
     let Some(Value::Array(items)) = operand else {
         return None;
     };
@@ -713,6 +869,15 @@ impl Evaluation {
             variant,
             reason,
         })
+    }
+
+    /// The evaluation a [`Resolution`] of the shared `flag` stands for.
+    pub fn resolved(flag: Arc<FeatureFlag>, resolution: Resolution<'_>) -> Self {
+        Self {
+            variant: Arc::clone(resolution.variant),
+            reason: resolution.reason,
+            flag,
+        }
     }
 
     /// The same evaluation with another reason (used for last-known-good answers).

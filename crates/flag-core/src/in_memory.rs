@@ -10,8 +10,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::audit::{AuditAction, AuditCursor, AuditEntry, AuditKind, AuditPage, AuditQuery};
 use crate::flag::FeatureFlag;
-use crate::names::{Environment, FlagKey, SegmentKey};
+use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::references::References;
 use crate::repository::{
     Deleted, FeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
@@ -26,6 +27,18 @@ struct EnvironmentState {
     segments: BTreeMap<SegmentKey, Segment>,
     /// Removed by `delete_environment`; kept for its revision.
     removed: bool,
+    /// The audit log, oldest first; an entry's position is its index + 1.
+    log: Vec<AuditEntry>,
+}
+
+/// What a write tells the audit log, beside the actor and the revision.
+struct Change<'a> {
+    kind: AuditKind,
+    key: &'a str,
+    old_version: Option<u64>,
+    new_version: Option<u64>,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
 }
 
 impl EnvironmentState {
@@ -45,6 +58,33 @@ impl EnvironmentState {
         self.removed = false;
         self.revision
     }
+
+    /// Bumps the revision and appends the write's audit entry, as one step (the lock is held).
+    fn record(&mut self, change: Change<'_>, actor: &Actor) -> Revision {
+        let revision = self.bump();
+        let at = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        self.log.push(AuditEntry {
+            position: AuditCursor(self.log.len() as u64 + 1),
+            at,
+            actor: actor.to_string(),
+            action: AuditAction::of(change.old_version, change.new_version),
+            kind: change.kind,
+            key: change.key.to_owned(),
+            old_version: change.old_version,
+            new_version: change.new_version,
+            revision,
+            before: change.before,
+            after: change.after,
+        });
+        revision
+    }
+}
+
+/// A stored definition as the audit log keeps it.
+fn definition<T: serde::Serialize>(stored: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(stored).ok()
 }
 
 /// A non-durable repository held in memory.
@@ -135,17 +175,27 @@ impl FeatureFlagRepository for InMemoryRepository {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, RepositoryError> {
         let mut environments = self.lock();
-        let current = environments
+        let existing = environments
             .get(env)
-            .and_then(|state| state.flags.get(flag.key()))
-            .map(FeatureFlag::version);
+            .and_then(|state| state.flags.get(flag.key()));
+        let current = existing.map(FeatureFlag::version);
+        let before = existing.and_then(definition);
         precondition.check(env, flag.key(), current)?;
         let state = environments.entry(env.clone()).or_default();
         state.references().check_flag_write(&flag)?;
-        state.bump();
         let stored = flag.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
+        let change = Change {
+            kind: AuditKind::Flag,
+            key: stored.key().as_str(),
+            old_version: current,
+            new_version: Some(stored.version()),
+            before,
+            after: definition(&stored),
+        };
+        state.record(change, actor);
         state.flags.insert(stored.key().clone(), stored.clone());
         Ok(Upserted {
             flag: stored,
@@ -159,6 +209,7 @@ impl FeatureFlagRepository for InMemoryRepository {
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         let mut environments = self.lock();
         let not_found = || RepositoryError::NotFound {
@@ -166,17 +217,22 @@ impl FeatureFlagRepository for InMemoryRepository {
             key: key.clone(),
         };
         let state = environments.get_mut(env).ok_or_else(not_found)?;
-        let current = state
-            .flags
-            .get(key)
-            .map(FeatureFlag::version)
-            .ok_or_else(not_found)?;
+        let existing = state.flags.get(key).ok_or_else(not_found)?;
+        let (current, before) = (existing.version(), definition(existing));
         precondition.check(env, key, Some(current))?;
         state.references().check_flag_delete(key)?;
         state.flags.remove(key);
+        let change = Change {
+            kind: AuditKind::Flag,
+            key: key.as_str(),
+            old_version: Some(current),
+            new_version: None,
+            before,
+            after: None,
+        };
         Ok(Deleted {
             version: current,
-            revision: state.bump(),
+            revision: state.record(change, actor),
         })
     }
 
@@ -196,16 +252,26 @@ impl FeatureFlagRepository for InMemoryRepository {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError> {
         let mut environments = self.lock();
-        let current = environments
+        let existing = environments
             .get(env)
-            .and_then(|state| state.segments.get(segment.key()))
-            .map(Segment::version);
+            .and_then(|state| state.segments.get(segment.key()));
+        let current = existing.map(Segment::version);
+        let before = existing.and_then(definition);
         precondition.check_segment(env, segment.key(), current)?;
         let state = environments.entry(env.clone()).or_default();
-        let revision = state.bump();
         let stored = segment.stored_as(current.unwrap_or(0) + 1, OffsetDateTime::now_utc());
+        let change = Change {
+            kind: AuditKind::Segment,
+            key: stored.key().as_str(),
+            old_version: current,
+            new_version: Some(stored.version()),
+            before,
+            after: definition(&stored),
+        };
+        let revision = state.record(change, actor);
         state.segments.insert(stored.key().clone(), stored.clone());
         Ok(UpsertedSegment {
             segment: stored,
@@ -219,6 +285,7 @@ impl FeatureFlagRepository for InMemoryRepository {
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         let mut environments = self.lock();
         let not_found = || RepositoryError::SegmentNotFound {
@@ -226,18 +293,45 @@ impl FeatureFlagRepository for InMemoryRepository {
             key: key.clone(),
         };
         let state = environments.get_mut(env).ok_or_else(not_found)?;
-        let current = state
-            .segments
-            .get(key)
-            .map(Segment::version)
-            .ok_or_else(not_found)?;
+        let existing = state.segments.get(key).ok_or_else(not_found)?;
+        let (current, before) = (existing.version(), definition(existing));
         precondition.check_segment(env, key, Some(current))?;
         state.references().check_segment_delete(key)?;
         state.segments.remove(key);
+        let change = Change {
+            kind: AuditKind::Segment,
+            key: key.as_str(),
+            old_version: Some(current),
+            new_version: None,
+            before,
+            after: None,
+        };
         Ok(Deleted {
             version: current,
-            revision: state.bump(),
+            revision: state.record(change, actor),
         })
+    }
+
+    async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, RepositoryError> {
+        let environments = self.lock();
+        let Some(state) = environments.get(env) else {
+            return Ok(AuditPage::default());
+        };
+        let page_size = query.page_size();
+        let newest_first = state
+            .log
+            .iter()
+            .rev()
+            .filter(|entry| query.before.is_none_or(|before| entry.position < before))
+            .filter(|entry| query.key.as_deref().is_none_or(|key| entry.key == key))
+            .take(page_size + 1)
+            .cloned()
+            .collect();
+        Ok(AuditPage::from_newest_first(newest_first, page_size))
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

@@ -41,11 +41,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod audit;
 mod bucketing;
 mod bus;
 mod cache;
 mod context;
 mod evaluation;
+mod explanation;
 mod flag;
 mod fnv;
 mod in_memory;
@@ -62,13 +64,21 @@ mod service;
 mod single_flight;
 mod snapshot;
 
+pub use audit::{
+    AuditAction, AuditCursor, AuditCursorError, AuditEntry, AuditKind, AuditPage, AuditQuery,
+    DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE,
+};
 pub use bucketing::{bucket, murmur3_x86_32};
 pub use bus::{BUS_CAPACITY, BusError, BusEvent, DynInvalidationBus, InvalidationBus};
 pub use cache::{CacheError, DynFeatureFlagCache, FeatureFlagCache, SetOutcome, TierStatus};
 pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
 pub use evaluation::{
-    ErrorCode, Evaluation, EvaluationError, MAX_PREREQUISITE_DEPTH, Reason, Resolution, Scope,
-    evaluate, evaluate_in, matches, matches_in,
+    ConditionOutcome, ErrorCode, Evaluation, EvaluationError, MAX_PREREQUISITE_DEPTH, Reason,
+    Resolution, Scope, SegmentPart, condition_outcome, evaluate, evaluate_in, matches, matches_in,
+};
+pub use explanation::{
+    ConditionStep, Explained, Explanation, PrerequisiteStep, RuleStep, SegmentStep, SlotStep,
+    SplitStep, explain,
 };
 pub use flag::{
     Condition, ConditionDocument, FeatureFlag, FlagDocument, NOW_ATTRIBUTE, Operator, Prerequisite,
@@ -78,7 +88,7 @@ pub use flag::{
 pub use fnv::{FnvBuildHasher, FnvHasher};
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;
-pub use names::{Environment, FlagKey, NameError, SegmentKey};
+pub use names::{Actor, Environment, FlagKey, NameError, SegmentKey};
 pub use operand::{MAX_COMPILED_PATTERN_BYTES, MAX_PATTERN_BYTES};
 pub use references::{ReferenceError, References};
 pub use repository::{

@@ -1,4 +1,4 @@
-//! `Environment`, `FlagKey` and `SegmentKey`: the names every other type is addressed by.
+//! `Environment`, `FlagKey`, `SegmentKey` and `Actor`: the names every other type is addressed by.
 //!
 //! Each is parsed once, at the edge, and is cheap to clone afterwards, because names are copied
 //! into cache keys, single-flight maps and evaluation results on the hot path.
@@ -175,6 +175,16 @@ static SEGMENT_KEY: Grammar = Grammar {
     rest: ByteSet::of(true, b"._-"),
 };
 
+static ACTOR: Grammar = Grammar {
+    kind: "actor",
+    #[cfg(feature = "openapi")]
+    description: "Who made a write: the name of the admin token used, such as `alice`.",
+    pattern: "^[a-z0-9][a-z0-9_.-]{0,63}$",
+    max_len: 64,
+    first: ByteSet::of(false, b""),
+    rest: ByteSet::of(false, b"_.-"),
+};
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $grammar:expr) => {
         $(#[$doc])*
@@ -289,6 +299,21 @@ name_type!(
     SEGMENT_KEY
 );
 
+name_type!(
+    /// Who made a write, such as `alice`: the name of the admin token that authorised it,
+    /// `^[a-z0-9][a-z0-9_.-]{0,63}$`. Every write carries one, and its audit entry names it.
+    Actor,
+    ACTOR
+);
+
+impl Actor {
+    /// The actor of writes no person made through a named token (tools, tests, and every
+    /// audit row written before tokens had names): `flag-server`.
+    pub const fn system() -> Self {
+        Self(SmolStr::new_static("flag-server"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +376,31 @@ mod tests {
             error.to_string().contains(reason),
             "{error} should mention {reason}"
         );
+    }
+
+    #[rstest]
+    #[case("alice")]
+    #[case("ci.deploy-bot_2")]
+    #[case("flag-server")]
+    fn valid_actors(#[case] input: &str) {
+        assert_eq!(Actor::parse(input).unwrap().as_str(), input);
+    }
+
+    #[rstest]
+    #[case("Alice", "must start")]
+    #[case("", "must not be empty")]
+    #[case("a:b", "':'")]
+    #[case("a b", "' '")]
+    #[case(&"a".repeat(65), "at most 64")]
+    fn invalid_actors(#[case] input: &str, #[case] reason: &str) {
+        let error = Actor::parse(input).unwrap_err();
+        assert_eq!(error.kind(), "actor");
+        assert!(error.to_string().contains(reason), "{error}");
+    }
+
+    #[test]
+    fn the_system_actor_is_a_valid_actor() {
+        assert_eq!(Actor::parse("flag-server").unwrap(), Actor::system());
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::audit::{AuditPage, AuditQuery};
 use crate::flag::FeatureFlag;
-use crate::names::{Environment, FlagKey, SegmentKey};
+use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::references::ReferenceError;
 use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
@@ -63,6 +64,12 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 ///     longer than 8 links, and a delete of a flag or segment that another flag refers to, are
 ///     [`RepositoryError::Reference`] ([`crate::References`] is the rule) and change nothing.
 ///     (proven by `references_are_kept_by_every_write`)
+/// 13. **Audit.** Every successful write appends one entry to its environment's audit log in
+///     its own transaction (a refused write appends none): the `actor` it was given, the action,
+///     kind, key, versions, revision, and the definitions before and after as stored. `audit`
+///     answers them newest first, filtered by key, `limit` at a time, with a cursor that pages
+///     through without repeating or skipping an entry while writes go on.
+///     (proven by `every_write_is_audited_with_its_actor`)
 #[async_trait]
 pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
     /// A short, stable name of the backend (`sqlite`, `postgres`, ...) for metrics and logs.
@@ -96,6 +103,7 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, RepositoryError>;
 
     /// Deletes a flag, if it exists and `precondition` holds.
@@ -104,6 +112,7 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError>;
 
     /// One segment of `env`, if it exists.
@@ -119,6 +128,7 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError>;
 
     /// Deletes a segment, if it exists, no flag refers to it and `precondition` holds.
@@ -127,7 +137,15 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError>;
+
+    /// A page of `env`'s audit log, newest first (rule 13).
+    async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, RepositoryError>;
 
     /// Every environment that has had a write, ordered by name.
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError>;
@@ -380,8 +398,9 @@ macro_rules! forward_repository {
                 env: &Environment,
                 flag: FeatureFlag,
                 precondition: Precondition,
+                actor: &Actor,
             ) -> Result<Upserted, RepositoryError> {
-                (**self).upsert(env, flag, precondition).await
+                (**self).upsert(env, flag, precondition, actor).await
             }
 
             async fn delete(
@@ -389,8 +408,9 @@ macro_rules! forward_repository {
                 env: &Environment,
                 key: &FlagKey,
                 precondition: Precondition,
+                actor: &Actor,
             ) -> Result<Deleted, RepositoryError> {
-                (**self).delete(env, key, precondition).await
+                (**self).delete(env, key, precondition, actor).await
             }
 
             async fn segment(
@@ -406,8 +426,11 @@ macro_rules! forward_repository {
                 env: &Environment,
                 segment: Segment,
                 precondition: Precondition,
+                actor: &Actor,
             ) -> Result<UpsertedSegment, RepositoryError> {
-                (**self).upsert_segment(env, segment, precondition).await
+                (**self)
+                    .upsert_segment(env, segment, precondition, actor)
+                    .await
             }
 
             async fn delete_segment(
@@ -415,8 +438,17 @@ macro_rules! forward_repository {
                 env: &Environment,
                 key: &SegmentKey,
                 precondition: Precondition,
+                actor: &Actor,
             ) -> Result<Deleted, RepositoryError> {
-                (**self).delete_segment(env, key, precondition).await
+                (**self).delete_segment(env, key, precondition, actor).await
+            }
+
+            async fn audit(
+                &self,
+                env: &Environment,
+                query: &AuditQuery,
+            ) -> Result<AuditPage, RepositoryError> {
+                (**self).audit(env, query).await
             }
 
             async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

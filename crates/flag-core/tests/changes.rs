@@ -59,7 +59,12 @@ async fn followers_hear_this_instances_writes_and_polled_writes_of_others() {
     let (repository, service) = service();
     let production = env("production");
     service
-        .upsert(&production, boolean("banner", true), Precondition::None)
+        .upsert(
+            &production,
+            boolean("banner", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     let mut changes = service.watch_changes(&production).await.unwrap();
@@ -70,7 +75,12 @@ async fn followers_hear_this_instances_writes_and_polled_writes_of_others() {
     );
 
     service
-        .upsert(&production, boolean("banner", false), Precondition::None)
+        .upsert(
+            &production,
+            boolean("banner", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(next(&mut changes).await, Revision(2));
@@ -88,7 +98,12 @@ async fn a_restore_checks_every_followed_environment_and_a_bus_event_reaches_fol
     let (repository, service) = service();
     let production = env("production");
     service
-        .upsert(&production, boolean("banner", true), Precondition::None)
+        .upsert(
+            &production,
+            boolean("banner", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     let bus = Arc::new(ScriptedBus(broadcast::channel(16).0));
@@ -122,7 +137,12 @@ async fn a_read_after_an_event_is_never_older_than_its_revision_and_a_false_clai
     let (repository, service) = service();
     let production = env("production");
     service
-        .upsert(&production, boolean("banner", false), Precondition::None)
+        .upsert(
+            &production,
+            boolean("banner", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(

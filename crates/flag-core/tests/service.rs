@@ -50,7 +50,12 @@ fn harness() -> Harness {
 async fn put_booleans(service: &FeatureFlagService, environment: &str, flags: &[(&str, bool)]) {
     for (name, value) in flags {
         service
-            .upsert(&env(environment), boolean(name, *value), Precondition::None)
+            .upsert(
+                &env(environment),
+                boolean(name, *value),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .unwrap();
     }
@@ -74,7 +79,12 @@ async fn a_hundred_concurrent_misses_cause_one_repository_read() {
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("checkout", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("checkout", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     // Slow reads keep the first fill in flight while every other miss arrives.
@@ -113,7 +123,12 @@ async fn a_second_read_is_a_cache_hit() {
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("a", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("a", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(value_of(&h.service, "production", "a").await, json!(true));
@@ -133,7 +148,12 @@ async fn an_absent_flag_in_a_cached_environment_needs_no_repository_read() {
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("a", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("a", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     h.service.snapshot(&prod).await.unwrap();
@@ -194,7 +214,12 @@ async fn with_the_cache_down_every_read_is_still_correct() {
     }
     // Writes still work, and the next read sees them.
     h.service
-        .upsert(&prod, boolean("on-flag", false), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("on-flag", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -222,7 +247,12 @@ async fn corrupt_cache_data_is_answered_from_the_repository_and_replaced() {
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("f", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("f", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     h.service.snapshot(&prod).await.unwrap();
@@ -262,7 +292,12 @@ async fn a_slow_fill_racing_a_write_never_serves_pre_write_flags() {
         let h = harness();
         let prod = env("production");
         h.service
-            .upsert(&prod, boolean("kill-switch", false), Precondition::None)
+            .upsert(
+                &prod,
+                boolean("kill-switch", false),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .unwrap();
 
@@ -288,7 +323,12 @@ async fn a_slow_fill_racing_a_write_never_serves_pre_write_flags() {
                 .store(u32::MAX, Ordering::SeqCst);
         }
         h.service
-            .upsert(&prod, boolean("kill-switch", true), Precondition::None)
+            .upsert(
+                &prod,
+                boolean("kill-switch", true),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .unwrap();
         h.repository.hold_snapshots.store(false, Ordering::SeqCst);
@@ -362,7 +402,12 @@ async fn a_write_whose_caller_stops_waiting_after_the_commit_is_still_seen_by_ev
         let prod = prod.clone();
         tokio::spawn(async move {
             service
-                .upsert(&prod, boolean("kill-switch", true), Precondition::None)
+                .upsert(
+                    &prod,
+                    boolean("kill-switch", true),
+                    Precondition::None,
+                    &flag_core::Actor::system(),
+                )
                 .await
         })
     };
@@ -396,7 +441,12 @@ async fn a_stale_cached_snapshot_is_not_served_after_a_write_whose_invalidation_
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("f", false), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("f", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(value_of(&h.service, "production", "f").await, json!(false));
@@ -404,7 +454,12 @@ async fn a_stale_cached_snapshot_is_not_served_after_a_write_whose_invalidation_
         .failing_invalidations
         .store(u32::MAX, Ordering::SeqCst);
     h.service
-        .upsert(&prod, boolean("f", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("f", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     // The cache still holds revision 1, which this server knows to be older than its write.
@@ -422,7 +477,12 @@ async fn a_failed_invalidation_is_retried_in_the_background_and_counted() {
     let prod = env("production");
     h.cache.failing_invalidations.store(3, Ordering::SeqCst);
     h.service
-        .upsert(&prod, boolean("f", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("f", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     // One failed invalidation inline, then retries until the fourth call succeeds.
@@ -451,7 +511,12 @@ async fn retries_of_one_environment_collapse_into_one_task_with_the_newest_revis
         .store(u32::MAX, Ordering::SeqCst);
     for value in [true, false, true] {
         h.service
-            .upsert(&prod, boolean("f", value), Precondition::None)
+            .upsert(
+                &prod,
+                boolean("f", value),
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .unwrap();
     }
@@ -478,7 +543,12 @@ async fn an_invalidation_that_keeps_failing_is_abandoned_after_the_deadline() {
         .failing_invalidations
         .store(u32::MAX, Ordering::SeqCst);
     h.service
-        .upsert(&prod, boolean("f", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("f", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     for _ in 0..200 {
@@ -497,7 +567,12 @@ async fn bulk_evaluation_is_in_key_order_with_errors_per_flag() {
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("b-flag", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("b-flag", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     h.service
@@ -508,11 +583,17 @@ async fn bulk_evaluation_is_in_key_order_with_errors_per_flag() {
                 json!({"enabled": true, "rollout": [{"variant": "on", "weight": 1}]}),
             ),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .unwrap();
     h.service
-        .upsert(&prod, boolean("c-off", false), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("c-off", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
 
@@ -552,14 +633,24 @@ async fn writes_keep_versions_and_report_conflicts() {
     let prod = env("production");
     let created = h
         .service
-        .upsert(&prod, boolean("f", true), Precondition::Absent)
+        .upsert(
+            &prod,
+            boolean("f", true),
+            Precondition::Absent,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert!(created.created);
     assert_eq!(created.flag.version(), 1);
     let conflict = h
         .service
-        .upsert(&prod, boolean("f", false), Precondition::Version(7))
+        .upsert(
+            &prod,
+            boolean("f", false),
+            Precondition::Version(7),
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(
@@ -573,7 +664,12 @@ async fn writes_keep_versions_and_report_conflicts() {
     assert_eq!(value_of(&h.service, "production", "f").await, json!(true));
     let deleted = h
         .service
-        .delete(&prod, &key("f"), Precondition::Version(1))
+        .delete(
+            &prod,
+            &key("f"),
+            Precondition::Version(1),
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(deleted.revision, Revision(2));
@@ -593,7 +689,12 @@ async fn explicit_invalidation_drops_the_cache_and_reports_cache_failures() {
     let h = harness();
     let prod = env("production");
     h.service
-        .upsert(&prod, boolean("f", true), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("f", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     h.service.snapshot(&prod).await.unwrap();
@@ -618,11 +719,21 @@ async fn explicit_invalidation_drops_the_cache_and_reports_cache_failures() {
 async fn environments_are_isolated() {
     let h = harness();
     h.service
-        .upsert(&env("prod"), boolean("f", true), Precondition::None)
+        .upsert(
+            &env("prod"),
+            boolean("f", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     h.service
-        .upsert(&env("prod-eu"), boolean("f", false), Precondition::None)
+        .upsert(
+            &env("prod-eu"),
+            boolean("f", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(value_of(&h.service, "prod", "f").await, json!(true));
@@ -694,7 +805,12 @@ async fn with_cache_and_repository_both_failing_the_last_known_good_snapshot_ans
     assert!(h.service.snapshot(&env("staging")).await.is_err());
     assert!(
         h.service
-            .upsert(&production, boolean("colour", false), Precondition::None)
+            .upsert(
+                &production,
+                boolean("colour", false),
+                Precondition::None,
+                &flag_core::Actor::system()
+            )
             .await
             .is_err()
     );
@@ -746,7 +862,12 @@ async fn single_flag_reads_from_a_shared_cache_keep_last_known_good_up_to_date()
     let h = harness();
     let production = env("production");
     h.service
-        .upsert(&production, boolean("colour", true), Precondition::None)
+        .upsert(
+            &production,
+            boolean("colour", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -868,7 +989,12 @@ async fn a_write_creating_an_environment_is_seen_by_the_very_next_read() {
     assert_eq!(value_of(&h.service, "fresh", "new").await, json!(true));
     // Removed once empty: it no longer exists, and writing it again continues its revision.
     h.service
-        .delete(&env("fresh"), &key("new"), Precondition::None)
+        .delete(
+            &env("fresh"),
+            &key("new"),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     let removed = h.service.delete_environment(&env("fresh")).await.unwrap();
@@ -894,14 +1020,24 @@ async fn writes_past_the_limits_are_refused_and_change_nothing() {
         .unwrap();
     put_booleans(&service, "one", &[("a", true)]).await;
     let second_flag = service
-        .upsert(&env("one"), boolean("b", true), Precondition::None)
+        .upsert(
+            &env("one"),
+            boolean("b", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await;
     assert!(matches!(
         second_flag,
         Err(ServiceError::Limit(LimitExceeded::Flags { limit: 1, .. }))
     ));
     let second_env = service
-        .upsert(&env("two"), boolean("a", true), Precondition::None)
+        .upsert(
+            &env("two"),
+            boolean("a", true),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await;
     assert!(matches!(
         second_env,
@@ -959,7 +1095,12 @@ async fn a_cache_outage_costs_one_call_then_reads_skip_it_until_a_probe_finds_it
     // Read-your-writes holds with the cache out; the invalidation waits for the cache.
     let invalidations = cache.invalidations.load(Ordering::SeqCst);
     service
-        .upsert(&prod, boolean("kill-switch", false), Precondition::None)
+        .upsert(
+            &prod,
+            boolean("kill-switch", false),
+            Precondition::None,
+            &flag_core::Actor::system(),
+        )
         .await
         .unwrap();
     assert_eq!(

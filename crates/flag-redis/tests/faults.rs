@@ -343,7 +343,7 @@ async fn hand_edited_garbage_is_corrupt_not_a_panic_and_the_service_replaces_it(
     let service = FeatureFlagService::new(repository, Arc::new(cache.clone()));
     let flag = FeatureFlag::from_definition_json(&key("checkout"), r#"{"enabled": true}"#).unwrap();
     service
-        .upsert(&env, flag, Precondition::None)
+        .upsert(&env, flag, Precondition::None, &flag_core::Actor::system())
         .await
         .unwrap();
     let context = EvaluationContext::new();

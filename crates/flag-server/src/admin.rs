@@ -323,7 +323,7 @@ pub(crate) fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError
     )
 )]
 async fn put_flag(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     PathParams(path): PathParams<FlagPath>,
     headers: HeaderMap,
@@ -336,7 +336,7 @@ async fn put_flag(
         FeatureFlag::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
     let upserted = state
         .service
-        .upsert(&env, flag, precondition(&headers)?)
+        .upsert(&env, flag, precondition(&headers)?, &admin.actor)
         .await?;
     let status = if upserted.created {
         StatusCode::CREATED
@@ -381,14 +381,18 @@ async fn put_flag(
     )
 )]
 async fn delete_flag(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     PathParams(path): PathParams<FlagPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (env, key) = (environment(&path.env)?, flag_key(&path.key)?);
     let precondition = precondition(&headers)?;
-    match state.service.delete(&env, &key, precondition).await {
+    match state
+        .service
+        .delete(&env, &key, precondition, &admin.actor)
+        .await
+    {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         // `If-Match: *` asks that the flag exist: a missing one fails the precondition, as it
         // does for a PUT.

@@ -13,6 +13,9 @@
 //!   containing `:` is written with its scope (`production:ab:cd`). A token valid for other
 //!   environments only is `403`; a token scoped to exactly one environment selects it when the
 //!   request has no `X-Environment`.
+//! - Admin tokens have names (`FLAG_ADMIN_TOKENS=name:token,...`, and `FLAG_ADMIN_TOKEN` named
+//!   `admin`): the name of the token a request presented is the actor of its writes, which the
+//!   audit log records. Every admin token is compared, as client tokens are.
 //! - Every `401` carries `WWW-Authenticate: Bearer`.
 
 use std::fmt;
@@ -20,7 +23,7 @@ use std::fmt;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use flag_core::{Environment, ErrorCode};
+use flag_core::{Actor, Environment, ErrorCode};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use utoipa::openapi::Required;
@@ -140,23 +143,130 @@ impl ClientTokens {
     }
 }
 
-/// A management request that presented the admin token (`Authorization: Bearer <token>`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Admin;
+/// The tokens of the management API, each with the name its writes are recorded under.
+#[derive(Debug, Clone)]
+pub struct AdminTokens {
+    entries: Vec<(Secret, Actor)>,
+}
+
+/// The name `FLAG_ADMIN_TOKEN`'s token goes by.
+pub const DEFAULT_ADMIN_NAME: &str = "admin";
+
+/// An entry of `FLAG_ADMIN_TOKENS` that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("FLAG_ADMIN_TOKENS entry {position}: {reason}")]
+pub struct AdminTokenError {
+    /// The entry's position, from 1 (0: `FLAG_ADMIN_TOKEN`).
+    pub position: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl AdminTokens {
+    /// One token, named `name`.
+    pub fn single(name: Actor, token: &str) -> Self {
+        Self {
+            entries: vec![(Secret::new(token), name)],
+        }
+    }
+
+    /// `FLAG_ADMIN_TOKEN` (named `admin`, when given) and the `name:token` entries of
+    /// `FLAG_ADMIN_TOKENS` (blank entries skipped). Names are unique and tokens too: a token
+    /// with two names would make its writes' actor a guess.
+    pub fn parse(admin_token: Option<&str>, entries: &[String]) -> Result<Self, AdminTokenError> {
+        let mut parsed: Vec<(String, Actor)> = Vec::new();
+        if let Some(token) = admin_token.filter(|token| !token.is_empty()) {
+            parsed.push((
+                token.to_owned(),
+                Actor::parse(DEFAULT_ADMIN_NAME).map_err(|_| AdminTokenError {
+                    position: 0,
+                    reason: "the default name is invalid".to_owned(),
+                })?,
+            ));
+        }
+        for (index, entry) in entries.iter().enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let error = |reason: String| AdminTokenError {
+                position: index + 1,
+                reason,
+            };
+            let Some((name, token)) = entry.split_once(':') else {
+                return Err(error(
+                    "expected `name:token` (a name such as `alice`, then the token)".to_owned(),
+                ));
+            };
+            let name = Actor::parse(name.trim()).map_err(|refused| {
+                error(format!(
+                    "{refused} (names are `^[a-z0-9][a-z0-9_.-]{{0,63}}$`)"
+                ))
+            })?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(error("the token after `:` is empty".to_owned()));
+            }
+            if parsed.iter().any(|(_, known)| *known == name) {
+                return Err(error(format!(
+                    "the name {name} is given twice (`{DEFAULT_ADMIN_NAME}` is FLAG_ADMIN_TOKEN's)"
+                )));
+            }
+            if parsed.iter().any(|(known, _)| known == token) {
+                return Err(error(format!(
+                    "the token of {name} is also another name's token"
+                )));
+            }
+            parsed.push((token.to_owned(), name));
+        }
+        Ok(Self {
+            entries: parsed
+                .into_iter()
+                .map(|(token, name)| (Secret::new(&token), name))
+                .collect(),
+        })
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The name of `presented`, if it is one of the tokens. Every token is compared.
+    fn name_of(&self, presented: &str) -> Option<&Actor> {
+        let mut found = None;
+        for (secret, name) in &self.entries {
+            let matched: bool = secret.matches(presented).into();
+            if matched && found.is_none() {
+                found = Some(name);
+            }
+        }
+        found
+    }
+}
+
+/// A management request that presented an admin token (`Authorization: Bearer <token>`), with
+/// the token's name.
+#[derive(Debug, Clone)]
+pub(crate) struct Admin {
+    /// The token's name: the actor of the request's writes.
+    pub(crate) actor: Actor,
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(&parts.headers).unwrap_or_default();
-        if bool::from(state.admin_token.matches(presented)) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::new(
+        match state.admin_tokens.name_of(presented) {
+            Some(actor) => Ok(Admin {
+                actor: actor.clone(),
+            }),
+            None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ApiErrorCode::Unauthorized,
                 "a valid admin token is required (Authorization: Bearer <token>)",
-            ))
+            )),
         }
     }
 }

@@ -130,6 +130,14 @@ pub struct Config {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// Comma-separated named admin tokens, `name:token`; the name is the actor of its writes.
+    #[arg(
+        long = "flag-admin-tokens",
+        env = "FLAG_ADMIN_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub admin_tokens: Option<Vec<String>>,
     /// Comma-separated tokens that OFREP clients must present; OFREP is open when unset.
     #[arg(
         long = "flag-client-tokens",
@@ -411,6 +419,7 @@ impl fmt::Debug for Config {
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("cache_ttl_ms", &self.cache_ttl_ms)
             .field("admin_token", &redacted(self.admin_token.is_some()))
+            .field("admin_tokens", &redacted(self.admin_tokens.is_some()))
             .field("client_tokens", &redacted(self.client_tokens.is_some()))
             .field("default_environment", &self.default_environment)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
@@ -489,6 +498,7 @@ mod tests {
         expect("redis_timeout_ms", Some("100"), "REDIS_TIMEOUT_MS");
         expect("cache_ttl_ms", Some("300000"), "CACHE_TTL_MS");
         expect("admin_token", None, "FLAG_ADMIN_TOKEN");
+        expect("admin_tokens", None, "FLAG_ADMIN_TOKENS");
         expect("client_tokens", None, "FLAG_CLIENT_TOKENS");
         expect(
             "default_environment",

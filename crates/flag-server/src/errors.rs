@@ -283,6 +283,11 @@ impl OfrepError {
     }
 
     /// The same error, about the flag `key` (single evaluations carry it).
+    /// What went wrong, for people.
+    pub(crate) fn details(&self) -> &str {
+        &self.details
+    }
+
     pub(crate) fn for_key(mut self, key: &str) -> Self {
         self.key = Some(key.to_owned());
         self

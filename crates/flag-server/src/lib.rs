@@ -78,10 +78,12 @@
 mod admin;
 pub mod app;
 mod arrival;
+mod audit;
 pub mod auth;
 pub mod config;
 pub mod cors;
 mod errors;
+mod explain;
 mod fast_path;
 pub mod metrics;
 mod ofrep;

@@ -60,7 +60,7 @@ struct EvaluationRequest {
 /// A well-formed request is read straight into the context's attributes (no map of the whole
 /// body, no `context` key to allocate); anything else is read again by [`tell_context_error`],
 /// which says exactly what is wrong, so both give the same answers.
-fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
+pub(crate) fn parse_context(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
     // One UTF-8 check of the whole body, rather than one per string as `from_slice` makes.
     if let Ok(text) = std::str::from_utf8(body)
         && let Ok(ContextOnly(Some(context))) = serde_json::from_str(text)
@@ -166,7 +166,7 @@ fn tell_context_error(body: &[u8]) -> Result<EvaluationContext, OfrepError> {
 /// variant value and no metadata.
 #[derive(Serialize, ToSchema)]
 #[schema(as = EvaluationSuccess, description = "A flag's evaluation.")]
-struct Success<'a> {
+pub(crate) struct Success<'a> {
     /// The flag evaluated.
     #[schema(value_type = FlagKey)]
     key: &'a FlagKey,
@@ -183,7 +183,7 @@ struct Success<'a> {
 }
 
 impl<'a> Success<'a> {
-    fn of(evaluation: &'a Evaluation) -> Self {
+    pub(crate) fn of(evaluation: &'a Evaluation) -> Self {
         Self {
             key: evaluation.key(),
             value: evaluation.value(),

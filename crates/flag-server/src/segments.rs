@@ -186,7 +186,7 @@ async fn get_segment(
     )
 )]
 async fn put_segment(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     PathParams(path): PathParams<SegmentPath>,
     headers: HeaderMap,
@@ -198,7 +198,7 @@ async fn put_segment(
     let segment = Segment::from_definition(&key, document).map_err(ApiError::invalid_definition)?;
     let upserted = state
         .service
-        .upsert_segment(&env, segment, precondition(&headers)?)
+        .upsert_segment(&env, segment, precondition(&headers)?, &admin.actor)
         .await?;
     let status = if upserted.created {
         StatusCode::CREATED
@@ -244,14 +244,18 @@ async fn put_segment(
     )
 )]
 async fn delete_segment(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     PathParams(path): PathParams<SegmentPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (env, key) = (environment(&path.env)?, segment_key(&path.key)?);
     let precondition = precondition(&headers)?;
-    match state.service.delete_segment(&env, &key, precondition).await {
+    match state
+        .service
+        .delete_segment(&env, &key, precondition, &admin.actor)
+        .await
+    {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         // `If-Match: *` asks that the segment exist, as for flags.
         Err(ServiceError::Repository(RepositoryError::SegmentNotFound { .. }))

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flag_core::{Environment, FeatureFlagService};
+use flag_core::{Actor, Environment, FeatureFlagService};
 
-use crate::auth::{ClientTokens, Secret};
+use crate::auth::{AdminTokens, ClientTokens, DEFAULT_ADMIN_NAME};
 use crate::cors::CorsOrigins;
 use crate::metrics::HttpMetrics;
 use crate::streams::{StreamSettings, Streams};
@@ -32,8 +32,8 @@ pub struct AppState {
     pub default_environment: Environment,
     /// Tokens OFREP clients must present; `None` leaves OFREP open.
     pub client_tokens: Option<Arc<ClientTokens>>,
-    /// The bearer token of the management API.
-    pub admin_token: Arc<Secret>,
+    /// The bearer tokens of the management API, by name.
+    pub admin_tokens: Arc<AdminTokens>,
     /// Request counts and latencies.
     pub http_metrics: Arc<HttpMetrics>,
     /// How long a request may take before it is answered `503` (`408` while its body is still
@@ -54,7 +54,7 @@ pub struct AppState {
 
 impl AppState {
     /// A state with the defaults of everything but the service, the default environment and the
-    /// admin token.
+    /// admin token (named `admin`).
     pub fn new(
         service: FeatureFlagService,
         default_environment: Environment,
@@ -64,7 +64,10 @@ impl AppState {
             service,
             default_environment,
             client_tokens: None,
-            admin_token: Arc::new(Secret::new(admin_token)),
+            admin_tokens: Arc::new(AdminTokens::single(
+                Actor::parse(DEFAULT_ADMIN_NAME).unwrap_or_else(|_| Actor::system()),
+                admin_token,
+            )),
             http_metrics: Arc::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,

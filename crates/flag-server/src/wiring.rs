@@ -13,7 +13,7 @@ use flag_memory::{AnnouncedCache, MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 use flag_sql::{DeferredSqlRepository, SqlError, SqlRepository};
 
-use crate::auth::ClientTokens;
+use crate::auth::{AdminTokens, ClientTokens};
 use crate::config::{CacheBackend, Config};
 use crate::cors::CorsOrigins;
 use crate::serve::ConnectionLimits;
@@ -71,18 +71,24 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         .context("building the service (CACHE_TTL_MS, FLAG_LAST_GOOD_DIR)")?;
     service.follow_changes(bus, Duration::from_millis(config.stream_poll_ms));
     let client_tokens = client_tokens(config.client_tokens.as_deref())?;
-    let admin_token = match &config.admin_token {
-        Some(token) if !token.is_empty() => token.clone(),
-        _ => {
-            let token = random_token().context("generating an admin token")?;
-            // Printed once, on stdout only; never logged.
-            println!("generated admin token (set FLAG_ADMIN_TOKEN to choose one): {token}");
-            token
-        }
-    };
+    let named = config.admin_tokens.as_deref().unwrap_or_default();
+    let mut admin_tokens = AdminTokens::parse(config.admin_token.as_deref(), named)?;
+    // With no token configured at all, one is generated (named `admin`); a configuration that
+    // names its tokens in FLAG_ADMIN_TOKENS gets no extra one.
+    let mut generated = None;
+    if admin_tokens.is_empty() {
+        let token = random_token().context("generating an admin token")?;
+        // Printed once, on stdout only; never logged.
+        println!("generated admin token (set FLAG_ADMIN_TOKEN to choose one): {token}");
+        admin_tokens = AdminTokens::parse(Some(&token), &[])?;
+        generated = Some(token);
+    }
     // Credentials are needed only when OFREP needs a token; they are keyed by every token.
     let streams = {
-        let mut secrets: Vec<&str> = vec![admin_token.as_str()];
+        let mut secrets: Vec<&str> = Vec::new();
+        secrets.extend(config.admin_token.as_deref());
+        secrets.extend(generated.as_deref());
+        secrets.extend(named.iter().map(String::as_str));
         secrets.extend(config.client_tokens.iter().flatten().map(String::as_str));
         let settings = StreamSettings {
             heartbeat: Duration::from_millis(config.stream_heartbeat_ms),
@@ -107,7 +113,8 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         max_context_bytes: usize::try_from(config.max_context_bytes)?,
         max_in_flight: usize::try_from(config.max_in_flight)?,
         shared_cache,
-        ..AppState::new(service, default_environment, &admin_token)
+        admin_tokens: Arc::new(admin_tokens),
+        ..AppState::new(service, default_environment, "")
     })
 }
 

@@ -31,6 +31,7 @@ async fn an_unreadable_stored_flag_affects_that_flag_only() {
                 "expected value at line 1 column 2",
             ),
             Precondition::None,
+            &flag_core::Actor::system(),
         )
         .await
         .unwrap();

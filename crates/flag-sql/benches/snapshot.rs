@@ -22,7 +22,7 @@ async fn seeded(url: &str, env: &Environment) -> SqlRepository {
             json!({"index": index, "color": "blue"}),
         );
         repository
-            .upsert(env, flag, Precondition::None)
+            .upsert(env, flag, Precondition::None, &flag_core::Actor::system())
             .await
             .unwrap();
     }

@@ -98,7 +98,6 @@ pub struct SqlRepositoryBuilder {
     pub(crate) max_connections: u32,
     pub(crate) timeout: Duration,
     pub(crate) migration_timeout: Duration,
-    pub(crate) actor: String,
 }
 
 impl std::fmt::Debug for SqlRepositoryBuilder {
@@ -133,13 +132,6 @@ impl SqlRepositoryBuilder {
         self
     }
 
-    /// The actor named in audit rows.
-    #[must_use]
-    pub fn actor(mut self, actor: impl Into<String>) -> Self {
-        self.actor = actor.into();
-        self
-    }
-
     /// Connects and applies the migrations.
     pub async fn connect(self) -> Result<SqlRepository, SqlError> {
         let backend = Backend::of(&self.url)?;
@@ -167,13 +159,7 @@ impl SqlRepositoryBuilder {
                 url: shown.clone(),
                 message: format!("not done within {:?}", self.migration_timeout),
             })??;
-        Ok(SqlRepository::new(
-            pool,
-            backend,
-            shown,
-            self.timeout,
-            self.actor,
-        ))
+        Ok(SqlRepository::new(pool, backend, shown, self.timeout))
     }
 
     /// The pool: bounded, connections tested before use (so one pool outlives a database

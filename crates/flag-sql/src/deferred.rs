@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use flag_core::{
-    Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagRepository, FlagKey, Precondition, RepositoryError, Revision, Segment, SegmentKey,
-    Upserted, UpsertedSegment, async_trait,
+    Actor, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary,
+    FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, RepositoryError, Revision, Segment,
+    SegmentKey, Upserted, UpsertedSegment, async_trait,
 };
 
 use crate::connection::{Backend, SqlRepositoryBuilder};
@@ -116,8 +116,11 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, RepositoryError> {
-        self.repository()?.upsert(env, flag, precondition).await
+        self.repository()?
+            .upsert(env, flag, precondition, actor)
+            .await
     }
 
     async fn delete(
@@ -125,8 +128,11 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
-        self.repository()?.delete(env, key, precondition).await
+        self.repository()?
+            .delete(env, key, precondition, actor)
+            .await
     }
 
     async fn segment(
@@ -142,9 +148,10 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError> {
         self.repository()?
-            .upsert_segment(env, segment, precondition)
+            .upsert_segment(env, segment, precondition, actor)
             .await
     }
 
@@ -153,10 +160,19 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         self.repository()?
-            .delete_segment(env, key, precondition)
+            .delete_segment(env, key, precondition, actor)
             .await
+    }
+
+    async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, RepositoryError> {
+        self.repository()?.audit(env, query).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

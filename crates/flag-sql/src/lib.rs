@@ -4,7 +4,8 @@
 //! # Schema
 //!
 //! `environments (name, revision)`, `flags (environment, key, definition, version, updated_at)` and
-//! `audit_log (environment, key, action, old_version, new_version, revision, at, actor)`, created
+//! `audit_log (environment, key, kind, action, old_version, new_version, revision, at, actor,
+//! before_definition, after_definition)`, created
 //! by embedded migrations (`migrations/postgres`, `migrations/sqlite`) that run at connect (and by
 //! `flag-server migrate`). `definition` holds the flag's JSON exactly as the API shows it.
 //!
@@ -49,7 +50,6 @@ mod connection;
 mod deferred;
 mod repository;
 
-pub use audit::AuditEntry;
 pub use connection::{
     Backend, DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT, SqlError, SqlRepositoryBuilder,
 };

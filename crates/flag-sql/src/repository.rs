@@ -13,9 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use flag_core::{
-    Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagRepository, FlagKey, Precondition, References, RepositoryError, Revision, Segment,
-    SegmentKey, Upserted, UpsertedSegment, async_trait,
+    Actor, AuditKind, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot,
+    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, References,
+    RepositoryError, Revision, Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
 };
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
@@ -32,7 +32,6 @@ pub struct SqlRepository {
     backend: Backend,
     shown_url: String,
     timeout: Duration,
-    actor: String,
 }
 
 impl std::fmt::Debug for SqlRepository {
@@ -50,14 +49,13 @@ impl std::fmt::Debug for SqlRepository {
 type Decided<T> = Result<T, RepositoryError>;
 
 impl SqlRepository {
-    /// A builder with the defaults: 10 connections, 5 s timeout, actor `flag-server`.
+    /// A builder with the defaults: 10 connections, 5 s timeout.
     pub fn builder(url: impl Into<String>) -> SqlRepositoryBuilder {
         SqlRepositoryBuilder {
             url: url.into(),
             max_connections: 10,
             timeout: DEFAULT_TIMEOUT,
             migration_timeout: DEFAULT_MIGRATION_TIMEOUT,
-            actor: "flag-server".to_owned(),
         }
     }
 
@@ -72,14 +70,12 @@ impl SqlRepository {
         backend: Backend,
         shown_url: String,
         timeout: Duration,
-        actor: String,
     ) -> Self {
         Self {
             pool,
             backend,
             shown_url,
             timeout,
-            actor,
         }
     }
 
@@ -214,17 +210,21 @@ enum Table {
 }
 
 impl Table {
-    fn kind(self) -> &'static str {
+    fn kind(self) -> AuditKind {
         match self {
-            Table::Flags => "flag",
-            Table::Segments => "segment",
+            Table::Flags => AuditKind::Flag,
+            Table::Segments => AuditKind::Segment,
         }
     }
 
     fn version(self) -> &'static str {
         match self {
-            Table::Flags => "SELECT version FROM flags WHERE environment = $1 AND key = $2",
-            Table::Segments => "SELECT version FROM segments WHERE environment = $1 AND key = $2",
+            Table::Flags => {
+                "SELECT version, definition FROM flags WHERE environment = $1 AND key = $2"
+            }
+            Table::Segments => {
+                "SELECT version, definition FROM segments WHERE environment = $1 AND key = $2"
+            }
         }
     }
 
@@ -275,19 +275,28 @@ impl Table {
     }
 }
 
-/// The stored version of `key` in `table`, `None` when there is no such row.
-async fn current_version(
+/// A stored row as a write finds it: its version, and its definition for the audit log.
+struct Current {
+    version: u64,
+    definition: String,
+}
+
+/// The stored row of `key` in `table`, `None` when there is no such row.
+async fn current_row(
     transaction: &mut Transaction<'_, Any>,
     table: Table,
     env: &Environment,
     key: &str,
-) -> Result<Option<u64>, sqlx::Error> {
-    let version: Option<i64> = sqlx::query_scalar(table.version())
+) -> Result<Option<Current>, sqlx::Error> {
+    let row: Option<(i64, String)> = sqlx::query_as(table.version())
         .bind(env.to_string())
         .bind(key.to_owned())
         .fetch_optional(&mut **transaction)
         .await?;
-    Ok(version.map(to_u64))
+    Ok(row.map(|(version, definition)| Current {
+        version: to_u64(version),
+        definition,
+    }))
 }
 
 /// A row about to be written: what it holds and where it stands.
@@ -298,8 +307,8 @@ struct Written<'a, T> {
     /// The definition, its version and `updatedAt` included.
     stored: &'a T,
     version: u64,
-    /// The version it replaces, `None` when it creates the row.
-    current: Option<u64>,
+    /// The row it replaces, `None` when it creates the row.
+    current: Option<Current>,
     /// The environment's revision after the write.
     revision: Revision,
 }
@@ -309,7 +318,7 @@ async fn write_row<T: serde::Serialize>(
     transaction: &mut Transaction<'_, Any>,
     row: Written<'_, T>,
     at: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<(), sqlx::Error> {
     let definition =
         serde_json::to_string(row.stored).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
@@ -321,25 +330,26 @@ async fn write_row<T: serde::Serialize>(
     query
         .bind(row.env.to_string())
         .bind(row.key.to_owned())
-        .bind(definition)
+        .bind(definition.clone())
         .bind(to_i64(row.version))
         .bind(at.to_owned())
         .execute(&mut **transaction)
         .await?;
+    let (old_version, before) = row
+        .current
+        .map(|current| (current.version, current.definition))
+        .unzip();
     let record = Audit {
         env: row.env,
         kind: row.table.kind(),
         key: row.key,
-        action: if row.current.is_some() {
-            "update"
-        } else {
-            "create"
-        },
-        old_version: row.current,
+        old_version,
         new_version: Some(row.version),
         revision: row.revision,
         at,
         actor,
+        before,
+        after: Some(definition),
     };
     audit::append(transaction, record).await
 }
@@ -382,11 +392,12 @@ async fn upsert_in(
     env: &Environment,
     flag: FeatureFlag,
     precondition: Precondition,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<Decided<Upserted>, sqlx::Error> {
     let revision = bump_revision(transaction, env).await?;
-    let current = current_version(transaction, Table::Flags, env, flag.key().as_str()).await?;
-    if let Err(refused) = precondition.check(env, flag.key(), current) {
+    let current = current_row(transaction, Table::Flags, env, flag.key().as_str()).await?;
+    let current_version = current.as_ref().map(|row| row.version);
+    if let Err(refused) = precondition.check(env, flag.key(), current_version) {
         return Ok(Err(refused));
     }
     if (!flag.prerequisites().is_empty() || !flag.segments().is_empty())
@@ -397,7 +408,7 @@ async fn upsert_in(
         return Ok(Err(refused.into()));
     }
     let (now, at) = now_rfc3339();
-    let stored = flag.stored_as(current.unwrap_or(0) + 1, now);
+    let stored = flag.stored_as(current_version.unwrap_or(0) + 1, now);
     let row = Written {
         table: Table::Flags,
         env,
@@ -409,7 +420,7 @@ async fn upsert_in(
     };
     write_row(transaction, row, &at, actor).await?;
     Ok(Ok(Upserted {
-        created: current.is_none(),
+        created: current_version.is_none(),
         flag: stored,
         revision,
     }))
@@ -421,16 +432,16 @@ async fn delete_in(
     env: &Environment,
     key: &FlagKey,
     precondition: Precondition,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<Decided<Deleted>, sqlx::Error> {
     let revision = bump_revision(transaction, env).await?;
-    let Some(current) = current_version(transaction, Table::Flags, env, key.as_str()).await? else {
+    let Some(current) = current_row(transaction, Table::Flags, env, key.as_str()).await? else {
         return Ok(Err(RepositoryError::NotFound {
             environment: env.clone(),
             key: key.clone(),
         }));
     };
-    if let Err(refused) = precondition.check(env, key, Some(current)) {
+    if let Err(refused) = precondition.check(env, key, Some(current.version)) {
         return Ok(Err(refused));
     }
     if let Err(refused) = references_in(transaction, env)
@@ -439,6 +450,7 @@ async fn delete_in(
     {
         return Ok(Err(refused.into()));
     }
+    let version = current.version;
     delete_row(
         transaction,
         Table::Flags,
@@ -449,10 +461,7 @@ async fn delete_in(
         actor,
     )
     .await?;
-    Ok(Ok(Deleted {
-        version: current,
-        revision,
-    }))
+    Ok(Ok(Deleted { version, revision }))
 }
 
 /// Deletes the row of `key` from `table` and appends its audit row.
@@ -461,9 +470,9 @@ async fn delete_row(
     table: Table,
     env: &Environment,
     key: &str,
-    current: u64,
+    current: Current,
     revision: Revision,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(table.delete())
         .bind(env.to_string())
@@ -475,12 +484,13 @@ async fn delete_row(
         env,
         kind: table.kind(),
         key,
-        action: "delete",
-        old_version: Some(current),
+        old_version: Some(current.version),
         new_version: None,
         revision,
         at: &at,
         actor,
+        before: Some(current.definition),
+        after: None,
     };
     audit::append(transaction, record).await
 }
@@ -491,16 +501,17 @@ async fn upsert_segment_in(
     env: &Environment,
     segment: Segment,
     precondition: Precondition,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<Decided<UpsertedSegment>, sqlx::Error> {
     let revision = bump_revision(transaction, env).await?;
     let key = segment.key().clone();
-    let current = current_version(transaction, Table::Segments, env, key.as_str()).await?;
-    if let Err(refused) = precondition.check_segment(env, &key, current) {
+    let current = current_row(transaction, Table::Segments, env, key.as_str()).await?;
+    let current_version = current.as_ref().map(|row| row.version);
+    if let Err(refused) = precondition.check_segment(env, &key, current_version) {
         return Ok(Err(refused));
     }
     let (now, at) = now_rfc3339();
-    let stored = segment.stored_as(current.unwrap_or(0) + 1, now);
+    let stored = segment.stored_as(current_version.unwrap_or(0) + 1, now);
     let row = Written {
         table: Table::Segments,
         env,
@@ -512,7 +523,7 @@ async fn upsert_segment_in(
     };
     write_row(transaction, row, &at, actor).await?;
     Ok(Ok(UpsertedSegment {
-        created: current.is_none(),
+        created: current_version.is_none(),
         segment: stored,
         revision,
     }))
@@ -524,17 +535,16 @@ async fn delete_segment_in(
     env: &Environment,
     key: &SegmentKey,
     precondition: Precondition,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<Decided<Deleted>, sqlx::Error> {
     let revision = bump_revision(transaction, env).await?;
-    let Some(current) = current_version(transaction, Table::Segments, env, key.as_str()).await?
-    else {
+    let Some(current) = current_row(transaction, Table::Segments, env, key.as_str()).await? else {
         return Ok(Err(RepositoryError::SegmentNotFound {
             environment: env.clone(),
             key: key.clone(),
         }));
     };
-    if let Err(refused) = precondition.check_segment(env, key, Some(current)) {
+    if let Err(refused) = precondition.check_segment(env, key, Some(current.version)) {
         return Ok(Err(refused));
     }
     if let Err(refused) = references_in(transaction, env)
@@ -543,6 +553,7 @@ async fn delete_segment_in(
     {
         return Ok(Err(refused.into()));
     }
+    let version = current.version;
     delete_row(
         transaction,
         Table::Segments,
@@ -553,10 +564,7 @@ async fn delete_segment_in(
         actor,
     )
     .await?;
-    Ok(Ok(Deleted {
-        version: current,
-        revision,
-    }))
+    Ok(Ok(Deleted { version, revision }))
 }
 
 #[async_trait]
@@ -656,10 +664,11 @@ impl FeatureFlagRepository for SqlRepository {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, RepositoryError> {
         self.bounded(async {
             let mut transaction = self.pool.begin().await?;
-            let decided = upsert_in(&mut transaction, env, flag, precondition, &self.actor).await?;
+            let decided = upsert_in(&mut transaction, env, flag, precondition, actor).await?;
             settle(transaction, decided).await
         })
         .await?
@@ -670,10 +679,11 @@ impl FeatureFlagRepository for SqlRepository {
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         self.bounded(async {
             let mut transaction = self.pool.begin().await?;
-            let decided = delete_in(&mut transaction, env, key, precondition, &self.actor).await?;
+            let decided = delete_in(&mut transaction, env, key, precondition, actor).await?;
             settle(transaction, decided).await
         })
         .await?
@@ -693,12 +703,12 @@ impl FeatureFlagRepository for SqlRepository {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError> {
         self.bounded(async {
             let mut transaction = self.pool.begin().await?;
             let decided =
-                upsert_segment_in(&mut transaction, env, segment, precondition, &self.actor)
-                    .await?;
+                upsert_segment_in(&mut transaction, env, segment, precondition, actor).await?;
             settle(transaction, decided).await
         })
         .await?
@@ -709,14 +719,23 @@ impl FeatureFlagRepository for SqlRepository {
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         self.bounded(async {
             let mut transaction = self.pool.begin().await?;
             let decided =
-                delete_segment_in(&mut transaction, env, key, precondition, &self.actor).await?;
+                delete_segment_in(&mut transaction, env, key, precondition, actor).await?;
             settle(transaction, decided).await
         })
         .await?
+    }
+
+    async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, RepositoryError> {
+        self.audit_page(env, query).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use flag_conformance::flag_with_value;
 use flag_core::{
-    Environment, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, RepositoryError,
-    Revision, Segment, SegmentKey,
+    Actor, AuditQuery, Environment, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition,
+    RepositoryError, Revision, Segment, SegmentKey,
 };
 use flag_fixtures::{PostgresDatabase, ScratchDir};
 use flag_sql::{SqlError, SqlRepository};
@@ -36,7 +36,12 @@ async fn stream_writes_until_killed(url: &str) {
     let mut stdout = std::io::stdout();
     for index in 0.. {
         repository
-            .upsert(&env(), numbered(index), Precondition::None)
+            .upsert(
+                &env(),
+                numbered(index),
+                Precondition::None,
+                &Actor::system(),
+            )
             .await
             .unwrap();
         writeln!(stdout, "ack {index}").unwrap();
@@ -133,7 +138,7 @@ async fn the_same_pool_survives_a_postgres_restart() {
         .await
         .unwrap();
     repository
-        .upsert(&env(), numbered(1), Precondition::None)
+        .upsert(&env(), numbered(1), Precondition::None, &Actor::system())
         .await
         .unwrap();
 
@@ -149,7 +154,7 @@ async fn the_same_pool_survives_a_postgres_restart() {
         "a read with the database down answered {down:?}"
     );
     let write = repository
-        .upsert(&env(), numbered(2), Precondition::None)
+        .upsert(&env(), numbered(2), Precondition::None, &Actor::system())
         .await;
     assert!(
         matches!(
@@ -168,7 +173,7 @@ async fn the_same_pool_survives_a_postgres_restart() {
     let back = eventually(async || repository.snapshot(&env()).await).await;
     assert_eq!(back.len(), 1, "the committed write survived the restart");
     repository
-        .upsert(&env(), numbered(2), Precondition::None)
+        .upsert(&env(), numbered(2), Precondition::None, &Actor::system())
         .await
         .unwrap();
     assert_eq!(
@@ -211,38 +216,81 @@ async fn every_write_is_audited_with_its_versions_and_revision() {
         "sqlite://{}?mode=rwc",
         directory.path().join("audit.db").display()
     );
-    let repository = SqlRepository::builder(url)
-        .actor("tester")
-        .connect()
-        .await
-        .unwrap();
+    let repository = SqlRepository::builder(url).connect().await.unwrap();
+    let tester = Actor::parse("tester").unwrap();
     let key = FlagKey::parse("audited").unwrap();
     let flag = || FeatureFlag::from_definition_json(&key, "{}").unwrap();
     repository
-        .upsert(&env(), flag(), Precondition::Absent)
+        .upsert(&env(), flag(), Precondition::Absent, &tester)
         .await
         .unwrap();
     repository
-        .upsert(&env(), flag(), Precondition::Version(1))
+        .upsert(&env(), flag(), Precondition::Version(1), &tester)
         .await
         .unwrap();
     assert!(
         repository
-            .upsert(&env(), flag(), Precondition::Version(1))
+            .upsert(&env(), flag(), Precondition::Version(1), &tester)
             .await
             .is_err()
     );
     repository
-        .delete(&env(), &key, Precondition::Version(2))
+        .delete(&env(), &key, Precondition::Version(2), &tester)
         .await
         .unwrap();
-    let log = repository.audit_log(&env(), &key).await.unwrap();
-    let summary: Vec<String> = log
+
+    // Segment writes are audited the same way, apart from flags of the same key; a delete
+    // refused because a flag uses the segment leaves no row either.
+    let segment_key = SegmentKey::parse("audited").unwrap();
+    let segment = || Segment::from_definition_json(&segment_key, "{}").unwrap();
+    let system = Actor::system();
+    repository
+        .upsert_segment(&env(), segment(), Precondition::Absent, &system)
+        .await
+        .unwrap();
+    repository
+        .upsert_segment(&env(), segment(), Precondition::Version(1), &system)
+        .await
+        .unwrap();
+    let user = FlagKey::parse("user").unwrap();
+    let uses = r#"{"rules": [{"conditions": [{"operator": "in_segment", "value": "audited"}], "variant": "on"}]}"#;
+    repository
+        .upsert(
+            &env(),
+            FeatureFlag::from_definition_json(&user, uses).unwrap(),
+            Precondition::None,
+            &system,
+        )
+        .await
+        .unwrap();
+    assert!(
+        repository
+            .delete_segment(&env(), &segment_key, Precondition::None, &system)
+            .await
+            .is_err()
+    );
+    repository
+        .delete(&env(), &user, Precondition::None, &system)
+        .await
+        .unwrap();
+    repository
+        .delete_segment(&env(), &segment_key, Precondition::Version(2), &system)
+        .await
+        .unwrap();
+
+    let query = AuditQuery {
+        key: Some("audited".to_owned()),
+        ..AuditQuery::default()
+    };
+    let page = repository.audit(&env(), &query).await.unwrap();
+    let summary: Vec<String> = page
+        .entries
         .iter()
         .map(|entry| {
             format!(
-                "{} {:?}->{:?} r{} by {}",
-                entry.action,
+                "{} {} {:?}->{:?} r{} by {}",
+                entry.kind.as_str(),
+                entry.action.as_str(),
                 entry.old_version,
                 entry.new_version,
                 entry.revision.get(),
@@ -253,76 +301,22 @@ async fn every_write_is_audited_with_its_versions_and_revision() {
     assert_eq!(
         summary,
         [
-            "create None->Some(1) r1 by tester",
-            "update Some(1)->Some(2) r2 by tester",
-            "delete Some(2)->None r3 by tester",
+            "segment delete Some(2)->None r8 by flag-server",
+            "segment update Some(1)->Some(2) r5 by flag-server",
+            "segment create None->Some(1) r4 by flag-server",
+            "flag delete Some(2)->None r3 by tester",
+            "flag update Some(1)->Some(2) r2 by tester",
+            "flag create None->Some(1) r1 by tester",
         ],
-        "the refused write left no row"
+        "newest first, refused writes left no row"
     );
-
-    // Segment writes are audited the same way, apart from flags of the same key; a delete
-    // refused because a flag uses the segment leaves no row either.
-    let segment_key = SegmentKey::parse("audited").unwrap();
-    let segment = || Segment::from_definition_json(&segment_key, "{}").unwrap();
-    repository
-        .upsert_segment(&env(), segment(), Precondition::Absent)
-        .await
-        .unwrap();
-    repository
-        .upsert_segment(&env(), segment(), Precondition::Version(1))
-        .await
-        .unwrap();
-    let user = FlagKey::parse("user").unwrap();
-    let uses = r#"{"rules": [{"conditions": [{"operator": "in_segment", "value": "audited"}], "variant": "on"}]}"#;
-    repository
-        .upsert(
-            &env(),
-            FeatureFlag::from_definition_json(&user, uses).unwrap(),
-            Precondition::None,
-        )
-        .await
-        .unwrap();
-    assert!(
-        repository
-            .delete_segment(&env(), &segment_key, Precondition::None)
-            .await
-            .is_err()
-    );
-    repository
-        .delete(&env(), &user, Precondition::None)
-        .await
-        .unwrap();
-    repository
-        .delete_segment(&env(), &segment_key, Precondition::Version(2))
-        .await
-        .unwrap();
-    let log = repository
-        .segment_audit_log(&env(), &segment_key)
-        .await
-        .unwrap();
-    let summary: Vec<String> = log
-        .iter()
-        .map(|entry| {
-            format!(
-                "{} {:?}->{:?} r{}",
-                entry.action,
-                entry.old_version,
-                entry.new_version,
-                entry.revision.get()
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            "create None->Some(1) r4",
-            "update Some(1)->Some(2) r5",
-            "delete Some(2)->None r8",
-        ]
-    );
-    assert_eq!(
-        repository.audit_log(&env(), &key).await.unwrap().len(),
-        3,
-        "the flag of the same key keeps its own three rows"
-    );
+    assert_eq!(page.next, None);
+    // The definitions before and after, as stored.
+    let update = &page.entries[4];
+    assert_eq!(update.before.as_ref().unwrap()["version"], 1);
+    assert_eq!(update.after.as_ref().unwrap()["version"], 2);
+    let delete = &page.entries[3];
+    assert_eq!(delete.before.as_ref().unwrap()["key"], "audited");
+    assert_eq!(delete.after, None);
+    assert_eq!(page.entries[5].before, None);
 }

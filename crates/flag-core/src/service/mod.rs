@@ -64,13 +64,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::audit::{AuditPage, AuditQuery};
 use crate::cache::{CacheError, DynFeatureFlagCache, TierStatus};
 use crate::context::EvaluationContext;
 use crate::evaluation::{Evaluation, EvaluationError, Scope};
+use crate::explanation::Explanation;
 use crate::flag::FeatureFlag;
 use crate::fnv::FnvBuildHasher;
 use crate::metrics::{Counters, ServiceMetrics};
-use crate::names::{Environment, FlagKey, SegmentKey};
+use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::repository::{
     Deleted, DynFeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
 };
@@ -476,6 +478,27 @@ impl FeatureFlagService {
         Ok(freshness.mark(Evaluation::within(flag, context, &scope)?))
     }
 
+    /// Evaluates one flag of `env` for `context` as [`Self::evaluate`] does, explaining each
+    /// step (see [`crate::explain`]): the answer, or the evaluation's own error, with why.
+    pub async fn explain(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        context: &EvaluationContext,
+    ) -> Result<(Result<Evaluation, EvaluationError>, Explanation), ServiceError> {
+        let (snapshot, freshness) = self.snapshot_with_freshness(env).await?;
+        let flag = snapshot
+            .flag(key.as_str())
+            .cloned()
+            .ok_or_else(|| EvaluationError::FlagNotFound { key: key.clone() })?;
+        let scope = Scope::new(&snapshot);
+        let explained = crate::explanation::explain(&flag, context, &scope);
+        let answer = explained
+            .result
+            .map(|resolution| freshness.mark(Evaluation::resolved(Arc::clone(&flag), resolution)));
+        Ok((answer, explained.explanation))
+    }
+
     /// Evaluates every flag of `env` for `context`; per-flag failures sit in the results.
     pub async fn evaluate_all(
         &self,
@@ -546,6 +569,16 @@ impl FeatureFlagService {
         Ok(self.inner.repository.segment(env, key).await?)
     }
 
+    /// A page of `env`'s audit log, newest first, read from the repository.
+    pub async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, ServiceError> {
+        self.inner.counters.repository_reads.increment();
+        Ok(self.inner.repository.audit(env, query).await?)
+    }
+
     /// Every environment that has had a write.
     pub async fn environments(&self) -> Result<Vec<EnvironmentSummary>, ServiceError> {
         Ok(self.inner.list_environments().await?)
@@ -586,12 +619,15 @@ impl FeatureFlagService {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, ServiceError> {
         self.check_limits(env, flag.key()).await?;
         let repository = Arc::clone(&self.inner.repository);
-        let target = env.clone();
+        let (target, actor) = (env.clone(), actor.clone());
         self.write_to_the_end(env, async move {
-            let upserted = repository.upsert(&target, flag, precondition).await?;
+            let upserted = repository
+                .upsert(&target, flag, precondition, &actor)
+                .await?;
             Ok((upserted.revision, upserted))
         })
         .await
@@ -603,11 +639,14 @@ impl FeatureFlagService {
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, ServiceError> {
         let repository = Arc::clone(&self.inner.repository);
-        let (target, key) = (env.clone(), key.clone());
+        let (target, key, actor) = (env.clone(), key.clone(), actor.clone());
         self.write_to_the_end(env, async move {
-            let deleted = repository.delete(&target, &key, precondition).await?;
+            let deleted = repository
+                .delete(&target, &key, precondition, &actor)
+                .await?;
             Ok((deleted.revision, deleted))
         })
         .await
@@ -620,13 +659,14 @@ impl FeatureFlagService {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, ServiceError> {
         self.check_environment_limit(env).await?;
         let repository = Arc::clone(&self.inner.repository);
-        let target = env.clone();
+        let (target, actor) = (env.clone(), actor.clone());
         self.write_to_the_end(env, async move {
             let upserted = repository
-                .upsert_segment(&target, segment, precondition)
+                .upsert_segment(&target, segment, precondition, &actor)
                 .await?;
             Ok((upserted.revision, upserted))
         })
@@ -639,12 +679,13 @@ impl FeatureFlagService {
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, ServiceError> {
         let repository = Arc::clone(&self.inner.repository);
-        let (target, key) = (env.clone(), key.clone());
+        let (target, key, actor) = (env.clone(), key.clone(), actor.clone());
         self.write_to_the_end(env, async move {
             let deleted = repository
-                .delete_segment(&target, &key, precondition)
+                .delete_segment(&target, &key, precondition, &actor)
                 .await?;
             Ok((deleted.revision, deleted))
         })

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flag_core::{
-    CacheError, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary, FeatureFlag,
-    FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup, InMemoryRepository, Precondition,
-    RepositoryError, Revision, Segment, SegmentKey, SetOutcome, Upserted, UpsertedSegment,
-    async_trait,
+    Actor, AuditPage, AuditQuery, CacheError, Deleted, Environment, EnvironmentSnapshot,
+    EnvironmentSummary, FeatureFlag, FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup,
+    InMemoryRepository, Precondition, RepositoryError, Revision, Segment, SegmentKey, SetOutcome,
+    Upserted, UpsertedSegment, async_trait,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -238,7 +238,7 @@ impl FakeRepository {
     /// Writes `flag` straight to the repository, as another instance would.
     pub async fn write_behind_the_service(&self, env: &Environment, flag: FeatureFlag) -> Revision {
         self.inner
-            .upsert(env, flag, Precondition::None)
+            .upsert(env, flag, Precondition::None, &flag_core::Actor::system())
             .await
             .unwrap()
             .revision
@@ -288,9 +288,10 @@ impl FeatureFlagRepository for FakeRepository {
         env: &Environment,
         flag: FeatureFlag,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Upserted, RepositoryError> {
         self.check()?;
-        let upserted = self.inner.upsert(env, flag, precondition).await;
+        let upserted = self.inner.upsert(env, flag, precondition, actor).await;
         let delay = self.upsert_reply_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -303,9 +304,10 @@ impl FeatureFlagRepository for FakeRepository {
         env: &Environment,
         key: &FlagKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         self.check()?;
-        self.inner.delete(env, key, precondition).await
+        self.inner.delete(env, key, precondition, actor).await
     }
 
     async fn segment(
@@ -322,9 +324,12 @@ impl FeatureFlagRepository for FakeRepository {
         env: &Environment,
         segment: Segment,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError> {
         self.check()?;
-        self.inner.upsert_segment(env, segment, precondition).await
+        self.inner
+            .upsert_segment(env, segment, precondition, actor)
+            .await
     }
 
     async fn delete_segment(
@@ -332,9 +337,21 @@ impl FeatureFlagRepository for FakeRepository {
         env: &Environment,
         key: &SegmentKey,
         precondition: Precondition,
+        actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         self.check()?;
-        self.inner.delete_segment(env, key, precondition).await
+        self.inner
+            .delete_segment(env, key, precondition, actor)
+            .await
+    }
+
+    async fn audit(
+        &self,
+        env: &Environment,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, RepositoryError> {
+        self.check()?;
+        self.inner.audit(env, query).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

@@ -60,6 +60,7 @@ pub fn default_config() -> Config {
         redis_timeout_ms: 100,
         cache_ttl_ms: 300_000,
         admin_token: Some(ADMIN_TOKEN.to_owned()),
+        admin_tokens: None,
         client_tokens: None,
         default_environment: "production".to_owned(),
         shutdown_grace_ms: 10_000,
@@ -153,7 +154,12 @@ impl TestServer {
         let key = FlagKey::parse(key).unwrap();
         let flag = FeatureFlag::from_definition_json(&key, &body.to_string()).unwrap();
         self.service()
-            .upsert(&Environment::parse(env).unwrap(), flag, Precondition::None)
+            .upsert(
+                &Environment::parse(env).unwrap(),
+                flag,
+                Precondition::None,
+                &flag_core::Actor::system(),
+            )
             .await
             .unwrap();
     }
