@@ -101,7 +101,9 @@ fn routed(state: AppState, tracking: Tracking) -> Router {
         .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(tracking, track));
+        .layer(middleware::from_fn_with_state(tracking, track))
+        // After the tracking layer: static files, outside the API's metrics and admission.
+        .merge(crate::ui::router());
     // Outside routing, so that a preflight is answered before the router's 405; absent (no cost
     // per request) when no origin is allowed.
     let routes = match state.cors.clone() {

@@ -73,13 +73,18 @@ pub(crate) struct ApiErrorBody<'a> {
     error: ApiErrorDetail<'a>,
 }
 
-/// What went wrong, for programs (`code`) and for people (`message`).
+/// What went wrong, for programs (`code`) and for people (`message`), and for a definition
+/// that breaks a rule, where (`field`, so an editor can show the message beside it).
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ApiErrorDetail<'a> {
     /// Stable: programs branch on it.
     code: ApiErrorCode,
     /// For people; its wording may change.
     message: &'a str,
+    /// The field of the definition the message is about, as a path such as
+    /// `rules[0].conditions[1].value` (`validation_failed` only, when one field is to blame).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 /// A single-flag evaluation that failed (the answer of `/ofrep/v1/evaluate/flags/{key}`, and a
@@ -119,12 +124,14 @@ pub(crate) fn error_schema(path: &str) -> &'static str {
     }
 }
 
-/// A management API error: `{"error": {"code", "message"}}`.
+/// A management API error: `{"error": {"code", "message"}}` (and `field`, see
+/// [`ApiErrorDetail`]).
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     code: ApiErrorCode,
     message: String,
+    field: Option<String>,
 }
 
 impl ApiError {
@@ -133,6 +140,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
     }
 
@@ -152,11 +160,15 @@ impl ApiError {
 
     /// `400 validation_failed`: a definition that breaks a rule, naming the field.
     pub(crate) fn invalid_definition(error: flag_core::ValidationError) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            ApiErrorCode::ValidationFailed,
-            error.to_string(),
-        )
+        let field = (!error.field().is_empty()).then(|| error.field().to_owned());
+        Self {
+            field,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                ApiErrorCode::ValidationFailed,
+                error.to_string(),
+            )
+        }
     }
 
     /// `408 request_timeout`: the body did not arrive in time.
@@ -188,6 +200,7 @@ impl IntoResponse for ApiError {
             error: ApiErrorDetail {
                 code: self.code,
                 message: &self.message,
+                field: self.field.as_deref(),
             },
         };
         challenge(self.status, (self.status, axum::Json(body)).into_response())

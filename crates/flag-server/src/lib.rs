@@ -95,6 +95,7 @@ pub mod serve;
 pub mod state;
 pub mod streams;
 mod tracking;
+pub mod ui;
 pub mod wiring;
 
 pub use errors::ApiErrorCode;

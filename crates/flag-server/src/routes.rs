@@ -18,6 +18,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/environments/{env}/segments/{key}"),
     ("DELETE", "/v1/environments/{env}/segments/{key}"),
     ("POST", "/v1/environments/{env}/cache/invalidate"),
+    ("GET", "/v1/environments/{env}/audit"),
+    ("POST", "/v1/environments/{env}/flags/{key}/explain"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
