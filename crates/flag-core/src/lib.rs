@@ -1,7 +1,7 @@
 //! The core of the feature-flag service: what a flag is, how it is evaluated, the three ports
 //! that adapters implement, and the service that joins them. It knows no adapter.
 //!
-//! - Domain ([`Environment`], [`FlagKey`], [`SegmentKey`], [`FeatureFlag`], [`Segment`],
+//! - Domain ([`Environment`], [`FlagKey`], [`SegmentKey`], [`Actor`], [`FeatureFlag`], [`Segment`],
 //!   [`EnvironmentSnapshot`], [`FlagLookup`]): parsed, not validated later; a value of these
 //!   types is valid by construction (operands such as versions and regular expressions are
 //!   compiled while parsing). [`References`] is the rule every repository keeps between flags,
@@ -11,6 +11,11 @@
 //!   prerequisites and `$now` read from the [`Scope`] (the environment's snapshot and the
 //!   evaluation time); percentage rollouts bucketed exactly like flagd, by `targetingKey` or a
 //!   `bucketBy` attribute.
+//! - The explainer ([`explain`], [`Explanation`]): the same engine run with a witness that
+//!   writes down each step (prerequisites, each condition's [`ConditionOutcome`], the segment
+//!   part that decided, the bucket), so an explanation can never disagree with the answer.
+//! - Who and what changed ([`Actor`], [`AuditQuery`], [`AuditPage`]): every write through the
+//!   repository port names its actor, and the repository answers its audit log a page at a time.
 //! - Ports, each object-safe and documented with a `# Contract` whose every rule names the
 //!   `flag-conformance` property that proves it for every adapter:
 //!   [`FeatureFlagCache`] (adapters: `flag-memory`'s `MemoryCache`, `TieredCache`, `NoCache`;

@@ -13,9 +13,11 @@
 //! | `routes` | the route table the metrics and the OpenAPI document are held to |
 //! | `openapi` | the OpenAPI document: the handlers' annotations plus what each area's layers add |
 //! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
+//! | `segments`, `audit`, `explain` | management of segments, the audit log, the explainer |
+//! | `ui` | the web UI at `/ui/`, its files compiled in, with its security headers |
 //! | `streams` | the OFREP event streams and their credentials |
 //! | `cors` | CORS for the OFREP area (`FLAG_CORS_ORIGINS`) |
-//! | `auth` | admin and client authentication, as extractors |
+//! | `auth` | admin (named tokens: the actor of each write) and client authentication, as extractors |
 //! | `errors` | the management and OFREP error bodies, each built once |
 //! | `tracking` | the layer that times requests out and records them |
 //! | `arrival` | whether a request's body has arrived (`408` or `503`, shutdown) |

@@ -335,3 +335,52 @@ async fn the_explainer_answers_as_ofrep_does_and_says_why(
         );
     }
 }
+
+#[tokio::test]
+async fn the_ui_is_served_by_the_binary_with_a_strict_policy() {
+    let server = start(Backend::Embedded).await;
+    let redirect = server.request("GET", "/ui", &[], "").await;
+    assert_eq!(
+        (redirect.status, redirect.header("location")),
+        (308, Some("/ui/"))
+    );
+    for (path, kind) in [
+        ("/ui/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let answer = server.request("GET", path, &[], "").await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert!(
+            answer.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        let policy = answer.header("content-security-policy").unwrap();
+        assert!(policy.contains("script-src 'self'"), "{policy}");
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(!policy.contains("unsafe"), "{policy}");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+        // Nothing names another host: no absolute URL at all (the SVG's namespace aside).
+        let without_namespace = answer.body.replace("http://www.w3.org/2000/svg", "");
+        assert!(
+            !without_namespace.contains("http://") && !without_namespace.contains("https://"),
+            "{path} names another host"
+        );
+    }
+    let page = server.request("GET", "/ui/", &[], "").await.body;
+    assert!(
+        !page.contains("<script>") && !page.contains(" style="),
+        "no inline script or style"
+    );
+    let missing = server.request("GET", "/ui/secrets.txt", &[], "").await;
+    assert_eq!((missing.status, missing.code()), (404, json!("not_found")));
+    // The UI is not an API route: no CORS, and the OFREP and management routes are unchanged.
+    assert!(
+        server.request("GET", "/openapi.json", &[], "").await.json()["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|path| !path.starts_with("/ui"))
+    );
+}

@@ -40,9 +40,14 @@
 //! [`RepositoryError::Timeout`](flag_core::RepositoryError::Timeout), never a hang. Connections are tested before use, so the same pool
 //! survives a database restart. SQLite runs in WAL mode with `synchronous = FULL` and a 5 s busy
 //! timeout; a `sqlite::memory:` database is kept on a single connection (each SQLite connection
-//! to `:memory:` would otherwise be a database of its own). Until the repository port carries the
-//! writer's identity, audit rows name the actor configured with [`SqlRepositoryBuilder::actor`]
-//! (default `flag-server`).
+//! to `:memory:` would otherwise be a database of its own).
+//!
+//! # Audit log
+//!
+//! Each write's audit row names the actor the port was given (the admin token's name) and keeps
+//! the definitions before and after as stored (migration 0004; older rows hold `NULL` there). The
+//! port's `audit` reads it newest first by the row's id, which is the cursor: `id < before`, so a
+//! write landing while someone pages neither repeats nor skips an entry.
 
 mod audit;
 mod columns;
