@@ -79,6 +79,17 @@ impl ReferenceError {
             ReferenceError::FlagInUse { .. } | ReferenceError::SegmentInUse { .. }
         )
     }
+
+    /// The field of the written definition the refusal is about (`rules[0].conditions[1].value`,
+    /// `prerequisites`), `None` for a delete.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ReferenceError::MissingSegment { field, .. }
+            | ReferenceError::MissingPrerequisite { field, .. } => Some(field),
+            ReferenceError::Cycle { .. } | ReferenceError::TooDeep { .. } => Some("prerequisites"),
+            ReferenceError::FlagInUse { .. } | ReferenceError::SegmentInUse { .. } => None,
+        }
+    }
 }
 
 fn show<T: std::fmt::Display>(keys: &[T]) -> String {

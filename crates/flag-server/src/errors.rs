@@ -246,11 +246,14 @@ impl From<ServiceError> for ApiError {
                         refused.to_string(),
                     )
                 } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        ApiErrorCode::ValidationFailed,
-                        refused.to_string(),
-                    )
+                    ApiError {
+                        field: refused.field().map(str::to_owned),
+                        ..ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            ApiErrorCode::ValidationFailed,
+                            refused.to_string(),
+                        )
+                    }
                 }
             }
             ServiceError::Repository(RepositoryError::EnvironmentNotFound { environment }) => {

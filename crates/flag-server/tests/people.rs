@@ -384,3 +384,46 @@ async fn the_ui_is_served_by_the_binary_with_a_strict_policy() {
             .all(|path| !path.starts_with("/ui"))
     );
 }
+
+#[tokio::test]
+async fn a_refused_definition_names_its_field() {
+    let server = start(Backend::Embedded).await;
+    for (body, field) in [
+        (
+            json!({"rules": [{"conditions": [{"attribute": "a", "operator": "matches", "value": "("}], "variant": "on"}]}),
+            "rules[0].conditions[0].value",
+        ),
+        (
+            json!({"rules": [{"conditions": [{"operator": "in_segment", "value": "nope"}], "variant": "on"}]}),
+            "rules[0].conditions[0].value",
+        ),
+        (
+            json!({"rollout": [{"variant": "on", "weight": "x"}]}),
+            "rollout[0].weight",
+        ),
+        (
+            json!({"prerequisites": [{"flag": "missing", "variants": ["on"]}]}),
+            "prerequisites[0].flag",
+        ),
+    ] {
+        let refused = server
+            .admin(
+                "PUT",
+                "/v1/environments/production/flags/f",
+                &[],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (400, json!("validation_failed")),
+            "{body}"
+        );
+        assert_eq!(refused.json()["error"]["field"], json!(field), "{body}");
+    }
+    // Other errors name no field.
+    let missing = server
+        .admin("GET", "/v1/environments/production/flags/nope", &[], "")
+        .await;
+    assert_eq!(missing.json()["error"].get("field"), None);
+}
