@@ -427,3 +427,24 @@ async fn a_refused_definition_names_its_field() {
         .await;
     assert_eq!(missing.json()["error"].get("field"), None);
 }
+
+#[tokio::test]
+async fn an_explainer_body_over_the_management_limit_is_a_413() {
+    let server = start(Backend::Embedded).await;
+    server
+        .put("production", "f", json!({"enabled": true}))
+        .await;
+    let huge = format!(r#"{{"context": {{"blob": "{}"}}}}"#, "x".repeat(2 << 20));
+    let refused = server
+        .admin(
+            "POST",
+            "/v1/environments/production/flags/f/explain",
+            &[],
+            &huge,
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (413, json!("payload_too_large"))
+    );
+}
