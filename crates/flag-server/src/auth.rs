@@ -57,6 +57,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// What `presented` is configured with, if it is one of `entries`' secrets. Every secret is
+/// compared (no early exit), so the time taken does not tell which one was close.
+fn matching<'a, T>(entries: &'a [(Secret, T)], presented: &str) -> Option<&'a T> {
+    let mut found = None;
+    for (secret, value) in entries {
+        let matched: bool = secret.matches(presented).into();
+        if matched && found.is_none() {
+            found = Some(value);
+        }
+    }
+    found
+}
+
 /// The environments a client token is valid for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -132,14 +145,7 @@ impl ClientTokens {
 
     /// The scope of `presented`, if it is one of the tokens. Every token is compared.
     fn scope_of(&self, presented: &str) -> Option<&Scope> {
-        let mut found = None;
-        for (secret, scope) in &self.entries {
-            let matched: bool = secret.matches(presented).into();
-            if matched && found.is_none() {
-                found = Some(scope);
-            }
-        }
-        found
+        matching(&self.entries, presented)
     }
 }
 
@@ -234,14 +240,7 @@ impl AdminTokens {
 
     /// The name of `presented`, if it is one of the tokens. Every token is compared.
     fn name_of(&self, presented: &str) -> Option<&Actor> {
-        let mut found = None;
-        for (secret, name) in &self.entries {
-            let matched: bool = secret.matches(presented).into();
-            if matched && found.is_none() {
-                found = Some(name);
-            }
-        }
-        found
+        matching(&self.entries, presented)
     }
 }
 

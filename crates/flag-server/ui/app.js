@@ -62,6 +62,7 @@ function crumbs(...parts) {
 }
 
 const pretty = (value) => JSON.stringify(value, null, 2);
+const plural = (count, noun) => `${count} ${noun}${count === 1 ? '' : 's'}`;
 const enc = encodeURIComponent;
 
 // ----- the API ---------------------------------------------------------------------------------
@@ -78,8 +79,14 @@ async function call(method, path, { body, headers = {}, auth = true, signingIn =
     sent.headers['Content-Type'] = 'application/json';
     sent.body = typeof body === 'string' ? body : JSON.stringify(body);
   }
-  const response = await fetch(path, sent);
-  const text = await response.text();
+  let response;
+  let text;
+  try {
+    response = await fetch(path, sent);
+    text = await response.text();
+  } catch (error) {
+    return { status: 0, body: { error: { code: 'unavailable', message: `the server cannot be reached (${error.message})` } }, etag: null };
+  }
   let parsed = text;
   try { parsed = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
   if (response.status === 401 && auth && !signingIn) {
@@ -170,7 +177,7 @@ async function flagList(env) {
         h('td', {}, h('a', { href: `#/e/${enc(env)}/f/${enc(flag.key)}` }, flag.key)),
         h('td', {}, flag.description || ''),
         h('td', { class: 'mono' }, `v${flag.version}`),
-        h('td', {}, flag.error ? h('span', { class: 'error' }, 'unreadable') : `${(flag.rules || []).length} rules`))));
+        h('td', {}, flag.error ? h('span', { class: 'error' }, 'unreadable') : plural((flag.rules || []).length, 'rule')))));
   };
   search.addEventListener('input', render);
   render();
