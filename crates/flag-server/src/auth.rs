@@ -149,8 +149,9 @@ impl ClientTokens {
     }
 }
 
-/// The tokens of the management API, each with the name its writes are recorded under.
-#[derive(Debug, Clone)]
+/// The tokens of the management API, each with the name its writes are recorded under (none by
+/// default: then every management request is `401`).
+#[derive(Debug, Clone, Default)]
 pub struct AdminTokens {
     entries: Vec<(Secret, Actor)>,
 }
@@ -169,13 +170,6 @@ pub struct AdminTokenError {
 }
 
 impl AdminTokens {
-    /// One token, named `name`.
-    pub fn single(name: Actor, token: &str) -> Self {
-        Self {
-            entries: vec![(Secret::new(token), name)],
-        }
-    }
-
     /// `FLAG_ADMIN_TOKEN` (named `admin`, when given) and the `name:token` entries of
     /// `FLAG_ADMIN_TOKENS` (blank entries skipped). Names are unique and tokens too: a token
     /// with two names would make its writes' actor a guess.
@@ -404,6 +398,26 @@ mod tests {
         assert!(!bool::from(secret.matches("token2")));
         assert!(!bool::from(secret.matches("")));
         assert!(!format!("{secret:?}").contains("token"));
+    }
+
+    #[test]
+    fn admin_tokens_are_found_by_their_secret_and_answer_their_name() {
+        let named: Vec<String> = ["alice:a-secret", " ", "ci.bot:c:with:colons"]
+            .iter()
+            .map(|entry| (*entry).to_owned())
+            .collect();
+        let tokens = AdminTokens::parse(Some("root-secret"), &named).unwrap();
+        let name = |presented: &str| tokens.name_of(presented).map(Actor::as_str);
+        assert_eq!(name("root-secret"), Some("admin"));
+        assert_eq!(name("a-secret"), Some("alice"));
+        assert_eq!(name("c:with:colons"), Some("ci.bot"));
+        assert_eq!(name("alice"), None, "a name is not a secret");
+        assert_eq!(name(""), None);
+        // No token at all, or an empty one, admits nobody.
+        let none = AdminTokens::parse(Some(""), &[]).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(none.name_of(""), None);
+        assert_eq!(AdminTokens::default().name_of(""), None);
     }
 
     #[test]

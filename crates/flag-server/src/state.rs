@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flag_core::{Actor, Environment, FeatureFlagService};
+use flag_core::{Environment, FeatureFlagService};
 
-use crate::auth::{AdminTokens, ClientTokens, DEFAULT_ADMIN_NAME};
+use crate::auth::{AdminTokens, ClientTokens};
 use crate::cors::CorsOrigins;
 use crate::metrics::HttpMetrics;
 use crate::streams::{StreamSettings, Streams};
@@ -64,10 +64,8 @@ impl AppState {
             service,
             default_environment,
             client_tokens: None,
-            admin_tokens: Arc::new(AdminTokens::single(
-                Actor::parse(DEFAULT_ADMIN_NAME).unwrap_or_else(|_| Actor::system()),
-                admin_token,
-            )),
+            // An empty token admits nobody (it is not a token anyone could be given).
+            admin_tokens: Arc::new(AdminTokens::parse(Some(admin_token), &[]).unwrap_or_default()),
             http_metrics: Arc::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
