@@ -265,6 +265,7 @@ macro_rules! repository_suite {
             $crate::__repository_property!(segments_are_versioned_with_the_environment);
             $crate::__repository_property!(references_are_kept_by_every_write);
             $crate::__repository_property!(every_write_is_audited_with_its_actor);
+            $crate::__repository_property!(imports_are_one_transaction);
         }
     };
 }

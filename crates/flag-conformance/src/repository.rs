@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use flag_core::{
     Actor, AuditPage, AuditQuery, Environment, EnvironmentSnapshot, FeatureFlag,
-    FeatureFlagRepository, FlagKey, Precondition, ReferenceError, RepositoryError, Revision,
-    Segment, SegmentKey,
+    FeatureFlagRepository, FlagKey, ImportMode, ImportRequest, Precondition, ReferenceError,
+    RepositoryError, Revision, Segment, SegmentKey,
 };
 use serde_json::{Value, json};
 
@@ -1604,6 +1604,322 @@ pub async fn every_write_is_audited_with_its_actor(
     expect(P, "five entries make three pages of two", pages, 3)
 }
 
+/// Rule 14: an import is one transaction: one revision bump for all it changes, none for a dry
+/// run or an import that changes nothing, a stale `If-Match` or an invalid document changes
+/// nothing and an invalid one answers every problem with its path, and `replace` deletes what
+/// the document does not hold.
+pub async fn imports_are_one_transaction(repository: &SharedRepository) -> Result<(), Violation> {
+    const P: &str = "imports_are_one_transaction";
+    let environment = env("imported");
+    let actor = Actor::parse("importer").unwrap_or_else(|error| panic!("suite actor: {error}"));
+    let system = Actor::system();
+    for (name, body) in [
+        ("a", json!({})),
+        (
+            "b",
+            json!({"rules": [{"conditions": [{"operator": "in_segment", "value": "s"}], "variant": "on"}]}),
+        ),
+    ] {
+        if name == "b" {
+            repository
+                .upsert_segment(
+                    &environment,
+                    segment("s", json!({"included": ["u1"]})),
+                    Precondition::None,
+                    &system,
+                )
+                .await
+                .map_err(|error| failed(P, "writing segment s", error))?;
+        }
+        repository
+            .upsert(
+                &environment,
+                definition(name, body),
+                Precondition::None,
+                &system,
+            )
+            .await
+            .map_err(|error| failed(P, "writing a flag", error))?;
+    }
+    let start = revision(P, repository, &environment).await?;
+    let snapshot = |label: &'static str| {
+        let environment = environment.clone();
+        async move {
+            repository
+                .snapshot(&environment)
+                .await
+                .map_err(|error| failed(P, label, error))
+        }
+    };
+    let before = snapshot("snapshot").await?;
+    let document = |dry_run: bool, mode: ImportMode, expected: Option<Revision>| ImportRequest {
+        flags: vec![
+            definition("a", json!({"enabled": true})),
+            definition(
+                "c",
+                json!({"rules": [{"conditions": [{"operator": "in_segment", "value": "s"}], "variant": "on"}]}),
+            ),
+        ],
+        segments: vec![segment("s", json!({"included": ["u1"]}))],
+        mode,
+        expected_revision: expected,
+        dry_run,
+    };
+    let names = |keys: &[String]| keys.to_vec();
+
+    // A dry run answers the diff and changes nothing.
+    let dry = repository
+        .import(
+            &environment,
+            document(true, ImportMode::Replace, None),
+            &actor,
+        )
+        .await
+        .map_err(|error| failed(P, "dry run", error))?;
+    expect(
+        P,
+        "dry run: flags created",
+        names(&dry.diff.flags.created),
+        vec!["c".to_owned()],
+    )?;
+    expect(
+        P,
+        "dry run: flags updated",
+        names(&dry.diff.flags.updated),
+        vec!["a".to_owned()],
+    )?;
+    expect(
+        P,
+        "dry run: flags deleted",
+        names(&dry.diff.flags.deleted),
+        vec!["b".to_owned()],
+    )?;
+    expect(
+        P,
+        "dry run: segments unchanged",
+        names(&dry.diff.segments.unchanged),
+        vec!["s".to_owned()],
+    )?;
+    expect(
+        P,
+        "dry run: applied",
+        (dry.applied, dry.revision),
+        (false, start),
+    )?;
+    expect(
+        P,
+        "dry run: the environment",
+        snapshot("snapshot").await?,
+        before.clone(),
+    )?;
+
+    // A stale If-Match changes nothing.
+    let stale = repository
+        .import(
+            &environment,
+            document(false, ImportMode::Merge, Some(Revision(start.get() + 7))),
+            &actor,
+        )
+        .await;
+    expect(
+        P,
+        "a stale revision",
+        stale.err(),
+        Some(RepositoryError::RevisionConflict {
+            environment: environment.clone(),
+            expected: Revision(start.get() + 7),
+            current: start,
+        }),
+    )?;
+
+    // The import itself: one bump for both flags, audited under the importer.
+    let imported = repository
+        .import(
+            &environment,
+            document(false, ImportMode::Merge, Some(start)),
+            &actor,
+        )
+        .await
+        .map_err(|error| failed(P, "import", error))?;
+    expect(
+        P,
+        "import: applied at the next revision",
+        (imported.applied, imported.revision),
+        (true, Revision(start.get() + 1)),
+    )?;
+    expect(
+        P,
+        "import: revision read back",
+        revision(P, repository, &environment).await?,
+        Revision(start.get() + 1),
+    )?;
+    let after = snapshot("snapshot after").await?;
+    let version = |key: &str| after.flag(key).map(|flag| flag.version());
+    expect(
+        P,
+        "versions after the import",
+        (version("a"), version("b"), version("c")),
+        (Some(2), Some(1), Some(1)),
+    )?;
+    expect(
+        P,
+        "a is enabled",
+        after.flag("a").map(|flag| flag.enabled()),
+        Some(true),
+    )?;
+    let log = repository
+        .audit(&environment, &AuditQuery::default())
+        .await
+        .map_err(|error| failed(P, "audit", error))?;
+    let imported_entries: Vec<(String, String, Revision)> = log
+        .entries
+        .iter()
+        .filter(|entry| entry.actor == "importer")
+        .map(|entry| {
+            (
+                entry.key.clone(),
+                entry.action.as_str().to_owned(),
+                entry.revision,
+            )
+        })
+        .collect();
+    let mut keys: Vec<String> = imported_entries
+        .iter()
+        .map(|(key, ..)| key.clone())
+        .collect();
+    keys.sort();
+    expect(
+        P,
+        "one audit entry per changed item",
+        keys,
+        vec!["a".to_owned(), "c".to_owned()],
+    )?;
+    expect(
+        P,
+        "all at the import's revision",
+        imported_entries
+            .iter()
+            .all(|(_, _, at)| *at == imported.revision),
+        true,
+    )?;
+
+    // The same document again changes nothing.
+    let again = repository
+        .import(
+            &environment,
+            document(false, ImportMode::Merge, None),
+            &actor,
+        )
+        .await
+        .map_err(|error| failed(P, "import again", error))?;
+    expect(
+        P,
+        "again: nothing applied",
+        (again.applied, again.revision),
+        (false, imported.revision),
+    )?;
+    expect(
+        P,
+        "again: all unchanged",
+        again.diff.flags.unchanged.len(),
+        2,
+    )?;
+
+    // An invalid document answers every problem with its path and changes nothing.
+    let invalid = ImportRequest {
+        flags: vec![
+            definition(
+                "d",
+                json!({"rules": [{"conditions": [{"operator": "in_segment", "value": "nope"}], "variant": "on"}]}),
+            ),
+            definition(
+                "e",
+                json!({"prerequisites": [{"flag": "missing", "variants": ["on"]}]}),
+            ),
+        ],
+        ..ImportRequest::default()
+    };
+    let refused = repository.import(&environment, invalid, &actor).await;
+    let paths: Vec<String> = match refused {
+        Err(RepositoryError::InvalidImport { problems }) => {
+            problems.into_iter().map(|problem| problem.path).collect()
+        }
+        other => return Err(Violation::new(P, format!("an invalid document: {other:?}"))),
+    };
+    expect(
+        P,
+        "every problem with its path",
+        paths,
+        vec![
+            "flags[0].rules[0].conditions[0].value".to_owned(),
+            "flags[1].prerequisites[0].flag".to_owned(),
+        ],
+    )?;
+    // Replacing with flags that still use a segment the document drops is refused.
+    let dangling = ImportRequest {
+        flags: vec![definition(
+            "b",
+            json!({"rules": [{"conditions": [{"operator": "in_segment", "value": "s"}], "variant": "on"}]}),
+        )],
+        mode: ImportMode::Replace,
+        ..ImportRequest::default()
+    };
+    let refused = repository.import(&environment, dangling, &actor).await;
+    expect(
+        P,
+        "a replace leaving a reference dangling",
+        matches!(refused, Err(RepositoryError::InvalidImport { .. })),
+        true,
+    )?;
+    expect(
+        P,
+        "refused imports change nothing",
+        snapshot("snapshot").await?,
+        after.clone(),
+    )?;
+
+    // Replace deletes what the document does not hold, at one revision.
+    let replace = ImportRequest {
+        flags: vec![definition("a", json!({"enabled": true}))],
+        mode: ImportMode::Replace,
+        ..ImportRequest::default()
+    };
+    let replaced = repository
+        .import(&environment, replace, &actor)
+        .await
+        .map_err(|error| failed(P, "replace", error))?;
+    expect(
+        P,
+        "replace: deleted flags",
+        names(&replaced.diff.flags.deleted),
+        vec!["b".to_owned(), "c".to_owned()],
+    )?;
+    expect(
+        P,
+        "replace: deleted segments",
+        names(&replaced.diff.segments.deleted),
+        vec!["s".to_owned()],
+    )?;
+    expect(
+        P,
+        "replace: one bump",
+        replaced.revision,
+        Revision(imported.revision.get() + 1),
+    )?;
+    let left = snapshot("snapshot after replace").await?;
+    expect(
+        P,
+        "replace: what is left",
+        (
+            left.flags()
+                .map(|flag| flag.key().to_string())
+                .collect::<Vec<_>>(),
+            left.segments().count(),
+        ),
+        (vec!["a".to_owned()], 0),
+    )
+}
+
 /// Runs every repository property, each on a repository from `factory`; returns the violations.
 pub async fn check_all<F, Fut>(factory: F) -> Vec<Violation>
 where
@@ -1632,6 +1948,7 @@ where
         segments_are_versioned_with_the_environment,
         references_are_kept_by_every_write,
         every_write_is_audited_with_its_actor,
+        imports_are_one_transaction,
     );
     violations
 }

@@ -10,8 +10,9 @@ use flag_conformance::repository::StoredRows;
 use flag_conformance::{SharedRepository, repository, repository_suite};
 use flag_core::{
     Actor, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary,
-    FeatureFlag, FeatureFlagRepository, FlagKey, InMemoryRepository, Precondition, RepositoryError,
-    Revision, Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
+    FeatureFlag, FeatureFlagRepository, FlagKey, ImportRequest, Imported, InMemoryRepository,
+    Precondition, RepositoryError, Revision, Segment, SegmentKey, Upserted, UpsertedSegment,
+    async_trait,
 };
 
 repository_suite!(
@@ -63,6 +64,8 @@ struct Careless {
     audit_without_actors: bool,
     /// Pages by offset from the newest entry, as a store that ignores the cursor would.
     audit_ignoring_the_cursor: bool,
+    /// Imports whatever the environment's revision, as a store that ignores `If-Match` would.
+    imports_ignoring_the_revision: bool,
 }
 
 impl Careless {
@@ -202,6 +205,19 @@ impl FeatureFlagRepository for Careless {
         Ok(page)
     }
 
+    async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, RepositoryError> {
+        let mut request = request;
+        if self.imports_ignoring_the_revision {
+            request.expected_revision = None;
+        }
+        self.inner.import(env, request, actor).await
+    }
+
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
         self.inner.environments().await
     }
@@ -318,7 +334,10 @@ async fn an_audit_log_without_actors_is_caught() {
         ..Careless::default()
     })
     .await;
-    assert_eq!(caught, ["every_write_is_audited_with_its_actor"]);
+    assert!(
+        caught.contains(&"every_write_is_audited_with_its_actor"),
+        "{caught:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,4 +348,14 @@ async fn an_audit_cursor_that_is_ignored_is_caught() {
     })
     .await;
     assert_eq!(caught, ["every_write_is_audited_with_its_actor"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_ignores_if_match_is_caught() {
+    let caught = caught_by(|| Careless {
+        imports_ignoring_the_revision: true,
+        ..Careless::default()
+    })
+    .await;
+    assert_eq!(caught, ["imports_are_one_transaction"]);
 }

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditAction, AuditCursor, AuditEntry, AuditKind, AuditPage, AuditQuery};
 use crate::flag::FeatureFlag;
+use crate::import::{ImportRequest, Imported, plan_import};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::references::References;
 use crate::repository::{
@@ -62,6 +63,12 @@ impl EnvironmentState {
     /// Bumps the revision and appends the write's audit entry, as one step (the lock is held).
     fn record(&mut self, change: Change<'_>, actor: &Actor) -> Revision {
         let revision = self.bump();
+        self.append(change, actor, revision);
+        revision
+    }
+
+    /// Appends a write's audit entry at `revision` (an import's writes share one).
+    fn append(&mut self, change: Change<'_>, actor: &Actor, revision: Revision) {
         let at = OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -78,7 +85,6 @@ impl EnvironmentState {
             before: change.before,
             after: change.after,
         });
-        revision
     }
 }
 
@@ -332,6 +338,107 @@ impl FeatureFlagRepository for InMemoryRepository {
             .cloned()
             .collect();
         Ok(AuditPage::from_newest_first(newest_first, page_size))
+    }
+
+    async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, RepositoryError> {
+        let mut environments = self.lock();
+        let stored = environments.get(env);
+        let current = stored.map_or(Revision::ZERO, |state| state.revision);
+        if let Some(expected) = request.expected_revision
+            && expected != current
+        {
+            return Err(RepositoryError::RevisionConflict {
+                environment: env.clone(),
+                expected,
+                current,
+            });
+        }
+        let flags: Vec<FeatureFlag> = stored
+            .map(|state| state.flags.values().cloned().collect())
+            .unwrap_or_default();
+        let segments: Vec<Segment> = stored
+            .map(|state| state.segments.values().cloned().collect())
+            .unwrap_or_default();
+        let plan = plan_import(&flags, &segments, &request)
+            .map_err(|problems| RepositoryError::InvalidImport { problems })?;
+        if request.dry_run || !plan.diff.changes_anything() {
+            return Ok(Imported {
+                diff: plan.diff,
+                revision: current,
+                applied: false,
+            });
+        }
+        let state = environments.entry(env.clone()).or_default();
+        let revision = state.bump();
+        let now = OffsetDateTime::now_utc();
+        for flag in plan.flag_writes {
+            let existing = state.flags.get(flag.key());
+            let old_version = existing.map(FeatureFlag::version);
+            let before = existing.and_then(definition);
+            let stored = flag.stored_as(old_version.unwrap_or(0) + 1, now);
+            let change = Change {
+                kind: AuditKind::Flag,
+                key: stored.key().as_str(),
+                old_version,
+                new_version: Some(stored.version()),
+                before,
+                after: definition(&stored),
+            };
+            state.append(change, actor, revision);
+            state.flags.insert(stored.key().clone(), stored);
+        }
+        for key in &plan.flag_deletes {
+            if let Some(removed) = state.flags.remove(key) {
+                let change = Change {
+                    kind: AuditKind::Flag,
+                    key: key.as_str(),
+                    old_version: Some(removed.version()),
+                    new_version: None,
+                    before: definition(&removed),
+                    after: None,
+                };
+                state.append(change, actor, revision);
+            }
+        }
+        for segment in plan.segment_writes {
+            let existing = state.segments.get(segment.key());
+            let old_version = existing.map(Segment::version);
+            let before = existing.and_then(definition);
+            let stored = segment.stored_as(old_version.unwrap_or(0) + 1, now);
+            let change = Change {
+                kind: AuditKind::Segment,
+                key: stored.key().as_str(),
+                old_version,
+                new_version: Some(stored.version()),
+                before,
+                after: definition(&stored),
+            };
+            state.append(change, actor, revision);
+            state.segments.insert(stored.key().clone(), stored);
+        }
+        for key in &plan.segment_deletes {
+            if let Some(removed) = state.segments.remove(key) {
+                let change = Change {
+                    kind: AuditKind::Segment,
+                    key: key.as_str(),
+                    old_version: Some(removed.version()),
+                    new_version: None,
+                    before: definition(&removed),
+                    after: None,
+                };
+                state.append(change, actor, revision);
+            }
+        }
+        Ok(Imported {
+            diff: plan.diff,
+            revision,
+            applied: true,
+        })
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

@@ -55,6 +55,7 @@ mod evaluation;
 mod explanation;
 mod flag;
 mod fnv;
+mod import;
 mod in_memory;
 mod metrics;
 mod names;
@@ -91,6 +92,10 @@ pub use flag::{
     ValidationReason, WeightedVariant, WeightedVariantDocument,
 };
 pub use fnv::{FnvBuildHasher, FnvHasher};
+pub use import::{
+    ImportDiff, ImportMode, ImportPlan, ImportProblem, ImportRequest, Imported, KeyChanges,
+    plan_import,
+};
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;
 pub use names::{Actor, Environment, FlagKey, NameError, SegmentKey};

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditPage, AuditQuery};
 use crate::flag::FeatureFlag;
+use crate::import::{ImportProblem, ImportRequest, Imported};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::references::ReferenceError;
 use crate::segment::Segment;
@@ -70,6 +71,13 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 ///     answers them newest first, filtered by key, `limit` at a time, with a cursor that pages
 ///     through without repeating or skipping an entry while writes go on.
 ///     (proven by `every_write_is_audited_with_its_actor`)
+/// 14. **Imports.** `import` decides with [`crate::plan_import`] against the environment as its
+///     transaction sees it, checks `expected_revision` first
+///     ([`RepositoryError::RevisionConflict`]), answers every problem at once
+///     ([`RepositoryError::InvalidImport`]) and changes nothing then; otherwise, unless it is a
+///     dry run or changes nothing, it writes and deletes what the plan says with one revision
+///     bump, versions as rule 1 says, and one audit entry per changed flag or segment (rule 13).
+///     (proven by `imports_are_one_transaction`)
 #[async_trait]
 pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
     /// A short, stable name of the backend (`sqlite`, `postgres`, ...) for metrics and logs.
@@ -146,6 +154,14 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
         env: &Environment,
         query: &AuditQuery,
     ) -> Result<AuditPage, RepositoryError>;
+
+    /// Imports a document of flags and segments into `env` as one transaction (rule 14).
+    async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, RepositoryError>;
 
     /// Every environment that has had a write, ordered by name.
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError>;
@@ -308,6 +324,22 @@ pub enum RepositoryError {
     /// The write would break a reference between flags and segments; nothing was written.
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    /// An import's `If-Match` named another revision; nothing was written.
+    #[error("environment {environment} is at revision {current}, not {expected}")]
+    RevisionConflict {
+        /// The environment.
+        environment: Environment,
+        /// The revision the writer required.
+        expected: Revision,
+        /// The environment's revision.
+        current: Revision,
+    },
+    /// An import's document cannot be applied; nothing was written.
+    #[error("the document cannot be imported: {}", problems.iter().map(|problem| format!("{}: {}", problem.path, problem.message)).collect::<Vec<_>>().join("; "))]
+    InvalidImport {
+        /// Every problem, with its path in the document.
+        problems: Vec<ImportProblem>,
+    },
     /// The environment does not exist (it was never written, or was removed).
     #[error("environment {environment} not found")]
     EnvironmentNotFound {
@@ -449,6 +481,15 @@ macro_rules! forward_repository {
                 query: &AuditQuery,
             ) -> Result<AuditPage, RepositoryError> {
                 (**self).audit(env, query).await
+            }
+
+            async fn import(
+                &self,
+                env: &Environment,
+                request: ImportRequest,
+                actor: &Actor,
+            ) -> Result<Imported, RepositoryError> {
+                (**self).import(env, request, actor).await
             }
 
             async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

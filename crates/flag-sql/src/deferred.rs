@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use flag_core::{
     Actor, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary,
-    FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, RepositoryError, Revision, Segment,
-    SegmentKey, Upserted, UpsertedSegment, async_trait,
+    FeatureFlag, FeatureFlagRepository, FlagKey, ImportRequest, Imported, Precondition,
+    RepositoryError, Revision, Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
 };
 
 use crate::connection::{Backend, SqlRepositoryBuilder};
@@ -173,6 +173,15 @@ impl FeatureFlagRepository for DeferredSqlRepository {
         query: &AuditQuery,
     ) -> Result<AuditPage, RepositoryError> {
         self.repository()?.audit(env, query).await
+    }
+
+    async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, RepositoryError> {
+        self.repository()?.import(env, request, actor).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

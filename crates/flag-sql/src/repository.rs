@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use flag_core::{
     Actor, AuditKind, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot,
-    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, Precondition, References,
-    RepositoryError, Revision, Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
+    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, ImportRequest, Imported,
+    Precondition, References, RepositoryError, Revision, Segment, SegmentKey, Upserted,
+    UpsertedSegment, async_trait, plan_import,
 };
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
@@ -263,6 +264,19 @@ impl Table {
             Table::Segments => {
                 "SELECT definition, version, updated_at FROM segments \
                  WHERE environment = $1 AND key = $2"
+            }
+        }
+    }
+
+    fn all(self) -> &'static str {
+        match self {
+            Table::Flags => {
+                "SELECT key, definition, version, updated_at FROM flags WHERE environment = $1 \
+                 ORDER BY key"
+            }
+            Table::Segments => {
+                "SELECT key, definition, version, updated_at FROM segments WHERE environment = $1 \
+                 ORDER BY key"
             }
         }
     }
@@ -567,6 +581,128 @@ async fn delete_segment_in(
     Ok(Ok(Deleted { version, revision }))
 }
 
+/// The stored rows of one table of `env` as this transaction sees them, by key.
+async fn rows_in(
+    transaction: &mut Transaction<'_, Any>,
+    table: Table,
+    env: &Environment,
+) -> Result<Vec<(String, String, i64, String)>, sqlx::Error> {
+    sqlx::query_as(table.all())
+        .bind(env.to_string())
+        .fetch_all(&mut **transaction)
+        .await
+}
+
+/// The steps of an import inside its transaction: lock the environment, check the revision,
+/// plan against the rows as this transaction sees them, then write and delete what the plan
+/// says at one revision. Answers the outcome and whether to commit it.
+async fn import_in(
+    transaction: &mut Transaction<'_, Any>,
+    env: &Environment,
+    request: &ImportRequest,
+    actor: &Actor,
+) -> Result<Decided<Imported>, sqlx::Error> {
+    // The bump locks the environment's row; it is rolled back unless the import writes.
+    let revision = bump_revision(transaction, env).await?;
+    let current = Revision(revision.get().saturating_sub(1));
+    if let Some(expected) = request.expected_revision
+        && expected != current
+    {
+        return Ok(Err(RepositoryError::RevisionConflict {
+            environment: env.clone(),
+            expected,
+            current,
+        }));
+    }
+    let flag_rows = rows_in(transaction, Table::Flags, env).await?;
+    let segment_rows = rows_in(transaction, Table::Segments, env).await?;
+    let flags = flag_rows
+        .iter()
+        .map(|(key, definition, version, at)| parse_stored(key, definition, *version, at))
+        .collect::<Result<Vec<_>, _>>()?;
+    let segments = segment_rows
+        .iter()
+        .map(|(key, definition, version, at)| parse_stored_segment(key, definition, *version, at))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = match plan_import(&flags, &segments, request) {
+        Ok(plan) => plan,
+        Err(problems) => return Ok(Err(RepositoryError::InvalidImport { problems })),
+    };
+    if request.dry_run || !plan.diff.changes_anything() {
+        return Ok(Ok(Imported {
+            diff: plan.diff,
+            revision: current,
+            applied: false,
+        }));
+    }
+    let stored_row = |rows: &[(String, String, i64, String)], key: &str| {
+        rows.iter()
+            .find(|(stored, ..)| stored == key)
+            .map(|(_, definition, version, _)| Current {
+                version: to_u64(*version),
+                definition: definition.clone(),
+            })
+    };
+    let (now, at) = now_rfc3339();
+    for flag in plan.flag_writes {
+        let current = stored_row(&flag_rows, flag.key().as_str());
+        let stored = flag.stored_as(current.as_ref().map_or(0, |row| row.version) + 1, now);
+        let row = Written {
+            table: Table::Flags,
+            env,
+            key: stored.key().as_str(),
+            stored: &stored,
+            version: stored.version(),
+            current,
+            revision,
+        };
+        write_row(transaction, row, &at, actor).await?;
+    }
+    for segment in plan.segment_writes {
+        let current = stored_row(&segment_rows, segment.key().as_str());
+        let stored = segment.stored_as(current.as_ref().map_or(0, |row| row.version) + 1, now);
+        let row = Written {
+            table: Table::Segments,
+            env,
+            key: stored.key().as_str(),
+            stored: &stored,
+            version: stored.version(),
+            current,
+            revision,
+        };
+        write_row(transaction, row, &at, actor).await?;
+    }
+    for (table, keys, rows) in [
+        (
+            Table::Flags,
+            plan.flag_deletes
+                .iter()
+                .map(FlagKey::as_str)
+                .collect::<Vec<_>>(),
+            &flag_rows,
+        ),
+        (
+            Table::Segments,
+            plan.segment_deletes
+                .iter()
+                .map(SegmentKey::as_str)
+                .collect(),
+            &segment_rows,
+        ),
+    ] {
+        for key in keys {
+            if let Some(current) = stored_row(rows, key) {
+                delete_row(transaction, table, env, key, current, revision, actor).await?;
+            }
+        }
+    }
+    Ok(Ok(Imported {
+        diff: plan.diff,
+        revision,
+        applied: true,
+    }))
+}
+
 #[async_trait]
 impl FeatureFlagRepository for SqlRepository {
     fn backend(&self) -> &'static str {
@@ -736,6 +872,24 @@ impl FeatureFlagRepository for SqlRepository {
         query: &AuditQuery,
     ) -> Result<AuditPage, RepositoryError> {
         self.audit_page(env, query).await
+    }
+
+    async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, RepositoryError> {
+        self.bounded(async {
+            let mut transaction = self.pool.begin().await?;
+            let decided = import_in(&mut transaction, env, &request, actor).await?;
+            match &decided {
+                Ok(imported) if imported.applied => transaction.commit().await?,
+                _ => transaction.rollback().await?,
+            }
+            Ok(decided)
+        })
+        .await?
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

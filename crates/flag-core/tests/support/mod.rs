@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use flag_core::{
     Actor, AuditPage, AuditQuery, CacheError, Deleted, Environment, EnvironmentSnapshot,
     EnvironmentSummary, FeatureFlag, FeatureFlagCache, FeatureFlagRepository, FlagKey, FlagLookup,
-    InMemoryRepository, Precondition, RepositoryError, Revision, Segment, SegmentKey, SetOutcome,
-    Upserted, UpsertedSegment, async_trait,
+    ImportRequest, Imported, InMemoryRepository, Precondition, RepositoryError, Revision, Segment,
+    SegmentKey, SetOutcome, Upserted, UpsertedSegment, async_trait,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -352,6 +352,16 @@ impl FeatureFlagRepository for FakeRepository {
     ) -> Result<AuditPage, RepositoryError> {
         self.check()?;
         self.inner.audit(env, query).await
+    }
+
+    async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, RepositoryError> {
+        self.check()?;
+        self.inner.import(env, request, actor).await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {

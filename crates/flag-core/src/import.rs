@@ -1,0 +1,290 @@
+//! Importing a whole environment document (flags and segments) as one change: what it would
+//! create, update, delete and leave unchanged, and whether the environment it leaves keeps every
+//! reference rule.
+//!
+//! [`plan_import`] is the one decision every repository takes inside its import transaction, so
+//! stores cannot differ on what an import means. Decisions:
+//! - A flag or segment is `unchanged` when its definition equals the stored one, server-set
+//!   fields (`key`, `version`, `updatedAt`) aside; an unchanged item is not written (its version
+//!   stays) and gets no audit entry.
+//! - `merge` adds and replaces what the document holds; `replace` also deletes what it does not.
+//! - The environment the import would leave is checked as a whole: every flag written must keep
+//!   the reference rules against it (segments and prerequisites that exist there, no cycle, no
+//!   chain deeper than 8), and nothing deleted may still be referred to. Every problem is
+//!   answered, each with its path in the document (`flags[2].rules[0].conditions[1].value`).
+//! - An import that changes nothing writes nothing and bumps no revision.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::flag::FeatureFlag;
+use crate::names::{FlagKey, SegmentKey};
+use crate::references::References;
+use crate::segment::Segment;
+use crate::snapshot::Revision;
+
+/// Whether an import also deletes what its document does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImportMode {
+    /// Add and replace what the document holds; leave the rest.
+    #[default]
+    Merge,
+    /// Also delete every flag and segment the document does not hold.
+    Replace,
+}
+
+/// An import, as a repository receives it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ImportRequest {
+    /// The flags of the document, in document order.
+    pub flags: Vec<FeatureFlag>,
+    /// The segments of the document, in document order.
+    pub segments: Vec<Segment>,
+    /// Merge or replace.
+    pub mode: ImportMode,
+    /// Import only if the environment is at this revision (HTTP `If-Match`).
+    pub expected_revision: Option<Revision>,
+    /// Decide and answer the diff, change nothing.
+    pub dry_run: bool,
+}
+
+/// What happens to the keys of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyChanges {
+    /// Keys that did not exist.
+    pub created: Vec<String>,
+    /// Keys whose definition changes.
+    pub updated: Vec<String>,
+    /// Keys deleted (`replace` only).
+    pub deleted: Vec<String>,
+    /// Keys whose definition is already the document's.
+    pub unchanged: Vec<String>,
+}
+
+impl KeyChanges {
+    /// Whether anything is created, updated or deleted.
+    pub fn changes_anything(&self) -> bool {
+        !(self.created.is_empty() && self.updated.is_empty() && self.deleted.is_empty())
+    }
+}
+
+/// What an import does to flags and to segments.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImportDiff {
+    /// The flags.
+    pub flags: KeyChanges,
+    /// The segments.
+    pub segments: KeyChanges,
+}
+
+impl ImportDiff {
+    /// Whether the import changes anything.
+    pub fn changes_anything(&self) -> bool {
+        self.flags.changes_anything() || self.segments.changes_anything()
+    }
+}
+
+/// One reason a document cannot be imported, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImportProblem {
+    /// The path in the document (`flags[2].rules[0].conditions[1].value`), or `flags` /
+    /// `segments` for an item the import would delete.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ImportProblem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What an import writes and deletes, decided against the stored environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportPlan {
+    /// Flags to write (created or updated), without their new version.
+    pub flag_writes: Vec<FeatureFlag>,
+    /// Flags to delete.
+    pub flag_deletes: Vec<FlagKey>,
+    /// Segments to write (created or updated).
+    pub segment_writes: Vec<Segment>,
+    /// Segments to delete.
+    pub segment_deletes: Vec<SegmentKey>,
+    /// The keys by what happens to them.
+    pub diff: ImportDiff,
+    /// How many flags the environment holds afterwards.
+    pub flag_count: usize,
+}
+
+/// A successful import (or dry run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    /// The keys by what happened to them (or would happen, for a dry run).
+    pub diff: ImportDiff,
+    /// The environment's revision afterwards (unchanged by a dry run, or an import that changes
+    /// nothing).
+    pub revision: Revision,
+    /// Whether anything was written.
+    pub applied: bool,
+}
+
+/// A definition as compared for `unchanged`: its JSON without the server-set fields.
+fn comparable<T: Serialize>(definition: &T) -> Option<serde_json::Value> {
+    let mut value = serde_json::to_value(definition).ok()?;
+    if let Some(object) = value.as_object_mut() {
+        for field in ["key", "version", "updatedAt"] {
+            object.remove(field);
+        }
+    }
+    Some(value)
+}
+
+fn same<T: Serialize>(stored: &T, written: &T) -> bool {
+    match (comparable(stored), comparable(written)) {
+        (Some(stored), Some(written)) => stored == written,
+        _ => false,
+    }
+}
+
+/// Decides what importing `request` into an environment holding `flags` and `segments` does,
+/// or every problem that forbids it.
+pub fn plan_import(
+    flags: &[FeatureFlag],
+    segments: &[Segment],
+    request: &ImportRequest,
+) -> Result<ImportPlan, Vec<ImportProblem>> {
+    let mut problems = Vec::new();
+    let stored_flags: BTreeMap<&FlagKey, &FeatureFlag> =
+        flags.iter().map(|flag| (flag.key(), flag)).collect();
+    let stored_segments: BTreeMap<&SegmentKey, &Segment> = segments
+        .iter()
+        .map(|segment| (segment.key(), segment))
+        .collect();
+    let mut diff = ImportDiff::default();
+    let mut plan_flags = Vec::new();
+    let mut seen_flags = BTreeSet::new();
+    for (index, flag) in request.flags.iter().enumerate() {
+        if !seen_flags.insert(flag.key()) {
+            problems.push(ImportProblem::new(
+                format!("flags[{index}].key"),
+                format!("flag {} is given twice", flag.key()),
+            ));
+            continue;
+        }
+        let key = flag.key().to_string();
+        match stored_flags.get(flag.key()) {
+            None => diff.flags.created.push(key),
+            Some(stored) if stored.unreadable_reason().is_none() && same(*stored, flag) => {
+                diff.flags.unchanged.push(key);
+                continue;
+            }
+            Some(_) => diff.flags.updated.push(key),
+        }
+        plan_flags.push(flag.clone());
+    }
+    let mut plan_segments = Vec::new();
+    let mut seen_segments = BTreeSet::new();
+    for (index, segment) in request.segments.iter().enumerate() {
+        if !seen_segments.insert(segment.key()) {
+            problems.push(ImportProblem::new(
+                format!("segments[{index}].key"),
+                format!("segment {} is given twice", segment.key()),
+            ));
+            continue;
+        }
+        let key = segment.key().to_string();
+        match stored_segments.get(segment.key()) {
+            None => diff.segments.created.push(key),
+            Some(stored) if stored.unreadable_reason().is_none() && same(*stored, segment) => {
+                diff.segments.unchanged.push(key);
+                continue;
+            }
+            Some(_) => diff.segments.updated.push(key),
+        }
+        plan_segments.push(segment.clone());
+    }
+    let (flag_deletes, segment_deletes) = match request.mode {
+        ImportMode::Merge => (Vec::new(), Vec::new()),
+        ImportMode::Replace => (
+            flags
+                .iter()
+                .map(FeatureFlag::key)
+                .filter(|key| !seen_flags.contains(key))
+                .cloned()
+                .collect::<Vec<_>>(),
+            segments
+                .iter()
+                .map(Segment::key)
+                .filter(|key| !seen_segments.contains(key))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+    };
+    diff.flags.deleted = flag_deletes.iter().map(ToString::to_string).collect();
+    diff.segments.deleted = segment_deletes.iter().map(ToString::to_string).collect();
+
+    // The environment as the import leaves it, checked as a whole.
+    let mut after = References::new();
+    let mut flag_count = 0;
+    for flag in flags
+        .iter()
+        .filter(|flag| !seen_flags.contains(flag.key()) && !flag_deletes.contains(flag.key()))
+        .chain(request.flags.iter())
+    {
+        after.add_flag(flag);
+        flag_count += 1;
+    }
+    for key in segments
+        .iter()
+        .map(Segment::key)
+        .filter(|key| !seen_segments.contains(key) && !segment_deletes.contains(key))
+        .chain(request.segments.iter().map(Segment::key))
+    {
+        after.add_segment(key.clone());
+    }
+    for (index, flag) in request.flags.iter().enumerate() {
+        if let Err(refused) = after.check_flag_write(flag) {
+            let field = refused.field().unwrap_or("prerequisites");
+            problems.push(ImportProblem::new(
+                format!("flags[{index}].{field}"),
+                refused.to_string(),
+            ));
+        }
+    }
+    for key in &flag_deletes {
+        if let Err(refused) = after.check_flag_delete(key) {
+            problems.push(ImportProblem::new(
+                "flags",
+                format!("replacing would delete flag {key}, which the document's flags still use: {refused}"),
+            ));
+        }
+    }
+    for key in &segment_deletes {
+        if let Err(refused) = after.check_segment_delete(key) {
+            problems.push(ImportProblem::new(
+                "segments",
+                format!("replacing would delete segment {key}, which the document's flags still use: {refused}"),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ImportPlan {
+        flag_writes: plan_flags,
+        flag_deletes,
+        segment_writes: plan_segments,
+        segment_deletes,
+        diff,
+        flag_count,
+    })
+}
