@@ -1664,6 +1664,7 @@ pub async fn imports_are_one_transaction(repository: &SharedRepository) -> Resul
         mode,
         expected_revision: expected,
         dry_run,
+        max_flags: None,
     };
     let names = |keys: &[String]| keys.to_vec();
 

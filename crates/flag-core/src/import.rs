@@ -13,6 +13,9 @@
 //!   chain deeper than 8), and nothing deleted may still be referred to. Every problem is
 //!   answered, each with its path in the document (`flags[2].rules[0].conditions[1].value`).
 //! - An import that changes nothing writes nothing and bumps no revision.
+//! - An import that would leave more than `max_flags` flags is refused with a problem at
+//!   `flags`, as every other problem of the document is (not as a separate limit error): the
+//!   document is what must change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,6 +50,8 @@ pub struct ImportRequest {
     pub expected_revision: Option<Revision>,
     /// Decide and answer the diff, change nothing.
     pub dry_run: bool,
+    /// The most flags the environment may hold afterwards (`None`: no bound).
+    pub max_flags: Option<usize>,
 }
 
 /// What happens to the keys of one kind.
@@ -135,6 +140,127 @@ pub struct Imported {
     pub revision: Revision,
     /// Whether anything was written.
     pub applied: bool,
+}
+
+/// The flags and segments a document holds, each parsed as a PUT body would be.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DocumentContents {
+    /// The flags, in document order.
+    pub flags: Vec<FeatureFlag>,
+    /// The segments, in document order.
+    pub segments: Vec<Segment>,
+}
+
+/// Reads an environment document (`{"environment", "revision", "flags": [...], "segments":
+/// [...]}`, as exported; `environment` and `revision` are informational and ignored) into its
+/// flags and segments, or every problem, each with its path. Each flag and segment is an object
+/// with its `key`, read as a PUT body (server-set fields ignored, unknown fields refused).
+pub fn read_document(document: &serde_json::Value) -> Result<DocumentContents, Vec<ImportProblem>> {
+    let mut problems = Vec::new();
+    let Some(members) = document.as_object() else {
+        return Err(vec![ImportProblem::new(
+            "$",
+            "a document is an object: {\"flags\": [...], \"segments\": [...]}",
+        )]);
+    };
+    for (name, value) in members {
+        let fits = match name.as_str() {
+            "environment" => value.is_string() || value.is_null(),
+            // As stored: a whole number from 0 up to i64's largest.
+            "revision" => value.as_i64().is_some_and(|revision| revision >= 0) || value.is_null(),
+            "flags" | "segments" => true,
+            _ => {
+                problems.push(ImportProblem::new(
+                    name.clone(),
+                    "unknown field (a document has environment, revision, flags and segments)",
+                ));
+                true
+            }
+        };
+        if !fits {
+            problems.push(ImportProblem::new(
+                name.clone(),
+                format!("{name} is informational, but must be a string (environment) or a whole number (revision) when given"),
+            ));
+        }
+    }
+    let list = |name: &str, problems: &mut Vec<ImportProblem>| -> Vec<serde_json::Value> {
+        match members.get(name) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items.clone(),
+            Some(serde_json::Value::Object(_)) if name == "flags" => {
+                problems.push(ImportProblem::new(
+                    name,
+                    "flags is an array of flags, each with its key (a flagd file, where flags is an object by key, is not read by this release)",
+                ));
+                Vec::new()
+            }
+            Some(_) => {
+                problems.push(ImportProblem::new(name, format!("{name} must be an array")));
+                Vec::new()
+            }
+        }
+    };
+    let mut contents = DocumentContents::default();
+    for (index, item) in list("flags", &mut problems).iter().enumerate() {
+        match item
+            .get("key")
+            .and_then(serde_json::Value::as_str)
+            .map(FlagKey::parse)
+        {
+            None => problems.push(ImportProblem::new(
+                format!("flags[{index}].key"),
+                "every flag needs its key",
+            )),
+            Some(Err(error)) => problems.push(ImportProblem::new(
+                format!("flags[{index}].key"),
+                error.to_string(),
+            )),
+            Some(Ok(key)) => match FeatureFlag::from_definition_json(&key, &item.to_string()) {
+                Ok(flag) => contents.flags.push(flag),
+                Err(error) => problems.push(ImportProblem::new(
+                    nested(&format!("flags[{index}]"), error.field()),
+                    error.to_string(),
+                )),
+            },
+        }
+    }
+    for (index, item) in list("segments", &mut problems).iter().enumerate() {
+        match item
+            .get("key")
+            .and_then(serde_json::Value::as_str)
+            .map(SegmentKey::parse)
+        {
+            None => problems.push(ImportProblem::new(
+                format!("segments[{index}].key"),
+                "every segment needs its key",
+            )),
+            Some(Err(error)) => problems.push(ImportProblem::new(
+                format!("segments[{index}].key"),
+                error.to_string(),
+            )),
+            Some(Ok(key)) => match Segment::from_definition_json(&key, &item.to_string()) {
+                Ok(segment) => contents.segments.push(segment),
+                Err(error) => problems.push(ImportProblem::new(
+                    nested(&format!("segments[{index}]"), error.field()),
+                    error.to_string(),
+                )),
+            },
+        }
+    }
+    if problems.is_empty() {
+        Ok(contents)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The path of `field` (a definition's own path, `$` for the whole) inside the item at `item`.
+fn nested(item: &str, field: &str) -> String {
+    match field {
+        "" | "$" => item.to_owned(),
+        field => format!("{item}.{}", field.trim_start_matches("$.")),
+    }
 }
 
 /// A definition as compared for `unchanged`: its JSON without the server-set fields.
@@ -275,6 +401,14 @@ pub fn plan_import(
                 format!("replacing would delete segment {key}, which the document's flags still use: {refused}"),
             ));
         }
+    }
+    if let Some(limit) = request.max_flags
+        && flag_count > limit
+    {
+        problems.push(ImportProblem::new(
+            "flags",
+            format!("the environment would hold {flag_count} flags; at most {limit} are allowed (FLAG_MAX_FLAGS)"),
+        ));
     }
     if !problems.is_empty() {
         return Err(problems);

@@ -93,8 +93,8 @@ pub use flag::{
 };
 pub use fnv::{FnvBuildHasher, FnvHasher};
 pub use import::{
-    ImportDiff, ImportMode, ImportPlan, ImportProblem, ImportRequest, Imported, KeyChanges,
-    plan_import,
+    DocumentContents, ImportDiff, ImportMode, ImportPlan, ImportProblem, ImportRequest, Imported,
+    KeyChanges, plan_import, read_document,
 };
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;

@@ -27,7 +27,7 @@ use crate::fast_path::FastPath;
 use crate::openapi::{ApiDoc, complete};
 use crate::state::{AppState, MAX_BODY_BYTES};
 use crate::tracking::{Tracking, track};
-use crate::{admin, audit, explain, ofrep, ops, segments, streams};
+use crate::{admin, audit, explain, ofrep, ops, segments, streams, transfer};
 
 /// The whole HTTP API as served: the router, with OFREP evaluation served by the fast path in
 /// front of it (`fast_path` says when).
@@ -129,6 +129,7 @@ fn described(max_context_bytes: usize) -> (Router<AppState>, utoipa::openapi::Op
                 .merge(segments::router())
                 .merge(audit::router())
                 .merge(explain::router())
+                .merge(transfer::router())
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .merge(ops::router())

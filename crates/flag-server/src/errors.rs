@@ -85,6 +85,10 @@ pub(crate) struct ApiErrorDetail<'a> {
     /// `rules[0].conditions[1].value` (`validation_failed` only, when one field is to blame).
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// Every problem of an imported document, each with its path in the document
+    /// (`validation_failed` of an import only).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    problems: &'a [flag_core::ImportProblem],
 }
 
 /// A single-flag evaluation that failed (the answer of `/ofrep/v1/evaluate/flags/{key}`, and a
@@ -132,6 +136,7 @@ pub(crate) struct ApiError {
     code: ApiErrorCode,
     message: String,
     field: Option<String>,
+    problems: Vec<flag_core::ImportProblem>,
 }
 
 impl ApiError {
@@ -141,6 +146,23 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// `400 validation_failed` for a document that cannot be imported, with every problem.
+    pub(crate) fn invalid_document(problems: Vec<flag_core::ImportProblem>) -> Self {
+        let message = match problems.as_slice() {
+            [one] => format!("{}: {}", one.path, one.message),
+            many => format!("the document has {} problems (see problems)", many.len()),
+        };
+        Self {
+            problems,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                ApiErrorCode::ValidationFailed,
+                message,
+            )
         }
     }
 
@@ -201,6 +223,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                problems: &self.problems,
             },
         };
         challenge(self.status, (self.status, axum::Json(body)).into_response())
@@ -255,6 +278,16 @@ impl From<ServiceError> for ApiError {
                         )
                     }
                 }
+            }
+            ServiceError::Repository(error @ RepositoryError::RevisionConflict { .. }) => {
+                ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    ApiErrorCode::VersionConflict,
+                    error.to_string(),
+                )
+            }
+            ServiceError::Repository(RepositoryError::InvalidImport { problems }) => {
+                ApiError::invalid_document(problems)
             }
             ServiceError::Repository(RepositoryError::EnvironmentNotFound { environment }) => {
                 ApiError::not_found(format!("environment {environment} not found"))

@@ -14,6 +14,7 @@
 //! | `openapi` | the OpenAPI document: the handlers' annotations plus what each area's layers add |
 //! | `ofrep`, `admin`, `ops` | the areas: evaluation, management, operations |
 //! | `segments`, `audit`, `explain` | management of segments, the audit log, the explainer |
+//! | `transfer` | flags as files: export, import (JSON or YAML) and copy between environments |
 //! | `ui` | the web UI at `/ui/`, its files compiled in, with its security headers |
 //! | `streams` | the OFREP event streams and their credentials |
 //! | `cors` | CORS for the OFREP area (`FLAG_CORS_ORIGINS`) |
@@ -97,6 +98,7 @@ pub mod serve;
 pub mod state;
 pub mod streams;
 mod tracking;
+pub mod transfer;
 pub mod ui;
 pub mod wiring;
 

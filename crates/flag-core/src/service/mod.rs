@@ -71,6 +71,7 @@ use crate::evaluation::{Evaluation, EvaluationError, Scope};
 use crate::explanation::Explanation;
 use crate::flag::FeatureFlag;
 use crate::fnv::FnvBuildHasher;
+use crate::import::{ImportRequest, Imported};
 use crate::metrics::{Counters, ServiceMetrics};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::repository::{
@@ -628,7 +629,7 @@ impl FeatureFlagService {
             let upserted = repository
                 .upsert(&target, flag, precondition, &actor)
                 .await?;
-            Ok((upserted.revision, upserted))
+            Ok((Some(upserted.revision), upserted))
         })
         .await
     }
@@ -647,7 +648,7 @@ impl FeatureFlagService {
             let deleted = repository
                 .delete(&target, &key, precondition, &actor)
                 .await?;
-            Ok((deleted.revision, deleted))
+            Ok((Some(deleted.revision), deleted))
         })
         .await
     }
@@ -668,7 +669,7 @@ impl FeatureFlagService {
             let upserted = repository
                 .upsert_segment(&target, segment, precondition, &actor)
                 .await?;
-            Ok((upserted.revision, upserted))
+            Ok((Some(upserted.revision), upserted))
         })
         .await
     }
@@ -687,7 +688,32 @@ impl FeatureFlagService {
             let deleted = repository
                 .delete_segment(&target, &key, precondition, &actor)
                 .await?;
-            Ok((deleted.revision, deleted))
+            Ok((Some(deleted.revision), deleted))
+        })
+        .await
+    }
+
+    /// Imports a document of flags and segments into `env` as one write (see
+    /// [`crate::plan_import`]), then invalidates the cache of `env` when it changed anything. A
+    /// dry run only reads. The import may not leave more than `max_flags` flags.
+    pub async fn import(
+        &self,
+        env: &Environment,
+        request: ImportRequest,
+        actor: &Actor,
+    ) -> Result<Imported, ServiceError> {
+        let mut request = request;
+        request.max_flags = Some(self.inner.limits.max_flags);
+        if request.dry_run {
+            self.inner.counters.repository_reads.increment();
+            return Ok(self.inner.repository.import(env, request, actor).await?);
+        }
+        self.check_environment_limit(env).await?;
+        let repository = Arc::clone(&self.inner.repository);
+        let (target, actor) = (env.clone(), actor.clone());
+        self.write_to_the_end(env, async move {
+            let imported = repository.import(&target, request, &actor).await?;
+            Ok((imported.applied.then_some(imported.revision), imported))
         })
         .await
     }
@@ -700,7 +726,7 @@ impl FeatureFlagService {
         let revision = self
             .write_to_the_end(env, async move {
                 let revision = repository.delete_environment(&target).await?;
-                Ok((revision, revision))
+                Ok((Some(revision), revision))
             })
             .await?;
         self.inner.catalog.forget(env);
@@ -710,17 +736,21 @@ impl FeatureFlagService {
     /// Runs `write` and every step after it (floor, detaching fills, invalidation) on a task of
     /// its own, so a caller that stops waiting (a client that hung up, a request that timed out)
     /// cannot leave a committed write unseen by the next read: once handed to the repository, a
-    /// write finishes whole, or fails whole in the repository.
+    /// write finishes whole, or fails whole in the repository. `write` answers the revision it
+    /// committed, or `None` when it committed nothing (an import that changed nothing), which
+    /// needs no step after it.
     async fn write_to_the_end<T: Send + 'static>(
         &self,
         env: &Environment,
-        write: impl Future<Output = Result<(Revision, T), RepositoryError>> + Send + 'static,
+        write: impl Future<Output = Result<(Option<Revision>, T), RepositoryError>> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let inner = Arc::clone(&self.inner);
         let env = env.clone();
         let finish = async move {
             let (revision, written) = write.await?;
-            inner.after_write(&env, revision).await;
+            if let Some(revision) = revision {
+                inner.after_write(&env, revision).await;
+            }
             Ok(written)
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

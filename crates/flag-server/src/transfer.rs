@@ -1,0 +1,445 @@
+//! Flags as files over HTTP: export an environment as one document, import one (JSON or YAML)
+//! as one transaction, and copy flags with the segments they need between environments.
+//!
+//! Decisions:
+//! - The document is `{"environment", "revision", "flags": [...], "segments": [...]}`, flags and
+//!   segments as the API shows them (with `version` and `updatedAt`, which an import ignores), by
+//!   key. YAML is the same document (`Accept: application/yaml` on export; `Content-Type:
+//!   application/yaml`, or `text/yaml`, `application/x-yaml`, on import).
+//! - Import: `?mode=merge` (default) or `replace`, `?dryRun=true`, `If-Match: "<revision>"`
+//!   (`412 version_conflict` when the environment is at another revision). An invalid document
+//!   is `400 validation_failed` with `problems: [{path, message}]`, every one of them, and
+//!   changes nothing. An import that changes nothing bumps no revision.
+//! - Copy (`POST /v1/environments/{env}/copy` with `{"from", "keys"}`, every flag of `from` when
+//!   `keys` is absent) imports, in merge mode, the flags and every segment they refer to; a
+//!   prerequisite flag is not copied along (it is a flag with its own rollout), so one missing in
+//!   the target is a problem of the copy.
+//! - Unknown query parameters are ignored, as in every other route.
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flag_core::{
+    Environment, FeatureFlag, FlagKey, ImportDiff, ImportMode, ImportProblem, ImportRequest,
+    Imported, KeyChanges, Precondition, Revision, Segment, read_document,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::admin::{EnvironmentPath, PathParams, environment, precondition};
+use crate::auth::Admin;
+use crate::errors::{ApiError, ApiErrorBody};
+use crate::openapi::MANAGEMENT;
+use crate::state::AppState;
+
+/// `/v1/environments/{env}/export`, `/import` and `/copy`.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(export))
+        .routes(routes!(import))
+        .routes(routes!(copy))
+}
+
+/// An environment as one document.
+#[derive(Serialize, ToSchema)]
+pub struct EnvironmentDocument<'a> {
+    /// The environment exported.
+    pub environment: &'a Environment,
+    /// Its revision when read.
+    pub revision: Revision,
+    /// Its flags, by key.
+    pub flags: Vec<&'a FeatureFlag>,
+    /// Its segments, by key.
+    pub segments: Vec<&'a Segment>,
+}
+
+/// An environment document as an import reads it (the schema only: `read_document` reads the
+/// body, so that every problem is answered with its path).
+#[derive(ToSchema)]
+#[schema(as = ImportDocument)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct ImportDocument {
+    /// Informational (an export names its environment); ignored.
+    environment: Option<String>,
+    /// Informational (an export names its revision; `If-Match` is the check); ignored.
+    #[schema(minimum = 0)]
+    revision: Option<i64>,
+    /// The flags, each with its `key`.
+    flags: Option<Vec<KeyedFlag>>,
+    /// The segments, each with its `key`.
+    segments: Option<Vec<KeyedSegment>>,
+}
+
+/// A flag definition with its `key` (which a PUT body may leave to the path).
+struct KeyedFlag;
+
+/// A segment definition with its `key`.
+struct KeyedSegment;
+
+/// `definition` with `key` required.
+fn keyed(definition: &str) -> RefOr<Schema> {
+    AllOfBuilder::new()
+        .item(Ref::from_schema_name(definition))
+        .item(ObjectBuilder::new().required("key"))
+        .into()
+}
+
+impl PartialSchema for KeyedFlag {
+    fn schema() -> RefOr<Schema> {
+        keyed("FlagDefinition")
+    }
+}
+
+impl ToSchema for KeyedFlag {}
+
+impl PartialSchema for KeyedSegment {
+    fn schema() -> RefOr<Schema> {
+        keyed("SegmentDefinition")
+    }
+}
+
+impl ToSchema for KeyedSegment {}
+
+/// What an import or a copy did (or, for a dry run, would do).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportAnswer<'a> {
+    /// The environment imported into.
+    pub environment: &'a Environment,
+    /// Its revision afterwards.
+    pub revision: Revision,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Whether anything was written.
+    pub applied: bool,
+    /// Flags that did not exist.
+    pub created: &'a [String],
+    /// Flags whose definition changed.
+    pub updated: &'a [String],
+    /// Flags deleted (`mode=replace`).
+    pub deleted: &'a [String],
+    /// Flags already as the document has them.
+    pub unchanged: &'a [String],
+    /// The same for segments.
+    pub segments: &'a KeyChanges,
+}
+
+impl<'a> ImportAnswer<'a> {
+    /// The answer for `imported` into `environment`.
+    pub fn of(environment: &'a Environment, imported: &'a Imported, dry_run: bool) -> Self {
+        let ImportDiff { flags, segments } = &imported.diff;
+        Self {
+            environment,
+            revision: imported.revision,
+            dry_run,
+            applied: imported.applied,
+            created: &flags.created,
+            updated: &flags.updated,
+            deleted: &flags.deleted,
+            unchanged: &flags.unchanged,
+            segments,
+        }
+    }
+}
+
+/// Whether a media type is YAML.
+fn is_yaml(media_type: Option<&HeaderValue>) -> bool {
+    media_type
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.to_ascii_lowercase().contains("yaml"))
+}
+
+/// A document's text as JSON, from JSON or YAML.
+pub fn parse_document(body: &[u8], yaml: bool) -> Result<Value, ImportProblem> {
+    if yaml {
+        serde_yaml::from_slice::<Value>(body)
+            .map_err(|error| ImportProblem::new("$", format!("not YAML: {error}")))
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .map_err(|error| ImportProblem::new("$", format!("not JSON: {error}")))
+    }
+}
+
+/// The document of `env` as stored now.
+pub fn render_document(
+    environment: &Environment,
+    snapshot: &flag_core::EnvironmentSnapshot,
+    yaml: bool,
+) -> Result<Vec<u8>, String> {
+    let mut flags: Vec<&FeatureFlag> = snapshot.flags().map(AsRef::as_ref).collect();
+    flags.sort_by(|a, b| a.key().cmp(b.key()));
+    let mut segments: Vec<&Segment> = snapshot.segments().map(AsRef::as_ref).collect();
+    segments.sort_by(|a, b| a.key().cmp(b.key()));
+    let document = EnvironmentDocument {
+        environment,
+        revision: snapshot.revision(),
+        flags,
+        segments,
+    };
+    if yaml {
+        serde_yaml::to_string(&document)
+            .map(String::into_bytes)
+            .map_err(|error| error.to_string())
+    } else {
+        serde_json::to_vec_pretty(&document).map_err(|error| error.to_string())
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env}/export",
+    tag = MANAGEMENT,
+    operation_id = "exportEnvironment",
+    summary = "The environment's flags and segments as one document (JSON, or YAML with `Accept: application/yaml`).",
+    params(EnvironmentPath),
+    responses(
+        (status = 200, description = "The document (empty lists for an environment never written).", body = EnvironmentDocument),
+        (status = 400, description = "An invalid environment name (`invalid_request`).", body = ApiErrorBody),
+    )
+)]
+async fn export(
+    _: Admin,
+    State(state): State<AppState>,
+    PathParams(path): PathParams<EnvironmentPath>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let env = environment(&path.env)?;
+    let snapshot = state.service.stored_flags(&env).await?;
+    let yaml = is_yaml(headers.get(header::ACCEPT));
+    let body = render_document(&env, &snapshot, yaml).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::errors::ApiErrorCode::Internal,
+            error,
+        )
+    })?;
+    let content_type = if yaml {
+        "application/yaml"
+    } else {
+        "application/json"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response())
+}
+
+/// The query of an import, as documented (read by [`import_query`]).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(
+    dead_code,
+    reason = "only its document is used: `import_query` reads the query"
+)]
+struct ImportParams {
+    /// `merge` (default): add and replace what the document holds; `replace`: also delete what
+    /// it does not hold.
+    #[param(pattern = "^(merge|replace)$")]
+    mode: Option<String>,
+    /// `true`: answer what would change, change nothing.
+    #[param(pattern = "^(true|false)$")]
+    #[serde(rename = "dryRun")]
+    dry_run: Option<String>,
+}
+
+/// The mode and dry-run flag of `raw` (a query string).
+fn import_query(raw: Option<&str>) -> Result<(ImportMode, bool), ApiError> {
+    let (mut mode, mut dry_run) = (ImportMode::Merge, false);
+    for pair in raw.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (name, value) {
+            ("mode", "merge") => mode = ImportMode::Merge,
+            ("mode", "replace") => mode = ImportMode::Replace,
+            ("mode", other) => {
+                return Err(ApiError::invalid_request(format!(
+                    "mode must be merge or replace, not {other:?}"
+                )));
+            }
+            ("dryRun", "true") => dry_run = true,
+            ("dryRun", "false") => dry_run = false,
+            ("dryRun", other) => {
+                return Err(ApiError::invalid_request(format!(
+                    "dryRun must be true or false, not {other:?}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok((mode, dry_run))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{env}/import",
+    tag = MANAGEMENT,
+    operation_id = "importEnvironment",
+    summary = "Import a document of flags and segments (JSON or YAML) as one transaction.",
+    params(
+        EnvironmentPath,
+        ImportParams,
+        (
+            "If-Match" = Option<String>,
+            Header,
+            nullable = false,
+            pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#,
+            description = "`\"<revision>\"`: import only if the environment is at that revision (`412` otherwise)."
+        ),
+    ),
+    request_body(
+        description = "An environment document, as `export` answers it: `{\"flags\": [...], \"segments\": [...]}`; JSON, or YAML with `Content-Type: application/yaml`.",
+        content(
+            (ImportDocument = "application/json"),
+            (ImportDocument = "application/yaml"),
+        )
+    ),
+    responses(
+        (status = 200, description = "What was (or, for a dry run, would be) created, updated, deleted and left unchanged.", body = ImportAnswer),
+        (status = 400, description = "An invalid environment, query or `If-Match` (`invalid_request`), or a document that cannot be imported (`validation_failed`, with every problem and its path).", body = ApiErrorBody),
+        (status = 409, description = "The import would create an environment past `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`).", body = ApiErrorBody),
+        (status = 412, description = "`If-Match` names another revision (`version_conflict`).", body = ApiErrorBody),
+    )
+)]
+async fn import(
+    admin: Admin,
+    State(state): State<AppState>,
+    PathParams(path): PathParams<EnvironmentPath>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
+    let env = environment(&path.env)?;
+    let (mode, dry_run) = import_query(raw.as_deref())?;
+    let expected_revision = match precondition(&headers)? {
+        Precondition::Version(revision) => Some(Revision(revision)),
+        _ => None,
+    };
+    let yaml = is_yaml(headers.get(header::CONTENT_TYPE));
+    let document =
+        parse_document(&body, yaml).map_err(|problem| ApiError::invalid_document(vec![problem]))?;
+    let contents = read_document(&document).map_err(ApiError::invalid_document)?;
+    let request = ImportRequest {
+        flags: contents.flags,
+        segments: contents.segments,
+        mode,
+        expected_revision,
+        dry_run,
+        max_flags: None,
+    };
+    let imported = state.service.import(&env, request, &admin.actor).await?;
+    Ok(axum::Json(ImportAnswer::of(&env, &imported, dry_run)).into_response())
+}
+
+/// A copy between environments.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CopyRequest {
+    /// The environment to copy from.
+    #[schema(value_type = Environment)]
+    from: String,
+    /// The flags to copy; every flag of `from` when absent.
+    #[schema(value_type = Option<Vec<FlagKey>>)]
+    keys: Option<Vec<String>>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env}/copy",
+    tag = MANAGEMENT,
+    operation_id = "copyFlags",
+    summary = "Copy flags, with the segments they need, from another environment into this one.",
+    params(EnvironmentPath, ImportParams),
+    request_body = CopyRequest,
+    responses(
+        (status = 200, description = "What was (or, for a dry run, would be) created, updated and left unchanged here.", body = ImportAnswer),
+        (status = 400, description = "An invalid environment, body or key (`invalid_request`), or flags that cannot be copied, such as one whose prerequisite this environment lacks (`validation_failed`, with every problem).", body = ApiErrorBody),
+        (status = 409, description = "The copy would create an environment past `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`).", body = ApiErrorBody),
+    )
+)]
+async fn copy(
+    admin: Admin,
+    State(state): State<AppState>,
+    PathParams(path): PathParams<EnvironmentPath>,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
+    let env = environment(&path.env)?;
+    let (_, dry_run) = import_query(raw.as_deref())?;
+    let request: CopyRequest = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::invalid_request(format!("not a copy request: {error}")))?;
+    let from = environment(&request.from)?;
+    let source = state.service.stored_flags(&from).await?;
+    let flags: Vec<FeatureFlag> = match &request.keys {
+        None => source.flags().map(|flag| (**flag).clone()).collect(),
+        Some(keys) => {
+            let mut chosen = Vec::with_capacity(keys.len());
+            let mut problems = Vec::new();
+            for (index, key) in keys.iter().enumerate() {
+                match source.flag(key) {
+                    Some(flag) => chosen.push((**flag).clone()),
+                    None => problems.push(ImportProblem::new(
+                        format!("keys[{index}]"),
+                        format!("{from} has no flag {key:?}"),
+                    )),
+                }
+            }
+            if !problems.is_empty() {
+                return Err(ApiError::invalid_document(problems));
+            }
+            chosen
+        }
+    };
+    let needed: BTreeSet<&flag_core::SegmentKey> =
+        flags.iter().flat_map(FeatureFlag::segments).collect();
+    let segments: Vec<Segment> = source
+        .segments()
+        .filter(|segment| needed.contains(segment.key()))
+        .map(|segment| (**segment).clone())
+        .collect();
+    let import = ImportRequest {
+        flags,
+        segments,
+        mode: ImportMode::Merge,
+        expected_revision: None,
+        dry_run,
+        max_flags: None,
+    };
+    let imported = state.service.import(&env, import, &admin.actor).await?;
+    Ok(axum::Json(ImportAnswer::of(&env, &imported, dry_run)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_query_is_read_or_refused() {
+        assert_eq!(import_query(None).unwrap(), (ImportMode::Merge, false));
+        assert_eq!(
+            import_query(Some("mode=replace&dryRun=true&x=1")).unwrap(),
+            (ImportMode::Replace, true)
+        );
+        assert!(import_query(Some("mode=all")).is_err());
+        assert!(import_query(Some("dryRun=yes")).is_err());
+    }
+
+    #[test]
+    fn yaml_and_json_read_the_same() {
+        let json = parse_document(br#"{"flags": [{"key": "a", "enabled": true}]}"#, false).unwrap();
+        let yaml = parse_document(b"flags:\n  - key: a\n    enabled: true\n", true).unwrap();
+        assert_eq!(json, yaml);
+        assert!(parse_document(b"{", false).is_err());
+        assert!(parse_document(b"flags: [", true).is_err());
+    }
+}
