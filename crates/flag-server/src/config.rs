@@ -19,12 +19,52 @@ pub struct Cli {
 }
 
 /// The commands.
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the HTTP server (the default).
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Write an environment's flags and segments as one document (JSON, or YAML when the file
+    /// ends in `.yaml` / `.yml` or with `--yaml`).
+    Export {
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// The file to write; standard output when left out.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// YAML rather than JSON.
+        #[arg(long)]
+        yaml: bool,
+    },
+    /// Import a document (as `export` writes it; JSON, or YAML by the file's extension) into an
+    /// environment as one transaction, and print what changed.
+    Import {
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// The document.
+        file: std::path::PathBuf,
+        /// `merge` (add and replace) or `replace` (also delete what the document lacks).
+        #[arg(long, value_enum, default_value_t = ImportModeArg::Merge)]
+        mode: ImportModeArg,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The name the audit log records for the import's writes.
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
+}
+
+/// `--mode` of `import`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportModeArg {
+    /// Add and replace what the document holds.
+    Merge,
+    /// Also delete every flag and segment the document does not hold.
+    Replace,
 }
 
 /// Which cache sits in front of the database.

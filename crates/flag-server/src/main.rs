@@ -1,7 +1,10 @@
 //! `flag-server`: the feature-flag HTTP service.
 //!
 //! `flag-server` (or `flag-server serve`) serves the API; `flag-server migrate` applies the
-//! database migrations and exits. SIGTERM or Ctrl-C stops accepting connections, closes idle
+//! database migrations and exits; `flag-server export --env E [--out FILE]` writes an
+//! environment as one document and `flag-server import --env E FILE [--mode replace]
+//! [--dry-run]` imports one, through the service over the configured database and cache (so
+//! caches and other instances hear of it as of an HTTP import). SIGTERM or Ctrl-C stops accepting connections, closes idle
 //! and half-sent ones at once and lets in-flight requests finish for up to
 //! `FLAG_SHUTDOWN_GRACE_MS`, then tries pending cache invalidations once more within what is left
 //! of it, and exits 0.
@@ -10,8 +13,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flag_server::config::{Cli, Command, Config, LogFormat};
-use flag_server::{app, serve, wiring};
+use flag_core::{
+    Actor, Environment, FeatureFlagRepository, ImportMode, ImportProblem, ImportRequest,
+    RepositoryError, ServiceError, read_document,
+};
+use flag_server::config::{Cli, Command, Config, ImportModeArg, LogFormat};
+use flag_server::{app, serve, transfer, wiring};
 use flag_sql::SqlRepository;
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +50,110 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(cli.config).await,
+        Command::Export { env, out, yaml } => export(&cli.config, &env, out, yaml).await,
+        Command::Import {
+            env,
+            file,
+            mode,
+            dry_run,
+            actor,
+        } => import(&cli.config, &env, &file, mode, dry_run, &actor).await,
     }
+}
+
+/// Whether `path` names a YAML file.
+fn is_yaml_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|extension| extension.to_str())
+        .is_some_and(|extension| matches!(extension, "yaml" | "yml"))
+}
+
+/// `flag-server export`: reads the database directly.
+async fn export(
+    config: &Config,
+    env: &str,
+    out: Option<std::path::PathBuf>,
+    yaml: bool,
+) -> anyhow::Result<()> {
+    let env = Environment::parse(env).context("--env")?;
+    let repository = SqlRepository::connect(&config.database_url)
+        .await
+        .context("connecting to the database")?;
+    let snapshot = repository
+        .snapshot(&env)
+        .await
+        .context("reading the environment")?;
+    let yaml = yaml || out.as_deref().is_some_and(is_yaml_file);
+    let document = transfer::render_document(&env, &snapshot, yaml)
+        .map_err(|error| anyhow::anyhow!("rendering the document: {error}"))?;
+    match out {
+        Some(path) => std::fs::write(&path, &document)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&document)
+                .context("writing to standard output")?;
+        }
+    }
+    Ok(())
+}
+
+/// `flag-server import`: through the service over the configured database and cache, so that
+/// caches and other instances hear of it as they hear of an HTTP write.
+async fn import(
+    config: &Config,
+    env: &str,
+    file: &std::path::Path,
+    mode: ImportModeArg,
+    dry_run: bool,
+    actor: &str,
+) -> anyhow::Result<()> {
+    let env = Environment::parse(env).context("--env")?;
+    let actor = Actor::parse(actor).context("--actor")?;
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let problems = |problems: Vec<ImportProblem>| {
+        let listed: Vec<String> = problems
+            .iter()
+            .map(|problem| format!("  {}: {}", problem.path, problem.message))
+            .collect();
+        anyhow::anyhow!(
+            "{} cannot be imported:\n{}",
+            file.display(),
+            listed.join("\n")
+        )
+    };
+    let document = transfer::parse_document(&text, is_yaml_file(file))
+        .map_err(|problem| problems(vec![problem]))?;
+    let contents = read_document(&document).map_err(problems)?;
+    let service = wiring::service_from(config).await?;
+    service
+        .ping_repository()
+        .await
+        .context("the database does not answer")?;
+    let request = ImportRequest {
+        flags: contents.flags,
+        segments: contents.segments,
+        mode: match mode {
+            ImportModeArg::Merge => ImportMode::Merge,
+            ImportModeArg::Replace => ImportMode::Replace,
+        },
+        expected_revision: None,
+        dry_run,
+        max_flags: None,
+    };
+    let imported = match service.import(&env, request, &actor).await {
+        Err(ServiceError::Repository(RepositoryError::InvalidImport { problems: found })) => {
+            return Err(problems(found));
+        }
+        other => other.context("importing")?,
+    };
+    let answer = transfer::ImportAnswer::of(&env, &imported, dry_run);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer).context("printing the answer")?
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -22,9 +22,21 @@ use crate::streams::{StreamSettings, Streams};
 
 /// Connects the stores the configuration names (migrating the database) and builds the state.
 pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
-    config.validate()?;
     let default_environment = Environment::parse(&config.default_environment)
         .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
+    let service = service_from(config).await?;
+    let shared_cache = matches!(
+        config.effective_cache_backend(),
+        CacheBackend::Redis | CacheBackend::Tiered
+    );
+    state_with(config, service, default_environment, shared_cache)
+}
+
+/// Connects the stores the configuration names (migrating the database) and builds the service
+/// over them, following other instances' changes: what the server and the command line's
+/// `import` share, so a write from either reaches caches and other instances the same way.
+pub async fn service_from(config: &Config) -> anyhow::Result<FeatureFlagService> {
+    config.validate()?;
     let repository = repository(config).await?;
     // With Redis, every write is published on the bus, so that other instances' event streams
     // hear of it (tiered publishes for its own coherence too); without, streamed environments'
@@ -51,10 +63,6 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
                 (Arc::new(tiered), Some(bus))
             }
         };
-    let shared_cache = matches!(
-        config.effective_cache_backend(),
-        CacheBackend::Redis | CacheBackend::Tiered
-    );
     let mut service = FeatureFlagService::builder(repository, cache);
     if let Some(directory) = &config.last_good_dir {
         service = service.last_good_dir(directory);
@@ -70,6 +78,16 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         .build()
         .context("building the service (CACHE_TTL_MS, FLAG_LAST_GOOD_DIR)")?;
     service.follow_changes(bus, Duration::from_millis(config.stream_poll_ms));
+    Ok(service)
+}
+
+/// The state of a server of `service`.
+fn state_with(
+    config: &Config,
+    service: FeatureFlagService,
+    default_environment: Environment,
+    shared_cache: bool,
+) -> anyhow::Result<AppState> {
     let client_tokens = client_tokens(config.client_tokens.as_deref())?;
     let named = config.admin_tokens.as_deref().unwrap_or_default();
     let mut admin_tokens = AdminTokens::parse(config.admin_token.as_deref(), named)?;

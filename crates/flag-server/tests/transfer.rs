@@ -329,3 +329,101 @@ async fn a_copy_brings_the_segments_its_flags_need(
         assert_eq!(refused.status, status, "{body}: {}", refused.body);
     }
 }
+
+/// The command line, against the database directly: import a file, export it back, refuse a
+/// document with its problems (exit status 1, each problem with its path).
+#[test]
+fn the_command_line_imports_and_exports_files() {
+    let directory = flag_fixtures::ScratchDir::new().unwrap();
+    let database = format!(
+        "sqlite://{}?mode=rwc",
+        directory.path().join("flags.db").display()
+    );
+    let run = |arguments: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flag-server"))
+            .args(arguments)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &database)
+            .env("CACHE_BACKEND", "memory")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let document = directory.path().join("flags.json");
+    std::fs::write(
+        &document,
+        json!({"flags": [{"key": "a", "enabled": true},
+                         {"key": "b", "rules": [{"conditions": [{"operator": "in_segment", "value": "s"}], "variant": "on"}]}],
+               "segments": [{"key": "s", "included": ["u1"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let file = document.to_str().unwrap();
+    let dry = run(&["import", "--env", "staging", file, "--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let dry: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        (&dry["applied"], &dry["created"]),
+        (&json!(false), &json!(["a", "b"]))
+    );
+    let imported = run(&["import", "--env", "staging", file]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let imported: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(
+        (&imported["applied"], &imported["revision"]),
+        (&json!(true), &json!(1))
+    );
+
+    let yaml = directory.path().join("staging.yaml");
+    let exported = run(&[
+        "export",
+        "--env",
+        "staging",
+        "--out",
+        yaml.to_str().unwrap(),
+    ]);
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    assert!(text.starts_with("environment: staging"), "{text}");
+    // The export imports back as it is: nothing changes.
+    let again = run(&[
+        "import",
+        "--env",
+        "staging",
+        yaml.to_str().unwrap(),
+        "--mode",
+        "replace",
+    ]);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (&again["applied"], &again["unchanged"]),
+        (&json!(false), &json!(["a", "b"]))
+    );
+    let to_stdout = run(&["export", "--env", "staging"]);
+    let to_stdout: Value = serde_json::from_slice(&to_stdout.stdout).unwrap();
+    assert_eq!(to_stdout["revision"], json!(1));
+
+    let bad = directory.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"flags": [{"key": "x", "prerequisites": [{"flag": "nope", "variants": ["on"]}]}, {"enabled": true}]}"#,
+    )
+    .unwrap();
+    let refused = run(&["import", "--env", "staging", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("flags[1].key"), "{said}");
+}
