@@ -6,6 +6,8 @@
 //   #/e/ENV/new             a new flag          #/e/ENV/f/KEY[/TAB]   a flag (edit, json, history, explain, copy)
 //   #/e/ENV/new-segment     a new segment       #/e/ENV/s/KEY         a segment
 //   #/e/ENV/audit           the environment's audit log
+//   #/e/ENV/export          the environment as one document     #/e/ENV/import   import one, diff first
+//   #/e/ENV/copy            copy flags from another environment, diff first
 
 const TOKEN_KEY = 'flagship.adminToken';
 const OPERATORS = [
@@ -76,7 +78,7 @@ async function call(method, path, { body, headers = {}, auth = true, signingIn =
   const sent = { method, headers: { ...headers } };
   if (auth) sent.headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) {
-    sent.headers['Content-Type'] = 'application/json';
+    sent.headers['Content-Type'] = sent.headers['Content-Type'] ?? 'application/json';
     sent.body = typeof body === 'string' ? body : JSON.stringify(body);
   }
   let response;
@@ -185,7 +187,10 @@ async function flagList(env) {
     h('h1', {}, `Flags of ${env}`, h('span', { class: 'muted' }, ` · revision ${flags.body.revision}`)),
     h('div', { class: 'row' }, search,
       h('a', { href: `#/e/${enc(env)}/new` }, 'New flag'),
-      h('a', { href: `#/e/${enc(env)}/audit` }, 'Audit log')),
+      h('a', { href: `#/e/${enc(env)}/audit` }, 'Audit log'),
+      h('a', { href: `#/e/${enc(env)}/export` }, 'Export'),
+      h('a', { href: `#/e/${enc(env)}/import` }, 'Import'),
+      h('a', { href: `#/e/${enc(env)}/copy` }, 'Copy from another environment')),
     h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'On'), h('th', {}, 'Key'), h('th', {}, 'Description'), h('th', {}, 'Version'), h('th', {}, ''))), body),
     h('h2', {}, 'Segments'),
     h('div', { class: 'row' }, h('a', { href: `#/e/${enc(env)}/new-segment` }, 'New segment')),
@@ -694,6 +699,117 @@ async function copyTab(state, content) {
   content.replaceChildren(form);
 }
 
+// ----- flags as files: export, import, copy ---------------------------------------------------
+
+async function exportPage(env) {
+  crumbs({ text: 'Environments', href: '#/' }, { text: env, href: `#/e/${enc(env)}` }, { text: 'export' });
+  const format = h('select', { id: 'export-format', 'aria-label': 'Format' }, h('option', { value: 'json' }, 'JSON'), h('option', { value: 'yaml' }, 'YAML'));
+  const area = h('textarea', { id: 'export', rows: '24', readonly: true, 'aria-label': 'The environment as one document', spellcheck: 'false' });
+  const download = h('a', { id: 'download', class: 'button' }, 'Download');
+  const load = async () => {
+    const yaml = format.value === 'yaml';
+    const response = await fetch(`/v1/environments/${enc(env)}/export`, {
+      headers: { Authorization: `Bearer ${token()}`, Accept: yaml ? 'application/yaml' : 'application/json' },
+    }).catch(() => null);
+    if (!response || response.status !== 200) return notice(`Export failed (${response ? response.status : 'the server cannot be reached'}).`, 'bad');
+    const text = await response.text();
+    area.value = text;
+    URL.revokeObjectURL(download.href);
+    download.href = URL.createObjectURL(new Blob([text], { type: yaml ? 'application/yaml' : 'application/json' }));
+    download.setAttribute('download', `${env}.${yaml ? 'yaml' : 'json'}`);
+  };
+  format.addEventListener('change', load);
+  show(h('h1', {}, `Export ${env}`),
+    h('p', { class: 'muted' }, 'Every flag and segment as one document: keep it in Git, review changes as diffs, import it elsewhere.'),
+    h('div', { class: 'row' }, h('label', { for: 'export-format' }, 'Format'), format, download),
+    area);
+  await load();
+}
+
+/** What an import or copy did or would do, as lists of keys. */
+function changes(answer) {
+  const list = (label, keys, kind) => keys.length
+    ? h('div', { class: 'row', 'data-change': `${kind}-${label}` }, h('span', { class: `tag ${label === 'deleted' ? 'failed' : label === 'unchanged' ? '' : 'passed'}` }, label), keys.map((key) => h('code', {}, key)))
+    : null;
+  return h('div', { class: 'stack', id: 'changes' },
+    h('h3', {}, 'Flags'),
+    ['created', 'updated', 'deleted', 'unchanged'].map((label) => list(label, answer[label], 'flags')),
+    h('h3', {}, 'Segments'),
+    ['created', 'updated', 'deleted', 'unchanged'].map((label) => list(label, answer.segments[label], 'segments')));
+}
+
+function problemsList(answer) {
+  const error = answer.body && answer.body.error;
+  if (!error) return h('p', { class: 'error', role: 'alert' }, errorText(answer));
+  return h('div', { class: 'banner bad', role: 'alert', id: 'problems' }, h('p', {}, error.message),
+    error.problems ? h('ul', {}, error.problems.map((problem) => h('li', {}, h('code', {}, problem.path), `: ${problem.message}`))) : null);
+}
+
+/** A preview (dry run) of `send`, then the same for real at the revision previewed. */
+function previewThenApply(result, send, what) {
+  return async () => {
+    result.replaceChildren(h('p', { class: 'muted' }, 'Checking…'));
+    const preview = await send(true, null);
+    if (preview.status !== 200) return result.replaceChildren(problemsList(preview));
+    const revision = preview.body.revision;
+    const apply = h('button', { type: 'button', class: 'primary', id: 'apply', onclick: async () => {
+      apply.disabled = true;
+      const done = await send(false, revision);
+      if (done.status === 200) {
+        result.replaceChildren(h('div', { class: 'banner ok', id: 'applied' }, done.body.applied ? `${what} was applied at revision ${done.body.revision}.` : 'Nothing to change.'), changes(done.body));
+      } else if (done.status === 412) {
+        result.replaceChildren(h('div', { class: 'banner warn', role: 'alert', id: 'conflict' }, 'The environment changed since the preview; nothing was written. Preview again.'));
+      } else {
+        result.replaceChildren(problemsList(done));
+      }
+    } }, `Apply (${what.toLowerCase()} at revision ${revision})`);
+    result.replaceChildren(h('p', {}, `Preview: what ${what.toLowerCase()} would change (nothing is written yet).`), changes(preview.body),
+      preview.body.created.length + preview.body.updated.length + preview.body.deleted.length
+        + preview.body.segments.created.length + preview.body.segments.updated.length + preview.body.segments.deleted.length
+        ? apply : h('p', { class: 'muted' }, 'Nothing would change.'));
+  };
+}
+
+function importPage(env) {
+  crumbs({ text: 'Environments', href: '#/' }, { text: env, href: `#/e/${enc(env)}` }, { text: 'import' });
+  const area = h('textarea', { id: 'import', rows: '16', 'aria-label': 'A document to import (JSON or YAML)', spellcheck: 'false', placeholder: '{"flags": [...], "segments": [...]}' });
+  const file = h('input', { type: 'file', id: 'import-file', accept: '.json,.yaml,.yml', 'aria-label': 'Or choose a file' });
+  file.addEventListener('change', async () => { if (file.files[0]) area.value = await file.files[0].text(); });
+  const mode = h('select', { id: 'import-mode', 'aria-label': 'Mode' },
+    h('option', { value: 'merge' }, 'merge: add and replace what the document holds'),
+    h('option', { value: 'replace' }, 'replace: also delete what it does not hold'));
+  const result = h('div', { id: 'import-result', 'aria-live': 'polite' });
+  const send = (dryRun, revision) => {
+    const yaml = !area.value.trim().startsWith('{');
+    const headers = { 'Content-Type': yaml ? 'application/yaml' : 'application/json' };
+    if (revision !== null) headers['If-Match'] = `"${revision}"`;
+    return call('PUT', `/v1/environments/${enc(env)}/import?mode=${mode.value}&dryRun=${dryRun}`, { body: area.value, headers });
+  };
+  show(h('h1', {}, `Import into ${env}`),
+    h('p', { class: 'muted' }, 'An exported document (JSON or YAML). You see what it would change before anything is written; applying it is one transaction.'),
+    file, area, h('div', { class: 'row' }, mode, h('button', { type: 'button', class: 'primary', id: 'preview', onclick: previewThenApply(result, send, 'The import') }, 'Preview')),
+    result);
+}
+
+async function copyPage(env) {
+  crumbs({ text: 'Environments', href: '#/' }, { text: env, href: `#/e/${enc(env)}` }, { text: 'copy' });
+  const list = await call('GET', '/v1/environments');
+  const names = list.status === 200 ? list.body.environments.map((environment) => environment.name).filter((name) => name !== env) : [];
+  const from = h('select', { id: 'copy-from', 'aria-label': 'From' }, names.map((name) => h('option', { value: name }, name)));
+  const keys = h('input', { type: 'text', id: 'copy-keys', 'aria-label': 'Flags (comma-separated; all when empty)', placeholder: 'all flags' });
+  const result = h('div', { id: 'copy-result', 'aria-live': 'polite' });
+  const send = (dryRun) => {
+    const chosen = keys.value.split(',').map((key) => key.trim()).filter(Boolean);
+    const body = chosen.length ? { from: from.value, keys: chosen } : { from: from.value };
+    return call('POST', `/v1/environments/${enc(env)}/copy?dryRun=${dryRun}`, { body });
+  };
+  show(h('h1', {}, `Copy flags into ${env}`),
+    h('p', { class: 'muted' }, 'Flags of another environment, with the segments they use; a preview first.'),
+    h('div', { class: 'row' }, h('label', { for: 'copy-from' }, 'From'), from, h('label', { for: 'copy-keys' }, 'Flags'), keys,
+      h('button', { type: 'button', class: 'primary', id: 'preview', onclick: previewThenApply(result, send, 'The copy') }, 'Preview')),
+    result);
+}
+
 // ----- segments --------------------------------------------------------------------------------
 
 async function segmentPage(env, key) {
@@ -775,6 +891,9 @@ async function route() {
       if (parts[2] === 'new') return await flagPage(env, null);
       if (parts[2] === 'new-segment') return await segmentPage(env, null);
       if (parts[2] === 'audit') return auditPage(env);
+      if (parts[2] === 'export') return await exportPage(env);
+      if (parts[2] === 'import') return importPage(env);
+      if (parts[2] === 'copy') return await copyPage(env);
       if (parts[2] === 'f' && parts[3]) return await flagPage(env, parts[3], parts[4]);
       if (parts[2] === 's' && parts[3]) return await segmentPage(env, parts[3]);
     }

@@ -299,6 +299,59 @@ async function main() {
     await page.getByRole('link', { name: 'staging' }).waitFor();
   });
 
+  await step('16-export', page, async () => {
+    await visit(page, base, `#/e/production/export`);
+    await page.waitForFunction(() => document.querySelector('#export').value.length > 0);
+    const json = JSON.parse(await page.locator('#export').inputValue());
+    check(json.environment === 'production' && json.flags.length === 4, `export: ${json.flags.length} flags`);
+    check((await page.locator('#download').getAttribute('href')).startsWith('blob:'), 'a download of the document');
+    await page.locator('#export-format').selectOption('yaml');
+    await page.waitForFunction(() => document.querySelector('#export').value.startsWith('environment: production'));
+  });
+
+  await step('17-import-preview-and-apply', page, async () => {
+    const document = await (await fetch(`${base}/v1/environments/production/export`, { headers: { Authorization: `Bearer ${BOB}` } })).text();
+    await visit(page, base, `#/e/qa/import`);
+    await page.locator('#import').fill(document);
+    await page.locator('#preview').click();
+    await page.locator('[data-change="flags-created"]').waitFor();
+    const created = await page.locator('[data-change="flags-created"] code').allTextContents();
+    check(created.join(',') === 'checkout,dark-mode,new-search,pricing-page', `preview: ${created}`);
+    check((await api(base, 'GET', '/v1/environments/qa/flags')).body.flags.length === 0, 'a preview writes nothing');
+    await page.locator('#apply').click();
+    await page.locator('#applied').waitFor();
+    check((await api(base, 'GET', '/v1/environments/qa/flags')).body.flags.length === 4, 'applied');
+    check((await evaluate(base, 'dark-mode')).value === true, 'production still serves');
+  });
+
+  await step('18-import-conflict-and-problems', page, async () => {
+    await visit(page, base, `#/e/qa/import`);
+    await page.locator('#import').fill('flags:\n  - key: dark-mode\n    enabled: false\n');
+    await page.locator('#preview').click();
+    await page.locator('[data-change="flags-updated"]').waitFor();
+    await api(base, 'PUT', '/v1/environments/qa/flags/new-search', { body: { description: 'changed meanwhile' } });
+    await page.locator('#apply').click();
+    await page.locator('#conflict').waitFor();
+    await page.locator('#import').fill('{"flags": [{"enabled": true}, {"key": "x", "rollout": [{"variant": "zz", "weight": 1}]}]}');
+    await page.locator('#preview').click();
+    await page.locator('#problems').waitFor();
+    const listed = await page.locator('#problems li').allTextContents();
+    check(listed.length === 2 && listed[0].startsWith('flags[0].key') && listed[1].startsWith('flags[1].rollout[0].variant'), `problems: ${listed}`);
+  });
+
+  await step('19-copy-between-environments', page, async () => {
+    await visit(page, base, `#/e/dev/copy`);
+    await page.locator('#copy-from').selectOption('production');
+    await page.locator('#copy-keys').fill('checkout');
+    await page.locator('#preview').click();
+    await page.locator('[data-change="segments-created"]').waitFor();
+    await page.locator('#apply').click();
+    await page.locator('#applied').waitFor();
+    const copied = await api(base, 'GET', '/v1/environments/dev/flags/checkout');
+    check(copied.status === 200, `copied: ${copied.status}`);
+    check((await api(base, 'GET', '/v1/environments/dev/segments/beta')).status === 200, 'with its segment');
+  });
+
   check(problems.length === 0, problems.join('\n'));
   const headers = (await fetch(`${base}/ui/`)).headers;
   const policy = headers.get('content-security-policy') ?? '';
