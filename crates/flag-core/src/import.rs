@@ -149,6 +149,41 @@ pub struct DocumentContents {
     pub flags: Vec<FeatureFlag>,
     /// The segments, in document order.
     pub segments: Vec<Segment>,
+    /// Where each of `flags` sits in the document's `flags` (items that could not be read are
+    /// left out of `flags`, so the two orders differ once one is).
+    pub flag_positions: Vec<usize>,
+    /// Where each of `segments` sits in the document's `segments`.
+    pub segment_positions: Vec<usize>,
+}
+
+impl DocumentContents {
+    /// `problem`, found in these contents (`flags[i]...` counting only the items read), with
+    /// its path in the document.
+    pub fn locate(&self, mut problem: ImportProblem) -> ImportProblem {
+        for (list, positions) in [
+            ("flags", &self.flag_positions),
+            ("segments", &self.segment_positions),
+        ] {
+            let Some(rest) = problem
+                .path
+                .strip_prefix(list)
+                .and_then(|rest| rest.strip_prefix('['))
+            else {
+                continue;
+            };
+            let Some((index, tail)) = rest.split_once(']') else {
+                continue;
+            };
+            if let Some(position) = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| positions.get(index))
+            {
+                problem.path = format!("{list}[{position}]{tail}");
+            }
+        }
+        problem
+    }
 }
 
 /// Reads an environment document (`{"environment", "revision", "flags": [...], "segments":
@@ -156,12 +191,27 @@ pub struct DocumentContents {
 /// flags and segments, or every problem, each with its path. Each flag and segment is an object
 /// with its `key`, read as a PUT body (server-set fields ignored, unknown fields refused).
 pub fn read_document(document: &serde_json::Value) -> Result<DocumentContents, Vec<ImportProblem>> {
+    let (contents, problems) = read_document_partly(document);
+    if problems.is_empty() {
+        Ok(contents)
+    } else {
+        Err(problems)
+    }
+}
+
+/// [`read_document`], answering what could be read beside the problems, so that a caller can
+/// also find the problems of the items that could be read (their references) and answer every
+/// problem at once.
+pub fn read_document_partly(
+    document: &serde_json::Value,
+) -> (DocumentContents, Vec<ImportProblem>) {
     let mut problems = Vec::new();
     let Some(members) = document.as_object() else {
-        return Err(vec![ImportProblem::new(
+        let problem = ImportProblem::new(
             "$",
             "a document is an object: {\"flags\": [...], \"segments\": [...]}",
-        )]);
+        );
+        return (DocumentContents::default(), vec![problem]);
     };
     for (name, value) in members {
         let fits = match name.as_str() {
@@ -217,7 +267,10 @@ pub fn read_document(document: &serde_json::Value) -> Result<DocumentContents, V
                 error.to_string(),
             )),
             Some(Ok(key)) => match FeatureFlag::from_definition_json(&key, &item.to_string()) {
-                Ok(flag) => contents.flags.push(flag),
+                Ok(flag) => {
+                    contents.flags.push(flag);
+                    contents.flag_positions.push(index);
+                }
                 Err(error) => problems.push(ImportProblem::new(
                     nested(&format!("flags[{index}]"), error.field()),
                     error.to_string(),
@@ -240,7 +293,10 @@ pub fn read_document(document: &serde_json::Value) -> Result<DocumentContents, V
                 error.to_string(),
             )),
             Some(Ok(key)) => match Segment::from_definition_json(&key, &item.to_string()) {
-                Ok(segment) => contents.segments.push(segment),
+                Ok(segment) => {
+                    contents.segments.push(segment);
+                    contents.segment_positions.push(index);
+                }
                 Err(error) => problems.push(ImportProblem::new(
                     nested(&format!("segments[{index}]"), error.field()),
                     error.to_string(),
@@ -248,11 +304,7 @@ pub fn read_document(document: &serde_json::Value) -> Result<DocumentContents, V
             },
         }
     }
-    if problems.is_empty() {
-        Ok(contents)
-    } else {
-        Err(problems)
-    }
+    (contents, problems)
 }
 
 /// The path of `field` (a definition's own path, `$` for the whole) inside the item at `item`.
@@ -421,4 +473,53 @@ pub fn plan_import(
         diff,
         flag_count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn problems_of_the_items_read_are_located_in_the_document() {
+        let document = json!({"flags": [{"enabled": true}, {"key": "b"}, {"key": "__c"}, {"key": "d"}],
+                              "segments": [{"key": "s"}]});
+        let (contents, problems) = read_document_partly(&document);
+        assert_eq!(contents.flag_positions, [1, 3]);
+        assert_eq!(
+            problems
+                .iter()
+                .map(|problem| problem.path.as_str())
+                .collect::<Vec<_>>(),
+            ["flags[0].key", "flags[2].key"]
+        );
+        let located = contents.locate(ImportProblem::new("flags[1].prerequisites[0].flag", "x"));
+        assert_eq!(located.path, "flags[3].prerequisites[0].flag");
+        let segment = contents.locate(ImportProblem::new("segments[0].rules", "x"));
+        assert_eq!(segment.path, "segments[0].rules");
+        let elsewhere = contents.locate(ImportProblem::new("flags", "x"));
+        assert_eq!(elsewhere.path, "flags");
+    }
+
+    #[test]
+    fn a_plan_leaves_unchanged_what_already_is() {
+        let key = FlagKey::parse("a").unwrap();
+        let stored = FeatureFlag::from_definition_json(&key, r#"{"enabled": true}"#)
+            .unwrap()
+            .stored_as(3, time::OffsetDateTime::UNIX_EPOCH);
+        let same = FeatureFlag::from_definition_json(&key, r#"{"enabled": true}"#).unwrap();
+        let request = ImportRequest {
+            flags: vec![same],
+            ..ImportRequest::default()
+        };
+        let plan = plan_import(&[stored], &[], &request).unwrap();
+        assert_eq!(plan.diff.flags.unchanged, ["a"]);
+        assert!(plan.flag_writes.is_empty() && !plan.diff.changes_anything());
+        let full = ImportRequest {
+            max_flags: Some(0),
+            ..request
+        };
+        let refused = plan_import(&[], &[], &full).unwrap_err();
+        assert_eq!(refused[0].path, "flags");
+    }
 }

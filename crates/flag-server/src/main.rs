@@ -13,10 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flag_core::{
-    Actor, Environment, FeatureFlagRepository, ImportMode, ImportProblem, ImportRequest,
-    RepositoryError, ServiceError, read_document,
-};
+use flag_core::{Actor, Environment, FeatureFlagRepository, ImportMode, ImportProblem};
 use flag_server::config::{Cli, Command, Config, ImportModeArg, LogFormat};
 use flag_server::{app, serve, transfer, wiring};
 use flag_sql::SqlRepository;
@@ -125,29 +122,25 @@ async fn import(
     };
     let document = transfer::parse_document(&text, is_yaml_file(file))
         .map_err(|problem| problems(vec![problem]))?;
-    let contents = read_document(&document).map_err(problems)?;
     let service = wiring::service_from(config).await?;
     service
         .ping_repository()
         .await
         .context("the database does not answer")?;
-    let request = ImportRequest {
-        flags: contents.flags,
-        segments: contents.segments,
-        mode: match mode {
-            ImportModeArg::Merge => ImportMode::Merge,
-            ImportModeArg::Replace => ImportMode::Replace,
-        },
-        expected_revision: None,
-        dry_run,
-        max_flags: None,
+    let mode = match mode {
+        ImportModeArg::Merge => ImportMode::Merge,
+        ImportModeArg::Replace => ImportMode::Replace,
     };
-    let imported = match service.import(&env, request, &actor).await {
-        Err(ServiceError::Repository(RepositoryError::InvalidImport { problems: found })) => {
-            return Err(problems(found));
-        }
-        other => other.context("importing")?,
-    };
+    let imported =
+        match transfer::import_document(&service, &env, &document, mode, None, dry_run, &actor)
+            .await
+        {
+            Ok(imported) => imported,
+            Err(transfer::ImportFailure::Document(found)) => return Err(problems(found)),
+            Err(transfer::ImportFailure::Service(error)) => {
+                return Err(anyhow::Error::new(error).context("importing"));
+            }
+        };
     let answer = transfer::ImportAnswer::of(&env, &imported, dry_run);
     println!(
         "{}",

@@ -24,8 +24,9 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{
-    Environment, FeatureFlag, FlagKey, ImportDiff, ImportMode, ImportProblem, ImportRequest,
-    Imported, KeyChanges, Precondition, Revision, Segment, read_document,
+    Actor, Environment, FeatureFlag, FeatureFlagService, FlagKey, ImportDiff, ImportMode,
+    ImportProblem, ImportRequest, Imported, KeyChanges, Precondition, RepositoryError, Revision,
+    Segment, ServiceError, read_document_partly,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -194,6 +195,70 @@ pub fn render_document(
     }
 }
 
+/// Why a document was not imported.
+#[derive(Debug)]
+pub enum ImportFailure {
+    /// The document: every problem, each with its path.
+    Document(Vec<ImportProblem>),
+    /// The service refused or failed otherwise (a conflict, a limit, an outage).
+    Service(ServiceError),
+}
+
+impl From<ImportFailure> for ApiError {
+    fn from(failure: ImportFailure) -> Self {
+        match failure {
+            ImportFailure::Document(problems) => ApiError::invalid_document(problems),
+            ImportFailure::Service(error) => error.into(),
+        }
+    }
+}
+
+/// Imports `document` (as JSON) into `env`: what HTTP and the command line share. When some
+/// items cannot be read as definitions, the others are still checked (a dry run) so that every
+/// problem is answered at once, each with its path in the document.
+pub async fn import_document(
+    service: &FeatureFlagService,
+    env: &Environment,
+    document: &Value,
+    mode: ImportMode,
+    expected_revision: Option<Revision>,
+    dry_run: bool,
+    actor: &Actor,
+) -> Result<Imported, ImportFailure> {
+    let (contents, mut problems) = read_document_partly(document);
+    let request = |dry_run: bool, expected_revision: Option<Revision>| ImportRequest {
+        flags: contents.flags.clone(),
+        segments: contents.segments.clone(),
+        mode,
+        expected_revision,
+        dry_run,
+        max_flags: None,
+    };
+    if !problems.is_empty() {
+        if let Err(ServiceError::Repository(RepositoryError::InvalidImport { problems: more })) =
+            service.import(env, request(true, None), actor).await
+        {
+            problems.extend(more.into_iter().map(|problem| contents.locate(problem)));
+        }
+        return Err(ImportFailure::Document(problems));
+    }
+    match service
+        .import(env, request(dry_run, expected_revision), actor)
+        .await
+    {
+        Ok(imported) => Ok(imported),
+        Err(ServiceError::Repository(RepositoryError::InvalidImport { problems })) => {
+            Err(ImportFailure::Document(
+                problems
+                    .into_iter()
+                    .map(|problem| contents.locate(problem))
+                    .collect(),
+            ))
+        }
+        Err(error) => Err(ImportFailure::Service(error)),
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/environments/{env}/export",
@@ -327,16 +392,16 @@ async fn import(
     let yaml = is_yaml(headers.get(header::CONTENT_TYPE));
     let document =
         parse_document(&body, yaml).map_err(|problem| ApiError::invalid_document(vec![problem]))?;
-    let contents = read_document(&document).map_err(ApiError::invalid_document)?;
-    let request = ImportRequest {
-        flags: contents.flags,
-        segments: contents.segments,
+    let imported = import_document(
+        &state.service,
+        &env,
+        &document,
         mode,
         expected_revision,
         dry_run,
-        max_flags: None,
-    };
-    let imported = state.service.import(&env, request, &admin.actor).await?;
+        &admin.actor,
+    )
+    .await?;
     Ok(axum::Json(ImportAnswer::of(&env, &imported, dry_run)).into_response())
 }
 

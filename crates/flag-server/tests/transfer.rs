@@ -229,6 +229,13 @@ async fn an_invalid_document_answers_every_problem_and_changes_nothing() {
                 "flags[1].prerequisites[0].flag",
             ],
         ),
+        (
+            // Both kinds at once: an item that cannot be read, and a reference of one that can.
+            json!({"flags": [
+                {"enabled": true},
+                {"key": "e", "rules": [{"conditions": [{"operator": "in_segment", "value": "nope"}], "variant": "on"}]}]}),
+            vec!["flags[0].key", "flags[1].rules[0].conditions[0].value"],
+        ),
         (json!({"flags": {"a": {"state": "ENABLED"}}}), vec!["flags"]),
         (json!({"flags": [], "extra": 1}), vec!["extra"]),
         (json!([1]), vec!["$"]),
