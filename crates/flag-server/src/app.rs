@@ -25,7 +25,7 @@ use crate::arrival::Arrival;
 use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
 use crate::fast_path::FastPath;
 use crate::openapi::{ApiDoc, complete};
-use crate::state::{AppState, MAX_BODY_BYTES};
+use crate::state::{AppState, MAX_BODY_BYTES, MAX_DOCUMENT_BYTES};
 use crate::tracking::{Tracking, track};
 use crate::{admin, audit, explain, ofrep, ops, segments, streams, transfer};
 
@@ -129,9 +129,10 @@ fn described(max_context_bytes: usize) -> (Router<AppState>, utoipa::openapi::Op
                 .merge(segments::router())
                 .merge(audit::router())
                 .merge(explain::router())
-                .merge(transfer::router())
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+        // A whole environment in one body: an export of FLAG_MAX_FLAGS flags must import back.
+        .merge(transfer::router().layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES)))
         .merge(ops::router())
         .split_for_parts();
     (routes, complete(document))

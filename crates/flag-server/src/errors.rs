@@ -204,11 +204,16 @@ impl ApiError {
 
     /// A body that could not be read: `413 payload_too_large` past the limit, else `400`.
     pub(crate) fn unreadable_body(rejection: &BytesRejection) -> Self {
+        Self::unreadable_body_within(rejection, MAX_BODY_BYTES)
+    }
+
+    /// [`Self::unreadable_body`] for a route whose bodies are limited to `limit` bytes.
+    pub(crate) fn unreadable_body_within(rejection: &BytesRejection, limit: usize) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ApiErrorCode::PayloadTooLarge,
-                format!("request bodies are limited to {} MiB", MAX_BODY_BYTES >> 20),
+                format!("request bodies are limited to {} MiB", limit >> 20),
             )
         } else {
             Self::invalid_request(rejection.body_text())

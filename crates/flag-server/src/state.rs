@@ -14,6 +14,11 @@ use crate::streams::{StreamSettings, Streams};
 /// The largest request body accepted by the management API: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// The largest document `import` and `copy` take: a whole environment (10,000 flags of a few KiB
+/// each is about 30 MiB). Only an admin token gets this far: the token is checked before the
+/// body is read.
+pub const MAX_DOCUMENT_BYTES: usize = 32 << 20;
+
 /// The largest OFREP request body accepted when the configuration does not say: 64 KiB.
 pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 65_536;
 

@@ -40,7 +40,7 @@ use crate::admin::{EnvironmentPath, PathParams, environment, precondition};
 use crate::auth::Admin;
 use crate::errors::{ApiError, ApiErrorBody};
 use crate::openapi::MANAGEMENT;
-use crate::state::AppState;
+use crate::state::{AppState, MAX_DOCUMENT_BYTES};
 
 /// `/v1/environments/{env}/export`, `/import` and `/copy`.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -382,7 +382,8 @@ async fn import(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
+    let body =
+        body.map_err(|rejection| ApiError::unreadable_body_within(&rejection, MAX_DOCUMENT_BYTES))?;
     let env = environment(&path.env)?;
     let (mode, dry_run) = import_query(raw.as_deref())?;
     let expected_revision = match precondition(&headers)? {
@@ -438,7 +439,8 @@ async fn copy(
     RawQuery(raw): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
+    let body =
+        body.map_err(|rejection| ApiError::unreadable_body_within(&rejection, MAX_DOCUMENT_BYTES))?;
     let env = environment(&path.env)?;
     let (_, dry_run) = import_query(raw.as_deref())?;
     let request: CopyRequest = serde_json::from_slice(&body)

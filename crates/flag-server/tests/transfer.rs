@@ -434,3 +434,29 @@ fn the_command_line_imports_and_exports_files() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("flags[1].key"), "{said}");
 }
+
+/// A document is a whole environment: past the 1 MiB of a flag's body, up to 32 MiB.
+#[tokio::test]
+async fn a_document_may_be_larger_than_a_flag_body() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let large = json!({"flags": [{"key": "a", "description": "x".repeat(3 << 19)}]}).to_string();
+    assert!(large.len() > 1 << 20);
+    let imported = server
+        .admin("PUT", &format!("{PRODUCTION}/import"), &[], &large)
+        .await;
+    assert_eq!(imported.status, 200, "{}", imported.body);
+    let too_large = format!("{{\"flags\": [], \"environment\": \"{}\"}}", "x".repeat(33 << 20));
+    let refused = server
+        .admin("PUT", &format!("{PRODUCTION}/import"), &[], &too_large)
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (413, json!("payload_too_large"))
+    );
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("32 MiB")
+    );
+}
