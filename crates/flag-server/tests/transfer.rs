@@ -445,7 +445,10 @@ async fn a_document_may_be_larger_than_a_flag_body() {
         .admin("PUT", &format!("{PRODUCTION}/import"), &[], &large)
         .await;
     assert_eq!(imported.status, 200, "{}", imported.body);
-    let too_large = format!("{{\"flags\": [], \"environment\": \"{}\"}}", "x".repeat(33 << 20));
+    let too_large = format!(
+        "{{\"flags\": [], \"environment\": \"{}\"}}",
+        "x".repeat(33 << 20)
+    );
     let refused = server
         .admin("PUT", &format!("{PRODUCTION}/import"), &[], &too_large)
         .await;
