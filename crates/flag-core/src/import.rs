@@ -187,24 +187,12 @@ impl DocumentContents {
 }
 
 /// Reads an environment document (`{"environment", "revision", "flags": [...], "segments":
-/// [...]}`, as exported; `environment` and `revision` are informational and ignored) into its
-/// flags and segments, or every problem, each with its path. Each flag and segment is an object
-/// with its `key`, read as a PUT body (server-set fields ignored, unknown fields refused).
-pub fn read_document(document: &serde_json::Value) -> Result<DocumentContents, Vec<ImportProblem>> {
-    let (contents, problems) = read_document_partly(document);
-    if problems.is_empty() {
-        Ok(contents)
-    } else {
-        Err(problems)
-    }
-}
-
-/// [`read_document`], answering what could be read beside the problems, so that a caller can
-/// also find the problems of the items that could be read (their references) and answer every
-/// problem at once.
-pub fn read_document_partly(
-    document: &serde_json::Value,
-) -> (DocumentContents, Vec<ImportProblem>) {
+/// [...]}`, as exported; `environment` and `revision` are informational and ignored) into the
+/// flags and segments that could be read, and every problem, each with its path. Each flag and
+/// segment is an object with its `key`, read as a PUT body (server-set fields ignored, unknown
+/// fields refused). What could be read is answered beside the problems, so that a caller can
+/// also find the problems of those items (their references) and answer every problem at once.
+pub fn read_document(document: &serde_json::Value) -> (DocumentContents, Vec<ImportProblem>) {
     let mut problems = Vec::new();
     let Some(members) = document.as_object() else {
         let problem = ImportProblem::new(
@@ -484,7 +472,7 @@ mod tests {
     fn problems_of_the_items_read_are_located_in_the_document() {
         let document = json!({"flags": [{"enabled": true}, {"key": "b"}, {"key": "__c"}, {"key": "d"}],
                               "segments": [{"key": "s"}]});
-        let (contents, problems) = read_document_partly(&document);
+        let (contents, problems) = read_document(&document);
         assert_eq!(contents.flag_positions, [1, 3]);
         assert_eq!(
             problems

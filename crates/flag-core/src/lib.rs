@@ -94,7 +94,7 @@ pub use flag::{
 pub use fnv::{FnvBuildHasher, FnvHasher};
 pub use import::{
     DocumentContents, ImportDiff, ImportMode, ImportPlan, ImportProblem, ImportRequest, Imported,
-    KeyChanges, plan_import, read_document, read_document_partly,
+    KeyChanges, plan_import, read_document,
 };
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;

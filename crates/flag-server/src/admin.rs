@@ -111,6 +111,20 @@ where
     }
 }
 
+/// The `name=value` pairs of a query string, values percent-decoded (`+` as a space), in order.
+pub(crate) fn query_pairs(raw: Option<&str>) -> impl Iterator<Item = (&str, String)> {
+    raw.unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            (name, value)
+        })
+}
+
 pub(crate) fn environment(name: &str) -> Result<Environment, ApiError> {
     Environment::parse(name).map_err(|error| ApiError::invalid_request(error.to_string()))
 }

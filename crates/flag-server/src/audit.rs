@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::admin::{EnvironmentPath, PathParams, environment};
+use crate::admin::{EnvironmentPath, PathParams, environment, query_pairs};
 use crate::auth::Admin;
 use crate::errors::{ApiError, ApiErrorBody};
 use crate::openapi::MANAGEMENT;
@@ -58,15 +58,7 @@ struct AuditList {
 /// The page `raw` (a query string) asks for.
 fn query(raw: Option<&str>) -> Result<AuditQuery, ApiError> {
     let mut query = AuditQuery::default();
-    for pair in raw
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned();
+    for (name, value) in query_pairs(raw) {
         match name {
             "key" => {
                 let key = FlagKey::parse(&value)

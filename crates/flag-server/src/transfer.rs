@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use flag_core::{
     Actor, Environment, FeatureFlag, FeatureFlagService, FlagKey, ImportDiff, ImportMode,
     ImportProblem, ImportRequest, Imported, KeyChanges, Precondition, RepositoryError, Revision,
-    Segment, ServiceError, read_document_partly,
+    Segment, ServiceError, read_document,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,7 +36,7 @@ use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::admin::{EnvironmentPath, PathParams, environment, precondition};
+use crate::admin::{EnvironmentPath, PathParams, environment, precondition, query_pairs};
 use crate::auth::Admin;
 use crate::errors::{ApiError, ApiErrorBody};
 use crate::openapi::MANAGEMENT;
@@ -225,7 +225,7 @@ pub async fn import_document(
     dry_run: bool,
     actor: &Actor,
 ) -> Result<Imported, ImportFailure> {
-    let (contents, mut problems) = read_document_partly(document);
+    let (contents, mut problems) = read_document(document);
     let request = |dry_run: bool, expected_revision: Option<Revision>| ImportRequest {
         flags: contents.flags.clone(),
         segments: contents.segments.clone(),
@@ -320,9 +320,8 @@ struct ImportParams {
 /// The mode and dry-run flag of `raw` (a query string).
 fn import_query(raw: Option<&str>) -> Result<(ImportMode, bool), ApiError> {
     let (mut mode, mut dry_run) = (ImportMode::Merge, false);
-    for pair in raw.unwrap_or_default().split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match (name, value) {
+    for (name, value) in query_pairs(raw) {
+        match (name, value.as_str()) {
             ("mode", "merge") => mode = ImportMode::Merge,
             ("mode", "replace") => mode = ImportMode::Replace,
             ("mode", other) => {
