@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::flag::FeatureFlag;
+use crate::flagd::{is_flagd_document, read_flagd_document};
 use crate::names::{FlagKey, SegmentKey};
 use crate::references::References;
 use crate::segment::Segment;
@@ -201,6 +202,9 @@ pub fn read_document(document: &serde_json::Value) -> (DocumentContents, Vec<Imp
         );
         return (DocumentContents::default(), vec![problem]);
     };
+    if is_flagd_document(document) {
+        return read_flagd_document(members);
+    }
     for (name, value) in members {
         let fits = match name.as_str() {
             "environment" => value.is_string() || value.is_null(),
@@ -226,13 +230,6 @@ pub fn read_document(document: &serde_json::Value) -> (DocumentContents, Vec<Imp
         match members.get(name) {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::Array(items)) => items.clone(),
-            Some(serde_json::Value::Object(_)) if name == "flags" => {
-                problems.push(ImportProblem::new(
-                    name,
-                    "flags is an array of flags, each with its key (a flagd file, where flags is an object by key, is not read by this release)",
-                ));
-                Vec::new()
-            }
             Some(_) => {
                 problems.push(ImportProblem::new(name, format!("{name} must be an array")));
                 Vec::new()

@@ -14,6 +14,9 @@
 //! - The explainer ([`explain`], [`Explanation`]): the same engine run with a witness that
 //!   writes down each step (prerequisites, each condition's [`ConditionOutcome`], the segment
 //!   part that decided, the bucket), so an explanation can never disagree with the answer.
+//! - Flags as files ([`read_document`], [`plan_import`]): an environment document, or a flagd
+//!   flag file for the subset of flagd's targeting that maps exactly, read with every problem at
+//!   its path, and the one decision every repository takes to import it.
 //! - Who and what changed ([`Actor`], [`AuditQuery`], [`AuditPage`]): every write through the
 //!   repository port names its actor, and the repository answers its audit log a page at a time.
 //! - Ports, each object-safe and documented with a `# Contract` whose every rule names the
@@ -54,6 +57,7 @@ mod context;
 mod evaluation;
 mod explanation;
 mod flag;
+mod flagd;
 mod fnv;
 mod import;
 mod in_memory;
@@ -91,6 +95,7 @@ pub use flag::{
     PrerequisiteDocument, Rollout, Rule, RuleDocument, RuleOutcome, ValidationError,
     ValidationReason, WeightedVariant, WeightedVariantDocument,
 };
+pub use flagd::{MAX_FLAGD_RULES, is_flagd_document};
 pub use fnv::{FnvBuildHasher, FnvHasher};
 pub use import::{
     DocumentContents, ImportDiff, ImportMode, ImportPlan, ImportProblem, ImportRequest, Imported,

@@ -30,7 +30,9 @@ use flag_core::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -78,6 +80,69 @@ struct ImportDocument {
     flags: Option<Vec<KeyedFlag>>,
     /// The segments, each with its `key`.
     segments: Option<Vec<KeyedSegment>>,
+}
+
+/// What an import reads: an environment document, or a flagd flag file (`flags` an object by
+/// key), of which the subset that maps exactly is imported and the rest refused with its path.
+struct ImportBody;
+
+impl PartialSchema for ImportBody {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("ImportDocument"))
+            .item(flagd_document())
+            .into()
+    }
+}
+
+impl ToSchema for ImportBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("ImportDocument".to_owned(), ImportDocument::schema()));
+        <ImportDocument as ToSchema>::schemas(schemas);
+    }
+}
+
+/// A flagd flag file, as flagd's own schema describes it (what import reads of it is in
+/// `docs/flags-as-files.md`).
+fn flagd_document() -> RefOr<Schema> {
+    let object = || ObjectBuilder::new().schema_type(Type::Object);
+    let strings = || object().additional_properties(Some(String::schema()));
+    let flag = object()
+        .property(
+            "state",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["ENABLED", "DISABLED"])),
+        )
+        .required("state")
+        .property(
+            "variants",
+            object()
+                .min_properties(Some(1))
+                .additional_properties(Some(AdditionalProperties::FreeForm(true))),
+        )
+        .required("variants")
+        .property("defaultVariant", String::schema())
+        .property(
+            "targeting",
+            object().additional_properties(Some(AdditionalProperties::FreeForm(true))),
+        )
+        .property("metadata", strings())
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    object()
+        .description(Some(
+            "A flagd flag file: `{\"flags\": {\"<key>\": {\"state\", \"variants\", \"defaultVariant\", \"targeting\"}}, \"$evaluators\": {...}}`. Flags whose targeting maps exactly are imported; the rest is refused with its path (`flags.<key>.targeting...`).",
+        ))
+        .property("$schema", String::schema())
+        .property("flags", object().additional_properties(Some(flag)))
+        .required("flags")
+        .property(
+            "$evaluators",
+            object().additional_properties(Some(AdditionalProperties::FreeForm(true))),
+        )
+        .property("metadata", strings())
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .into()
 }
 
 /// A flag definition with its `key` (which a PUT body may leave to the path).
@@ -360,10 +425,10 @@ fn import_query(raw: Option<&str>) -> Result<(ImportMode, bool), ApiError> {
         ),
     ),
     request_body(
-        description = "An environment document, as `export` answers it: `{\"flags\": [...], \"segments\": [...]}`; JSON, or YAML with `Content-Type: application/yaml`.",
+        description = "An environment document, as `export` answers it: `{\"flags\": [...], \"segments\": [...]}`, or a flagd flag file; JSON, or YAML with `Content-Type: application/yaml`.",
         content(
-            (ImportDocument = "application/json"),
-            (ImportDocument = "application/yaml"),
+            (ImportBody = "application/json"),
+            (ImportBody = "application/yaml"),
         )
     ),
     responses(

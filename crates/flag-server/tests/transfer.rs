@@ -205,6 +205,88 @@ async fn yaml_goes_both_ways_and_replace_deletes_the_rest(
     assert_eq!(listed["flags"].as_array().unwrap().len(), 2);
 }
 
+/// flagd's own sample file (YAML) imports over HTTP and OFREP clients get flagd's answers; a
+/// file with flags that do not map is refused whole, each flag at its path.
+#[tokio::test]
+async fn flagd_files_import_and_answer_as_flagd() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let vectors = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../flag-core/tests/vectors/flagd"
+    );
+    let sample =
+        std::fs::read_to_string(format!("{vectors}/samples/example_flags.flagd.yaml")).unwrap();
+    let imported = server
+        .admin(
+            "PUT",
+            "/v1/environments/flagd/import",
+            &[("Content-Type", "application/yaml")],
+            &sample,
+        )
+        .await;
+    assert_eq!(imported.status, 200, "{}", imported.body);
+    assert_eq!(imported.json()["created"].as_array().unwrap().len(), 8);
+    let ask = |key: &'static str, context: Value| {
+        let server = &server;
+        async move {
+            server
+                .request(
+                    "POST",
+                    &format!("/ofrep/v1/evaluate/flags/{key}"),
+                    &[("X-Environment", "flagd")],
+                    &json!({ "context": context }).to_string(),
+                )
+                .await
+                .json()
+        }
+    };
+    let yellow = ask("isColorYellow", json!({"color": "yellow"})).await;
+    assert_eq!(
+        (&yellow["value"], &yellow["reason"]),
+        (&json!(true), &json!("TARGETING_MATCH"))
+    );
+    let fib = ask("fibAlgo", json!({"email": "ann@example.com"})).await;
+    assert_eq!(
+        (&fib["value"], &fib["reason"]),
+        (&json!("recursive"), &json!("DEFAULT"))
+    );
+    let header = ask(
+        "headerColor",
+        json!({"targetingKey": "t", "email": "ann@faas.com"}),
+    )
+    .await;
+    assert_eq!(header["reason"], json!("SPLIT"), "{header}");
+    // The testbed holds flags that do not map: nothing is imported, every one is named.
+    let testbed = std::fs::read_to_string(format!("{vectors}/testbed/testkit-flags.json")).unwrap();
+    let refused = server
+        .admin("PUT", "/v1/environments/testbed/import", &[], &testbed)
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, json!("validation_failed")),
+        "{}",
+        refused.body
+    );
+    let problems = refused.json()["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem["path"] == "flags.disabled-boolean-flag.state")
+    );
+    assert!(
+        problems.iter().any(
+            |problem| problem["path"] == "flags.fractional-flag.targeting.fractional[0].cat[1]"
+        )
+    );
+    let listed = server
+        .admin("GET", "/v1/environments/testbed/flags", &[], "")
+        .await;
+    assert_eq!(listed.json()["flags"], json!([]), "{}", listed.body);
+}
+
 #[tokio::test]
 async fn an_invalid_document_answers_every_problem_and_changes_nothing() {
     let server = TestServer::start(Backend::Embedded).await;
