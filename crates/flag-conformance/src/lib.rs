@@ -40,6 +40,14 @@
 //! | [`repository::environments_are_removed_only_when_empty`] | removal refused while flags remain; revisions continue after it (7) |
 //! | [`repository::unusual_flags_round_trip`], [`repository::ping_answers`] | round trips and ping (8) |
 //! | [`repository::stored_rows_are_read_tolerantly`] | unknown stored fields ignored, a damaged row isolated to its flag (10) |
+//! | [`source::serves_what_its_source_holds`] | what is served is what the source holds, by snapshot, alone and listed |
+//! | [`source::revisions_and_versions_follow_the_source`] | a change raises the revision, no change keeps it; versions kept, next or 1 |
+//! | [`source::writes_are_refused`] | read-only repositories only: every write is `ReadOnly` and changes nothing |
+//!
+//! A repository that takes writes runs the properties of what it serves through
+//! [`source::ImportSource`] (its contents imported); a read-only one ([`read_only_repository_suite!`])
+//! declares a [`source::Source`] of its own (a file it rewrites) and runs those properties,
+//! [`source::writes_are_refused`] and `ping_answers` instead of the properties that write.
 //!
 //! The bus suite ([`bus`], [`bus_suite!`]) runs on a [`BusMedium`] (what the buses of one
 //! deployment share: one Redis, one process), which each property gets fresh:
@@ -75,6 +83,7 @@ pub mod cache;
 pub mod model;
 pub mod repository;
 mod sample;
+pub mod source;
 
 use std::fmt;
 use std::sync::Arc;
@@ -266,6 +275,100 @@ macro_rules! repository_suite {
             $crate::__repository_property!(references_are_kept_by_every_write);
             $crate::__repository_property!(every_write_is_audited_with_its_actor);
             $crate::__repository_property!(imports_are_one_transaction);
+            $crate::__source_property!(
+                serves_what_its_source_holds,
+                |repository: &$crate::SharedRepository| {
+                    ::std::sync::Arc::new($crate::source::ImportSource::new(
+                        ::std::sync::Arc::clone(repository),
+                    )) as $crate::source::SharedSource
+                }
+            );
+            $crate::__source_property!(
+                revisions_and_versions_follow_the_source,
+                |repository: &$crate::SharedRepository| {
+                    ::std::sync::Arc::new($crate::source::ImportSource::new(
+                        ::std::sync::Arc::clone(repository),
+                    )) as $crate::source::SharedSource
+                }
+            );
+        }
+    };
+}
+
+/// Turns the repository suite's read-only part into `#[tokio::test]`s for a repository that
+/// takes no writes (its contents come from a source it reads, such as a file).
+///
+/// `$factory` is a closure returning a future of the repository and the
+/// [`source::Source`] that changes what it serves. Every property that writes is replaced by
+/// [`source::writes_are_refused`]; the properties of what is served
+/// ([`source::serves_what_its_source_holds`],
+/// [`source::revisions_and_versions_follow_the_source`]) and [`repository::ping_answers`] run as
+/// for every repository.
+#[macro_export]
+macro_rules! read_only_repository_suite {
+    ($name:ident, $factory:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn repository_and_source()
+            -> ($crate::SharedRepository, $crate::source::SharedSource) {
+                ($factory)().await
+            }
+
+            async fn repository() -> $crate::SharedRepository {
+                repository_and_source().await.0
+            }
+
+            $crate::__repository_property!(ping_answers);
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn writes_are_refused() {
+                let (repository, source) = repository_and_source().await;
+                if let Err(violation) =
+                    $crate::source::writes_are_refused(&repository, &source).await
+                {
+                    panic!("{violation}");
+                }
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn serves_what_its_source_holds() {
+                let (repository, source) = repository_and_source().await;
+                if let Err(violation) =
+                    $crate::source::serves_what_its_source_holds(&repository, &source).await
+                {
+                    panic!("{violation}");
+                }
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn revisions_and_versions_follow_the_source() {
+                let (repository, source) = repository_and_source().await;
+                if let Err(violation) =
+                    $crate::source::revisions_and_versions_follow_the_source(&repository, &source)
+                        .await
+                {
+                    panic!("{violation}");
+                }
+            }
+        }
+    };
+}
+
+/// One property of what a repository serves, with the source `$source` makes of the
+/// repository; expands inside the suite's module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __source_property {
+    ($property:ident, $source:expr) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $property() {
+            let repository = repository().await;
+            let source = ($source)(&repository);
+            if let Err(violation) = $crate::source::$property(&repository, &source).await {
+                panic!("{violation}");
+            }
         }
     };
 }

@@ -1951,5 +1951,23 @@ where
         every_write_is_audited_with_its_actor,
         imports_are_one_transaction,
     );
+    let source_of = |repository: &SharedRepository| -> crate::source::SharedSource {
+        Arc::new(crate::source::ImportSource::new(Arc::clone(repository)))
+    };
+    let repository = factory().await;
+    if let Err(violation) =
+        crate::source::serves_what_its_source_holds(&repository, &source_of(&repository)).await
+    {
+        violations.push(violation);
+    }
+    let repository = factory().await;
+    if let Err(violation) = crate::source::revisions_and_versions_follow_the_source(
+        &repository,
+        &source_of(&repository),
+    )
+    .await
+    {
+        violations.push(violation);
+    }
     violations
 }

@@ -268,9 +268,30 @@ async fn a_revision_that_does_not_move_is_caught() {
         ..Careless::default()
     })
     .await;
+    for property in [
+        "revisions_bump_once_per_write",
+        "revisions_and_versions_follow_the_source",
+    ] {
+        assert!(
+            caught.contains(&property),
+            "{property} did not catch it: {caught:?}"
+        );
+    }
+}
+
+/// A repository declared read-only that takes writes anyway is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_repository_that_takes_writes_is_caught() {
+    let repository: SharedRepository = Arc::new(InMemoryRepository::new());
+    let source: flag_conformance::source::SharedSource = Arc::new(
+        flag_conformance::source::ImportSource::new(Arc::clone(&repository)),
+    );
+    let violation = flag_conformance::source::writes_are_refused(&repository, &source)
+        .await
+        .expect_err("writes were taken");
     assert!(
-        caught.contains(&"revisions_bump_once_per_write"),
-        "{caught:?}"
+        violation.to_string().contains("not ReadOnly"),
+        "{violation}"
     );
 }
 

@@ -292,6 +292,30 @@ pub fn read_document(document: &serde_json::Value) -> (DocumentContents, Vec<Imp
     (contents, problems)
 }
 
+/// Reads a document that is a whole environment by itself (a flags file): what
+/// [`read_document`] reads, and every reference kept within the document (segments and
+/// prerequisites it holds, no cycle), or every problem with its path.
+pub fn read_environment(
+    document: &serde_json::Value,
+) -> Result<DocumentContents, Vec<ImportProblem>> {
+    let (contents, mut problems) = read_document(document);
+    let request = ImportRequest {
+        flags: contents.flags.clone(),
+        segments: contents.segments.clone(),
+        mode: ImportMode::Replace,
+        dry_run: true,
+        ..ImportRequest::default()
+    };
+    if let Err(more) = plan_import(&[], &[], &request) {
+        problems.extend(more.into_iter().map(|problem| contents.locate(problem)));
+    }
+    if problems.is_empty() {
+        Ok(contents)
+    } else {
+        Err(problems)
+    }
+}
+
 /// The path of `field` (a definition's own path, `$` for the whole) inside the item at `item`.
 fn nested(item: &str, field: &str) -> String {
     match field {

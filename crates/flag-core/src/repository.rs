@@ -358,6 +358,14 @@ pub enum RepositoryError {
         /// How many segments it holds.
         segments: u64,
     },
+    /// The repository takes no writes (its source is a file); nothing was written.
+    #[error(
+        "the flags are read from {source_name}, which this server does not write; change it there"
+    )]
+    ReadOnly {
+        /// What the flags are read from (a file's path).
+        source_name: String,
+    },
     /// The store did not answer within the configured timeout.
     #[error("repository call timed out after {}ms", after.as_millis())]
     Timeout {

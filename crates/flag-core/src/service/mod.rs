@@ -828,6 +828,13 @@ impl FeatureFlagService {
         Ok(())
     }
 
+    /// Tells the service that the repository changed `env` by itself, now at `revision` (a flags
+    /// file reloaded): what follows a write through the service follows it too (the cache
+    /// invalidated, other instances and event streams told).
+    pub async fn repository_changed(&self, env: &Environment, revision: Revision) {
+        self.inner.after_write(env, revision).await;
+    }
+
     /// Tries every invalidation still being retried once now, for a process about to exit;
     /// answers how many environments are still pending (their entries expire with the TTL).
     pub async fn flush_invalidations(&self) -> usize {
