@@ -325,7 +325,8 @@ pub(crate) fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError
         (
             status = 409,
             description = "Creating the flag (or its environment) would exceed `FLAG_MAX_FLAGS` or \
-                           `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`).",
+                           `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`); the flags are read from a \
+                           file (`read_only`).",
             body = ApiErrorBody
         ),
         (
@@ -387,6 +388,7 @@ async fn put_flag(
         (status = 204, description = "Deleted."),
         (status = 400, description = "An invalid environment, key or `If-Match` (`invalid_request`).", body = ApiErrorBody),
         (status = 404, description = "No such flag, or a path that is not UTF-8 (`not_found`).", body = ApiErrorBody),
+        (status = 409, description = "Another flag lists it as a prerequisite (`in_use`); the flags are read from a file (`read_only`).", body = ApiErrorBody),
         (
             status = 412,
             description = "`If-Match` names another version, or `*` and no such flag (`version_conflict`).",
@@ -437,7 +439,7 @@ async fn delete_flag(
         (status = 204, description = "Removed; writing it again continues from its revision."),
         (status = 400, description = "An invalid environment name (`invalid_request`).", body = ApiErrorBody),
         (status = 404, description = "No such environment, or a path that is not UTF-8 (`not_found`).", body = ApiErrorBody),
-        (status = 409, description = "The environment still holds flags (`in_use`).", body = ApiErrorBody),
+        (status = 409, description = "The environment still holds flags (`in_use`); the flags are read from a file (`read_only`).", body = ApiErrorBody),
     )
 )]
 async fn delete_environment(

@@ -99,7 +99,8 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// Database URL: `sqlite://…` or `postgres://…`.
+    /// Database URL: `sqlite://…` or `postgres://…`; or `file:///path/flags.yaml` (or `.json`)
+    /// to serve a flags file with no database (offline mode, read-only).
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
@@ -299,6 +300,14 @@ pub struct Config {
         default_value_t = 1_000
     )]
     pub stream_poll_ms: u64,
+    /// How often a flags file (`DATABASE_URL=file://…`) is read again besides the changes its
+    /// directory's watcher reports, in ms.
+    #[arg(
+        long = "flag-file-poll-ms",
+        env = "FLAG_FILE_POLL_MS",
+        default_value_t = 5_000
+    )]
+    pub file_poll_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(
         long = "log-format",
@@ -335,7 +344,7 @@ pub struct OutOfRange {
 impl Config {
     /// Checks every numeric setting against its range; the first one outside it is the error.
     pub fn validate(&self) -> Result<(), OutOfRange> {
-        let checks: [(&'static str, u64, u64, u64); 20] = [
+        let checks: [(&'static str, u64, u64, u64); 21] = [
             (
                 "FLAG_STREAM_CREDENTIAL_TTL_MS",
                 self.stream_credential_ttl_ms,
@@ -349,6 +358,7 @@ impl Config {
                 MAX_TIMEOUT_MS,
             ),
             ("FLAG_MAX_STREAMS", self.max_streams, 1, MAX_COUNT),
+            ("FLAG_FILE_POLL_MS", self.file_poll_ms, 1, MAX_TIMEOUT_MS),
             (
                 "FLAG_STREAM_POLL_MS",
                 self.stream_poll_ms,
@@ -477,6 +487,7 @@ impl fmt::Debug for Config {
             .field("stream_heartbeat_ms", &self.stream_heartbeat_ms)
             .field("max_streams", &self.max_streams)
             .field("stream_poll_ms", &self.stream_poll_ms)
+            .field("file_poll_ms", &self.file_poll_ms)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -577,6 +588,7 @@ mod tests {
         );
         expect("max_streams", Some("10000"), "FLAG_MAX_STREAMS");
         expect("stream_poll_ms", Some("1000"), "FLAG_STREAM_POLL_MS");
+        expect("file_poll_ms", Some("5000"), "FLAG_FILE_POLL_MS");
     }
 
     // These tests must not depend on the environment (CI exports REDIS_URL and DATABASE_URL), so

@@ -294,6 +294,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Repository(RepositoryError::InvalidImport { problems }) => {
                 ApiError::invalid_document(problems)
             }
+            ServiceError::Repository(error @ RepositoryError::ReadOnly { .. }) => ApiError::new(
+                StatusCode::CONFLICT,
+                ApiErrorCode::ReadOnly,
+                error.to_string(),
+            ),
             ServiceError::Repository(RepositoryError::EnvironmentNotFound { environment }) => {
                 ApiError::not_found(format!("environment {environment} not found"))
             }

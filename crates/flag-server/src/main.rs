@@ -58,13 +58,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Whether `path` names a YAML file.
-fn is_yaml_file(path: &std::path::Path) -> bool {
-    path.extension()
-        .and_then(|extension| extension.to_str())
-        .is_some_and(|extension| matches!(extension, "yaml" | "yml"))
-}
-
 /// `flag-server export`: reads the database directly.
 async fn export(
     config: &Config,
@@ -80,7 +73,7 @@ async fn export(
         .snapshot(&env)
         .await
         .context("reading the environment")?;
-    let yaml = yaml || out.as_deref().is_some_and(is_yaml_file);
+    let yaml = yaml || out.as_deref().is_some_and(flag_file::is_yaml_file);
     let document = transfer::render_document(&env, &snapshot, yaml)
         .map_err(|error| anyhow::anyhow!("rendering the document: {error}"))?;
     match out {
@@ -120,9 +113,9 @@ async fn import(
             listed.join("\n")
         )
     };
-    let document = transfer::parse_document(&text, is_yaml_file(file))
+    let document = flag_file::parse_document(&text, flag_file::is_yaml_file(file))
         .map_err(|problem| problems(vec![problem]))?;
-    let service = wiring::service_from(config).await?;
+    let (service, _flags_file) = wiring::service_from(config).await?;
     service
         .ping_repository()
         .await

@@ -101,6 +101,8 @@ pub(crate) struct Exposition<'a> {
     pub(crate) circuit_open: bool,
     /// How many event streams are open.
     pub(crate) streams_open: usize,
+    /// How the flags file's reloads went, when flags are read from one.
+    pub(crate) flags_file: Option<flag_file::FileStats>,
 }
 
 impl Exposition<'_> {
@@ -110,7 +112,37 @@ impl Exposition<'_> {
         self.render_http(&mut out);
         self.render_service(&mut out);
         self.render_tiered(&mut out);
+        self.render_flags_file(&mut out);
         out
+    }
+
+    fn render_flags_file(&self, out: &mut String) {
+        let Some(stats) = &self.flags_file else {
+            return;
+        };
+        header(
+            out,
+            "flag_file_reloads_total",
+            "counter",
+            "Reloads of the flags file: applied (a new valid file served) or rejected (unreadable or invalid; the last valid one stays).",
+        );
+        for (outcome, value) in [("applied", stats.applied), ("rejected", stats.rejected)] {
+            let _ = writeln!(
+                out,
+                "flag_file_reloads_total{{outcome=\"{outcome}\"}} {value}"
+            );
+        }
+        header(
+            out,
+            "flag_file_valid",
+            "gauge",
+            "1 when the flags file on disk is the one served, 0 while its last reload was rejected.",
+        );
+        let _ = writeln!(
+            out,
+            "flag_file_valid {}",
+            u8::from(stats.last_error.is_none())
+        );
     }
 
     fn render_tiered(&self, out: &mut String) {
@@ -330,6 +362,7 @@ mod tests {
             tiered: None,
             circuit_open: false,
             streams_open: 0,
+            flags_file: None,
         }
         .render();
         assert!(

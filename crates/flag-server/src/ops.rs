@@ -91,6 +91,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         tiered: state.service.cache_tier_status(),
         circuit_open: state.service.cache_circuit_open(),
         streams_open: state.streams.open(),
+        flags_file: state
+            .flags_file
+            .as_ref()
+            .map(flag_file::FileRepository::stats),
     }
     .render();
     (

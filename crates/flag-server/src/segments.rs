@@ -174,7 +174,7 @@ async fn get_segment(
         (
             status = 409,
             description = "Creating the segment's environment would exceed `FLAG_MAX_ENVIRONMENTS` \
-                           (`limit_exceeded`).",
+                           (`limit_exceeded`); the flags are read from a file (`read_only`).",
             body = ApiErrorBody
         ),
         (
@@ -235,7 +235,7 @@ async fn put_segment(
         (status = 204, description = "Deleted."),
         (status = 400, description = "An invalid environment, key or `If-Match` (`invalid_request`).", body = ApiErrorBody),
         (status = 404, description = "No such segment, or a path that is not UTF-8 (`not_found`).", body = ApiErrorBody),
-        (status = 409, description = "Flags refer to the segment (`in_use`); the message names them.", body = ApiErrorBody),
+        (status = 409, description = "Flags refer to the segment (`in_use`); the message names them. The flags are read from a file (`read_only`).", body = ApiErrorBody),
         (
             status = 412,
             description = "`If-Match` names another version, or `*` and no such segment (`version_conflict`).",

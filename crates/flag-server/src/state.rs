@@ -55,6 +55,8 @@ pub struct AppState {
     pub streams: Arc<Streams>,
     /// The origins whose browsers may call OFREP (`FLAG_CORS_ORIGINS`); `None`: no CORS.
     pub cors: Option<Arc<CorsOrigins>>,
+    /// The flags file served (`DATABASE_URL=file://…`), for its reload counts.
+    pub flags_file: Option<flag_file::FileRepository>,
 }
 
 impl AppState {
@@ -78,6 +80,7 @@ impl AppState {
             shared_cache: false,
             streams: Arc::new(Streams::new(StreamSettings::default(), None)),
             cors: None,
+            flags_file: None,
         }
     }
 }

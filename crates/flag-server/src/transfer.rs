@@ -224,17 +224,6 @@ fn is_yaml(media_type: Option<&HeaderValue>) -> bool {
         .is_some_and(|value| value.to_ascii_lowercase().contains("yaml"))
 }
 
-/// A document's text as JSON, from JSON or YAML.
-pub fn parse_document(body: &[u8], yaml: bool) -> Result<Value, ImportProblem> {
-    if yaml {
-        serde_yaml::from_slice::<Value>(body)
-            .map_err(|error| ImportProblem::new("$", format!("not YAML: {error}")))
-    } else {
-        serde_json::from_slice::<Value>(body)
-            .map_err(|error| ImportProblem::new("$", format!("not JSON: {error}")))
-    }
-}
-
 /// The document of `env` as stored now.
 pub fn render_document(
     environment: &Environment,
@@ -434,7 +423,7 @@ fn import_query(raw: Option<&str>) -> Result<(ImportMode, bool), ApiError> {
     responses(
         (status = 200, description = "What was (or, for a dry run, would be) created, updated, deleted and left unchanged.", body = ImportAnswer),
         (status = 400, description = "An invalid environment, query or `If-Match` (`invalid_request`), or a document that cannot be imported (`validation_failed`, with every problem and its path).", body = ApiErrorBody),
-        (status = 409, description = "The import would create an environment past `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`).", body = ApiErrorBody),
+        (status = 409, description = "The import would create an environment past `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`); the flags are read from a file (`read_only`).", body = ApiErrorBody),
         (status = 412, description = "`If-Match` names another revision (`version_conflict`).", body = ApiErrorBody),
     )
 )]
@@ -455,8 +444,8 @@ async fn import(
         _ => None,
     };
     let yaml = is_yaml(headers.get(header::CONTENT_TYPE));
-    let document =
-        parse_document(&body, yaml).map_err(|problem| ApiError::invalid_document(vec![problem]))?;
+    let document = flag_file::parse_document(&body, yaml)
+        .map_err(|problem| ApiError::invalid_document(vec![problem]))?;
     let imported = import_document(
         &state.service,
         &env,
@@ -493,7 +482,7 @@ struct CopyRequest {
     responses(
         (status = 200, description = "What was (or, for a dry run, would be) created, updated and left unchanged here.", body = ImportAnswer),
         (status = 400, description = "An invalid environment, body or key (`invalid_request`), or flags that cannot be copied, such as one whose prerequisite this environment lacks (`validation_failed`, with every problem).", body = ApiErrorBody),
-        (status = 409, description = "The copy would create an environment past `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`).", body = ApiErrorBody),
+        (status = 409, description = "The copy would create an environment past `FLAG_MAX_ENVIRONMENTS` (`limit_exceeded`); the flags are read from a file (`read_only`).", body = ApiErrorBody),
     )
 )]
 async fn copy(
@@ -563,14 +552,5 @@ mod tests {
         );
         assert!(import_query(Some("mode=all")).is_err());
         assert!(import_query(Some("dryRun=yes")).is_err());
-    }
-
-    #[test]
-    fn yaml_and_json_read_the_same() {
-        let json = parse_document(br#"{"flags": [{"key": "a", "enabled": true}]}"#, false).unwrap();
-        let yaml = parse_document(b"flags:\n  - key: a\n    enabled: true\n", true).unwrap();
-        assert_eq!(json, yaml);
-        assert!(parse_document(b"{", false).is_err());
-        assert!(parse_document(b"flags: [", true).is_err());
     }
 }

@@ -9,6 +9,7 @@ use flag_core::{
     DynFeatureFlagCache, DynFeatureFlagRepository, DynInvalidationBus, Environment,
     FeatureFlagService, Limits,
 };
+use flag_file::FileRepository;
 use flag_memory::{AnnouncedCache, MemoryCache, NoCache, TieredCache};
 use flag_redis::{RedisBus, RedisCache};
 use flag_sql::{DeferredSqlRepository, SqlError, SqlRepository};
@@ -24,20 +25,39 @@ use crate::streams::{StreamSettings, Streams};
 pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     let default_environment = Environment::parse(&config.default_environment)
         .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
-    let service = service_from(config).await?;
+    let (service, flags_file) = service_from(config).await?;
     let shared_cache = matches!(
         config.effective_cache_backend(),
         CacheBackend::Redis | CacheBackend::Tiered
     );
-    state_with(config, service, default_environment, shared_cache)
+    let mut state = state_with(config, service, default_environment, shared_cache)?;
+    state.flags_file = flags_file;
+    Ok(state)
 }
 
 /// Connects the stores the configuration names (migrating the database) and builds the service
 /// over them, following other instances' changes: what the server and the command line's
-/// `import` share, so a write from either reaches caches and other instances the same way.
-pub async fn service_from(config: &Config) -> anyhow::Result<FeatureFlagService> {
+/// `import` share, so a write from either reaches caches and other instances the same way. With
+/// `DATABASE_URL=file://…`, also the flags file, watched: each reload is told to the service
+/// as a write would be.
+pub async fn service_from(
+    config: &Config,
+) -> anyhow::Result<(FeatureFlagService, Option<FileRepository>)> {
     config.validate()?;
-    let repository = repository(config).await?;
+    let (repository, flags_file) = match flags_file_path(&config.database_url) {
+        Some(path) => {
+            let default = Environment::parse(&config.default_environment)
+                .context("FLAG_DEFAULT_ENVIRONMENT is not a valid environment name")?;
+            let file = FileRepository::open(path, default)
+                .await
+                .context("DATABASE_URL names a flags file that cannot be served")?;
+            (
+                Arc::new(file.clone()) as Arc<DynFeatureFlagRepository>,
+                Some(file),
+            )
+        }
+        None => (repository(config).await?, None),
+    };
     // With Redis, every write is published on the bus, so that other instances' event streams
     // hear of it (tiered publishes for its own coherence too); without, streamed environments'
     // revisions are read every FLAG_STREAM_POLL_MS.
@@ -78,7 +98,47 @@ pub async fn service_from(config: &Config) -> anyhow::Result<FeatureFlagService>
         .build()
         .context("building the service (CACHE_TTL_MS, FLAG_LAST_GOOD_DIR)")?;
     service.follow_changes(bus, Duration::from_millis(config.stream_poll_ms));
-    Ok(service)
+    if let Some(file) = &flags_file {
+        follow_file(&service, file, Duration::from_millis(config.file_poll_ms));
+    }
+    Ok((service, flags_file))
+}
+
+/// The path of `DATABASE_URL=file://<path>`, when it names a flags file.
+fn flags_file_path(database_url: &str) -> Option<&str> {
+    database_url
+        .strip_prefix("file://")
+        .filter(|path| !path.is_empty())
+}
+
+/// Watches `file` for as long as the process runs, and tells `service` of every environment a
+/// reload changed (its cache invalidated, other instances and event streams told).
+fn follow_file(service: &FeatureFlagService, file: &FileRepository, poll: Duration) {
+    let watcher = file.watch(poll);
+    let mut changes = file.changes();
+    let (service, file) = (service.clone(), file.clone());
+    tokio::spawn(async move {
+        let _watching = watcher;
+        loop {
+            match changes.recv().await {
+                Ok(change) => {
+                    service
+                        .repository_changed(&change.environment, change.revision)
+                        .await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Changes were missed: tell every environment at its revision now.
+                    let listed = flag_core::FeatureFlagRepository::environments(&file).await;
+                    for summary in listed.into_iter().flatten() {
+                        service
+                            .repository_changed(&summary.name, summary.revision)
+                            .await;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// The state of a server of `service`.

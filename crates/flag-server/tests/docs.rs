@@ -108,12 +108,17 @@ fn every_operator_is_documented_and_only_those() {
     assert_eq!(documented, engine);
 }
 
-/// On `tiered` (the backend with the most families) every family `/metrics` renders is in the
+/// On `tiered` over a flags file (the setup with the most families) every family `/metrics` renders is in the
 /// table, with its type, and nothing else is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metric_families_are_the_ones_rendered() {
+    // With a flags file for repository, so that offline mode's families are rendered too.
+    let directory = flag_fixtures::ScratchDir::new().unwrap();
+    let file = directory.path().join("flags.json");
+    std::fs::write(&file, r#"{"flags": []}"#).unwrap();
     let server = TestServer::start_with(Backend::RedisPostgres, |config| {
         config.cache_backend = Some(CacheBackend::Tiered);
+        config.database_url = format!("file://{}", file.display());
     })
     .await;
     // One request, so that the HTTP families have a series.

@@ -318,7 +318,10 @@ async fn an_invalid_document_answers_every_problem_and_changes_nothing() {
                 {"key": "e", "rules": [{"conditions": [{"operator": "in_segment", "value": "nope"}], "variant": "on"}]}]}),
             vec!["flags[0].key", "flags[1].rules[0].conditions[0].value"],
         ),
-        (json!({"flags": {"a": {"state": "ENABLED"}}}), vec!["flags"]),
+        (
+            json!({"flags": {"a": {"state": "ENABLED"}}}),
+            vec!["flags.a.variants"],
+        ),
         (json!({"flags": [], "extra": 1}), vec!["extra"]),
         (json!([1]), vec!["$"]),
     ] {

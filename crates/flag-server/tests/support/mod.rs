@@ -78,6 +78,7 @@ pub fn default_config() -> Config {
         stream_heartbeat_ms: 15_000,
         max_streams: 10_000,
         stream_poll_ms: 1_000,
+        file_poll_ms: 5_000,
         log_format: LogFormat::Text,
     }
 }
