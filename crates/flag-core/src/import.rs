@@ -158,6 +158,18 @@ pub struct DocumentContents {
 }
 
 impl DocumentContents {
+    /// A dry run of importing exactly these contents (`replace`): what [`plan_import`] decides
+    /// of an environment that would hold them and nothing else.
+    pub fn as_replacement(&self) -> ImportRequest {
+        ImportRequest {
+            flags: self.flags.clone(),
+            segments: self.segments.clone(),
+            mode: ImportMode::Replace,
+            dry_run: true,
+            ..ImportRequest::default()
+        }
+    }
+
     /// `problem`, found in these contents (`flags[i]...` counting only the items read), with
     /// its path in the document.
     pub fn locate(&self, mut problem: ImportProblem) -> ImportProblem {
@@ -257,7 +269,7 @@ pub fn read_document(document: &serde_json::Value) -> (DocumentContents, Vec<Imp
                     contents.flag_positions.push(index);
                 }
                 Err(error) => problems.push(ImportProblem::new(
-                    nested(&format!("flags[{index}]"), error.field()),
+                    path_within(&format!("flags[{index}]"), error.field()),
                     error.to_string(),
                 )),
             },
@@ -283,7 +295,7 @@ pub fn read_document(document: &serde_json::Value) -> (DocumentContents, Vec<Imp
                     contents.segment_positions.push(index);
                 }
                 Err(error) => problems.push(ImportProblem::new(
-                    nested(&format!("segments[{index}]"), error.field()),
+                    path_within(&format!("segments[{index}]"), error.field()),
                     error.to_string(),
                 )),
             },
@@ -299,14 +311,7 @@ pub fn read_environment(
     document: &serde_json::Value,
 ) -> Result<DocumentContents, Vec<ImportProblem>> {
     let (contents, mut problems) = read_document(document);
-    let request = ImportRequest {
-        flags: contents.flags.clone(),
-        segments: contents.segments.clone(),
-        mode: ImportMode::Replace,
-        dry_run: true,
-        ..ImportRequest::default()
-    };
-    if let Err(more) = plan_import(&[], &[], &request) {
+    if let Err(more) = plan_import(&[], &[], &contents.as_replacement()) {
         problems.extend(more.into_iter().map(|problem| contents.locate(problem)));
     }
     if problems.is_empty() {
@@ -316,8 +321,9 @@ pub fn read_environment(
     }
 }
 
-/// The path of `field` (a definition's own path, `$` for the whole) inside the item at `item`.
-fn nested(item: &str, field: &str) -> String {
+/// The path of `field` (a definition's own path, `$` for the whole) inside the item at `item`:
+/// `path_within("flags[2]", "rules[0]")` is `flags[2].rules[0]`.
+pub fn path_within(item: &str, field: &str) -> String {
     match field {
         "" | "$" => item.to_owned(),
         field => format!("{item}.{}", field.trim_start_matches("$.")),

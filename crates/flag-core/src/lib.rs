@@ -99,7 +99,7 @@ pub use flagd::{MAX_FLAGD_RULES, is_flagd_document};
 pub use fnv::{FnvBuildHasher, FnvHasher};
 pub use import::{
     DocumentContents, ImportDiff, ImportMode, ImportPlan, ImportProblem, ImportRequest, Imported,
-    KeyChanges, plan_import, read_document, read_environment,
+    KeyChanges, path_within, plan_import, read_document, read_environment,
 };
 pub use in_memory::InMemoryRepository;
 pub use metrics::ServiceMetrics;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use flag_core::{DocumentContents, Environment, ImportProblem, read_environment};
+use flag_core::{DocumentContents, Environment, ImportProblem, path_within, read_environment};
 use serde_json::Value;
 
 /// A document's text as JSON, from JSON or YAML (what an import over HTTP, the command line and
@@ -62,7 +62,7 @@ pub(crate) fn read_flags_file(
                             environments.insert(env, contents);
                         }
                         Err(more) => problems.extend(more.into_iter().map(|problem| {
-                            ImportProblem::new(within(&path, &problem.path), problem.message)
+                            ImportProblem::new(path_within(&path, &problem.path), problem.message)
                         })),
                     },
                     Err(error) => problems.push(ImportProblem::new(path, error.to_string())),
@@ -95,14 +95,6 @@ pub(crate) fn read_flags_file(
         Ok(environments)
     } else {
         Err(problems)
-    }
-}
-
-/// `path` (`$` for the whole) inside the item at `item`.
-fn within(item: &str, path: &str) -> String {
-    match path {
-        "" | "$" => item.to_owned(),
-        path => format!("{item}.{path}"),
     }
 }
 

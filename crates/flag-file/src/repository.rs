@@ -10,9 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flag_core::time::OffsetDateTime;
 use flag_core::{
     Actor, AuditPage, AuditQuery, Deleted, DocumentContents, Environment, EnvironmentSnapshot,
-    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, ImportMode, ImportProblem,
-    ImportRequest, Imported, Precondition, RepositoryError, Revision, Segment, SegmentKey,
-    Upserted, UpsertedSegment, async_trait, plan_import,
+    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, ImportProblem, ImportRequest,
+    Imported, Precondition, RepositoryError, Revision, Segment, SegmentKey, Upserted,
+    UpsertedSegment, async_trait, plan_import,
 };
 use tokio::sync::broadcast;
 
@@ -329,14 +329,7 @@ fn versioned(
         })
         .unwrap_or_default();
     // The import plan is the one definition of "unchanged".
-    let request = ImportRequest {
-        flags: contents.flags.clone(),
-        segments: contents.segments.clone(),
-        mode: ImportMode::Replace,
-        dry_run: true,
-        ..ImportRequest::default()
-    };
-    let diff = plan_import(&stored_flags, &stored_segments, &request)
+    let diff = plan_import(&stored_flags, &stored_segments, &contents.as_replacement())
         .map(|plan| plan.diff)
         .unwrap_or_default();
     let flags = contents

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use flag_fixtures::ScratchDir;
 use rstest::rstest;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Backend, Running, TestServer};
 
 fn flags_file(checkout_on: bool) -> String {
@@ -51,18 +51,6 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&staged, path).unwrap();
 }
 
-async fn evaluate(server: &TestServer, env: &str, key: &str, user: &str) -> Value {
-    server
-        .request(
-            "POST",
-            &format!("/ofrep/v1/evaluate/flags/{key}"),
-            &[("X-Environment", env)],
-            &json!({"context": {"targetingKey": user}}).to_string(),
-        )
-        .await
-        .json()
-}
-
 async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     for _ in 0..500 {
         if condition().await {
@@ -90,15 +78,15 @@ async fn a_flags_file_is_served_read_only_and_followed(
 
     // Every environment of the file, segments included.
     assert_eq!(
-        evaluate(&server, "production", "checkout", "u1").await["value"],
+        server.evaluate("production", "checkout", "u1").await["value"],
         json!(false)
     );
     assert_eq!(
-        evaluate(&server, "production", "banner", "u1").await["value"],
+        server.evaluate("production", "banner", "u1").await["value"],
         json!("#f00")
     );
     assert_eq!(
-        evaluate(&server, "staging", "checkout", "u1").await["value"],
+        server.evaluate("staging", "checkout", "u1").await["value"],
         json!(true)
     );
     let listed = server.admin("GET", "/v1/environments", &[], "").await;
@@ -164,7 +152,7 @@ async fn a_flags_file_is_served_read_only_and_followed(
     let etag = bulk.header("etag").unwrap().to_owned();
     replace(&path, &flags_file(true));
     eventually("the changed file is served", async || {
-        evaluate(&server, "production", "checkout", "u1").await["value"] == json!(true)
+        server.evaluate("production", "checkout", "u1").await["value"] == json!(true)
     })
     .await;
     let bulk = server
@@ -198,11 +186,11 @@ async fn a_flags_file_is_served_read_only_and_followed(
     .await;
     assert_eq!(server.metric("flag_file_valid").await, 0.0);
     assert_eq!(
-        evaluate(&server, "production", "checkout", "u1").await["value"],
+        server.evaluate("production", "checkout", "u1").await["value"],
         json!(true)
     );
     assert_eq!(
-        evaluate(&server, "staging", "checkout", "u1").await["value"],
+        server.evaluate("staging", "checkout", "u1").await["value"],
         json!(true)
     );
 }

@@ -215,6 +215,45 @@ async fn a_write_reaches_an_open_stream_as_one_event_with_its_revision() {
     assert_eq!(stream.ids().last(), Some(&22));
 }
 
+/// Offline mode: a reloaded flags file reaches an open stream as a write does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_flags_file_reaches_an_open_stream() {
+    let directory = flag_fixtures::ScratchDir::new().unwrap();
+    let path = directory.path().join("flags.json");
+    let file = |enabled: bool| {
+        json!({"environment": "web", "flags": [{"key": "banner", "enabled": enabled}]}).to_string()
+    };
+    std::fs::write(&path, file(false)).unwrap();
+    let server = TestServer::start_with(Backend::Embedded, |config| {
+        config.database_url = format!("file://{}", path.display());
+        config.file_poll_ms = 3_600_000;
+    })
+    .await;
+    let answer = bulk(server.address, "web", "", &[]).await;
+    let before = answer["metadata"]["revision"].as_u64().unwrap();
+    let mut stream = Stream::open(server.address, &stream_uri(&answer), &[]).await;
+    assert_eq!(stream.status, 200);
+    assert!(
+        stream
+            .until(PATIENCE, |text| text.contains("retry: "))
+            .await
+    );
+
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, file(true)).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    assert!(
+        stream.until(PATIENCE, |text| text.contains("id: ")).await,
+        "{}",
+        stream.received
+    );
+    let id = stream.ids()[0];
+    assert!(id > before, "event {id} after revision {before}");
+    let answer = bulk(server.address, "web", "", &[]).await;
+    assert_eq!(answer["metadata"]["revision"].as_u64(), Some(id));
+    assert_eq!(answer["flags"][0]["value"], json!(true), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_event_id_catches_up_heartbeats_keep_a_quiet_stream_and_the_limit_holds() {
     let server = TestServer::start_with(Backend::Embedded, |config| {

@@ -44,18 +44,6 @@ async fn seed(server: &TestServer) {
     }
 }
 
-async fn evaluate(server: &TestServer, env: &str, key: &str, user: &str) -> Value {
-    server
-        .request(
-            "POST",
-            &format!("/ofrep/v1/evaluate/flags/{key}"),
-            &[("X-Environment", env)],
-            &json!({"context": {"targetingKey": user}}).to_string(),
-        )
-        .await
-        .json()
-}
-
 #[rstest]
 #[tokio::test]
 async fn an_export_imports_elsewhere_as_one_change(
@@ -82,7 +70,7 @@ async fn an_export_imports_elsewhere_as_one_change(
 
     // Before: production does not exist; OFREP knows nothing there.
     assert_eq!(
-        evaluate(&server, "production", "targeted", "u1").await["errorCode"],
+        server.evaluate("production", "targeted", "u1").await["errorCode"],
         json!("FLAG_NOT_FOUND")
     );
     let dry = server
@@ -122,7 +110,7 @@ async fn an_export_imports_elsewhere_as_one_change(
     assert_eq!(imported.json()["revision"], json!(1), "one revision bump");
     assert_eq!(imported.json()["applied"], json!(true));
     // Seen by the very next evaluation.
-    let served = evaluate(&server, "production", "targeted", "u1").await;
+    let served = server.evaluate("production", "targeted", "u1").await;
     assert_eq!(
         (&served["variant"], &served["reason"]),
         (&json!("on"), &json!("TARGETING_MATCH"))
@@ -195,7 +183,7 @@ async fn yaml_goes_both_ways_and_replace_deletes_the_rest(
     assert_eq!(replaced.status, 200, "{}", replaced.body);
     assert_eq!(replaced.json()["deleted"], json!(["legacy"]));
     assert_eq!(
-        evaluate(&server, "production", "legacy", "u1").await["errorCode"],
+        server.evaluate("production", "legacy", "u1").await["errorCode"],
         json!("FLAG_NOT_FOUND")
     );
     let listed = server
@@ -387,11 +375,11 @@ async fn a_copy_brings_the_segments_its_flags_need(
     assert_eq!(copied.json()["created"], json!(["targeted"]));
     assert_eq!(copied.json()["segments"]["created"], json!(["beta"]));
     assert_eq!(
-        evaluate(&server, "production", "targeted", "u1").await["variant"],
+        server.evaluate("production", "targeted", "u1").await["variant"],
         json!("on")
     );
     assert_eq!(
-        evaluate(&server, "production", "plain", "u1").await["errorCode"],
+        server.evaluate("production", "plain", "u1").await["errorCode"],
         json!("FLAG_NOT_FOUND"),
         "only the keys asked for"
     );

@@ -165,6 +165,18 @@ impl TestServer {
             .unwrap();
     }
 
+    /// The OFREP answer for `key` in `env` to a context of only `targetingKey: user`.
+    pub async fn evaluate(&self, env: &str, key: &str, user: &str) -> Value {
+        self.request(
+            "POST",
+            &format!("/ofrep/v1/evaluate/flags/{key}"),
+            &[("X-Environment", env)],
+            &serde_json::json!({"context": {"targetingKey": user}}).to_string(),
+        )
+        .await
+        .json()
+    }
+
     /// A request without credentials.
     pub async fn request(
         &self,
