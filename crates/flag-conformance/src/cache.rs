@@ -437,6 +437,47 @@ pub async fn empty_environment_is_cacheable(
     }
 }
 
+/// Rule 4, at speed: a set of the revision just read replaces it for the very next read, even
+/// within the same millisecond (an adapter that remembers what it decoded must tell the two
+/// fills apart). 200 rounds, each on a fresh environment.
+pub async fn an_equal_revision_replaces_at_once(
+    cache: &SharedCache,
+    _: CacheCapabilities,
+) -> Result<(), Violation> {
+    const P: &str = "an_equal_revision_replaces_at_once";
+    for round in 0..200_u64 {
+        let env = env(&format!("refill-{round}"));
+        let first = EnvironmentSnapshot::empty(Revision(2));
+        set(P, cache, &env, first.clone(), LONG_TTL).await?;
+        expect_snapshot(P, "first fill", get(P, cache, &env).await?, Some(&first))?;
+        let _ = cache.get_flag(&env, &key("flag-00000")).await;
+        let second = generation_snapshot(2, 3, round);
+        expect_outcome(
+            P,
+            "set of the same revision",
+            set(P, cache, &env, second.clone(), LONG_TTL).await?,
+            SetOutcome::Stored,
+        )?;
+        expect_snapshot(
+            P,
+            "read after the refill",
+            get(P, cache, &env).await?,
+            Some(&second),
+        )?;
+        let wanted = second.flag("flag-00000").cloned();
+        match cache.get_flag(&env, &key("flag-00000")).await {
+            Ok(FlagLookup::Hit { flag, .. }) if Some(&flag) == wanted.as_ref() => {}
+            other => {
+                return Err(Violation::new(
+                    P,
+                    format!("round {round}: get_flag after the refill answered {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rule 4: a set older than what is cached answers `Stale` and changes nothing; an equal
 /// revision replaces.
 pub async fn revision_never_goes_back(

@@ -18,6 +18,7 @@
 //! | [`cache::racing_sets_leave_one`] | two racing sets leave exactly one, the newer if revisions differ (2) |
 //! | [`cache::empty_environment_is_cacheable`] | an empty snapshot is a hit with no flags (3) |
 //! | [`cache::revision_never_goes_back`] | an older set is `Stale` and changes nothing (4) |
+//! | [`cache::an_equal_revision_replaces_at_once`] | a refill of the revision just read is what the next read answers, within one millisecond too (4) |
 //! | [`cache::stale_set_after_invalidate`] | after `invalidate(r)`, sets older than `r` are `Stale` (4) |
 //! | [`cache::environments_are_isolated`] | look-alike environments never collide (5) |
 //! | [`cache::get_flag_agrees_with_get`] | `get_flag` is `Hit`, `Absent` or `Miss` exactly as `get` says (7) |
@@ -194,6 +195,7 @@ macro_rules! cache_suite {
             $crate::__cache_property!(racing_sets_leave_one);
             $crate::__cache_property!(empty_environment_is_cacheable);
             $crate::__cache_property!(revision_never_goes_back);
+            $crate::__cache_property!(an_equal_revision_replaces_at_once);
             $crate::__cache_property!(stale_set_after_invalidate);
             $crate::__cache_property!(environments_are_isolated);
             $crate::__cache_property!(get_flag_agrees_with_get);

@@ -14,7 +14,7 @@ use flag_core::{
 
 use crate::client::RedisClient;
 use crate::codec::{
-    META_FIELD, decode_hash, encode, now_ms, pairs_to_fields, parse_flag, parse_meta,
+    META_FIELD, decode_hash, encode, meta_text, now_ms, pairs_to_fields, parse_flag, parse_meta,
     remaining_time, whole_ms,
 };
 use crate::connection::Link;
@@ -289,6 +289,19 @@ impl RedisCache {
         self.decoded().contains_key(env)
     }
 
+    /// Whether a snapshot or flags of `env` are remembered as decoded from a fill with exactly
+    /// this `__meta` text.
+    fn remembers_meta(&self, env: &Environment, meta: &str) -> bool {
+        self.decoded_with(env, meta).is_some()
+            || self
+                .shared
+                .decoded_flags
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(env)
+                .is_some_and(|flags| flags.meta == meta)
+    }
+
     /// The remembered snapshot of `env`, if it came with exactly this `__meta` text.
     fn decoded_with(&self, env: &Environment, meta: &str) -> Option<Arc<EnvironmentSnapshot>> {
         self.decoded()
@@ -449,7 +462,14 @@ impl FeatureFlagCache for RedisCache {
         if ttl.is_zero() {
             return Err(CacheError::ZeroTtl);
         }
-        let encoded = encode(&snapshot)?;
+        // A fill whose `__meta` is one this cache remembers decoding (the same revision in the
+        // same millisecond) would be taken for that one by later reads: a later millisecond
+        // tells them apart. Only fills of one revision with other contents can meet this.
+        let mut cached_at_ms = now_ms();
+        while self.remembers_meta(env, &meta_text(snapshot.revision().get(), cached_at_ms)?) {
+            cached_at_ms += 1;
+        }
+        let encoded = encode(&snapshot, cached_at_ms)?;
         // Refused before anything is sent: a huge write would hold up every other call on the
         // shared connection.
         let size = encoded.meta.len() + encoded.pairs.iter().map(String::len).sum::<usize>();

@@ -32,16 +32,24 @@ pub(crate) struct Encoded {
     pub(crate) pairs: Vec<String>,
 }
 
-/// `snapshot` as the fields of its hash, filled now.
-pub(crate) fn encode(snapshot: &EnvironmentSnapshot) -> Result<Encoded, CacheError> {
+/// The `__meta` text of a fill of `revision` at `cached_at_ms`.
+pub(crate) fn meta_text(revision: u64, cached_at_ms: u64) -> Result<String, CacheError> {
     let meta = Meta {
-        revision: snapshot.revision().get(),
-        cached_at_ms: now_ms(),
+        revision,
+        cached_at_ms,
         tombstone: false,
     };
-    let meta = serde_json::to_string(&meta).map_err(|error| CacheError::Backend {
+    serde_json::to_string(&meta).map_err(|error| CacheError::Backend {
         message: error.to_string(),
-    })?;
+    })
+}
+
+/// `snapshot` as the fields of its hash, filled at `cached_at_ms`.
+pub(crate) fn encode(
+    snapshot: &EnvironmentSnapshot,
+    cached_at_ms: u64,
+) -> Result<Encoded, CacheError> {
+    let meta = meta_text(snapshot.revision().get(), cached_at_ms)?;
     let mut pairs = Vec::with_capacity(snapshot.len() * 2);
     for flag in snapshot.flags() {
         let json = serde_json::to_string(&**flag).map_err(|error| CacheError::Backend {
