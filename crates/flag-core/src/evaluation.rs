@@ -91,6 +91,17 @@ impl Reason {
     /// How many reasons there are.
     pub(crate) const COUNT: usize = 7;
 
+    /// Every reason, in the order of [`Self::index`].
+    pub(crate) const ALL: [Reason; Reason::COUNT] = [
+        Reason::Static,
+        Reason::Default,
+        Reason::TargetingMatch,
+        Reason::Split,
+        Reason::Disabled,
+        Reason::Cached,
+        Reason::Error,
+    ];
+
     /// The reason's place among the [`Self::COUNT`] reasons.
     pub(crate) fn index(self) -> usize {
         match self {

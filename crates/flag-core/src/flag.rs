@@ -33,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -100,19 +101,28 @@ pub struct FeatureFlag {
     environment_needed: bool,
 }
 
-/// The rendered answers of one flag, one slot per (variant, reason), each filled on first use.
+/// The rendered answers of one flag, one slot per (variant, reason), each filled on first use,
+/// and how many times each was served (when someone counts).
 ///
 /// A flag never changes once built (the methods that make a changed copy start it empty), so
 /// an answer rendered once stays right for as long as any snapshot holds the flag: a bulk
 /// answer of a cached environment copies its flags' bytes instead of serializing them again.
 #[derive(Default)]
-struct Renderings(OnceLock<Box<[VariantAnswers]>>);
+struct Renderings {
+    slots: OnceLock<Box<[VariantAnswers]>>,
+    /// Whether this flag object was ever counted (so a registry learns of it once).
+    counted: AtomicBool,
+}
 
 /// A variant's name (the flag's own `Arc`, found by pointer) and its answers, one per reason.
-type VariantAnswers = (Arc<str>, [Rendering; Reason::COUNT]);
+type VariantAnswers = (Arc<str>, [Answer; Reason::COUNT]);
 
-/// One answer's bytes, once rendered.
-type Rendering = OnceLock<Box<[u8]>>;
+/// One answer: its bytes, once rendered, and how many times it was counted as served.
+#[derive(Default)]
+struct Answer {
+    rendering: OnceLock<Box<[u8]>>,
+    served: AtomicU64,
+}
 
 impl Clone for Renderings {
     /// A copy renders again: the copy may be changed before it is used.
@@ -130,11 +140,11 @@ impl PartialEq for Renderings {
 
 impl fmt::Debug for Renderings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let filled = self.0.get().map_or(0, |slots| {
+        let filled = self.slots.get().map_or(0, |slots| {
             slots
                 .iter()
                 .flat_map(|(_, answers)| answers)
-                .filter(|slot| slot.get().is_some())
+                .filter(|slot| slot.rendering.get().is_some())
                 .count()
         });
         write!(f, "Renderings({filled} rendered)")
@@ -216,10 +226,46 @@ impl FeatureFlag {
         reason: Reason,
         render: impl FnOnce() -> Vec<u8>,
     ) -> Option<&[u8]> {
-        let slots = self.renderings.0.get_or_init(|| {
+        let slot = self.answer(variant, reason)?;
+        Some(slot.rendering.get_or_init(|| render().into_boxed_slice()))
+    }
+
+    /// Counts one answer of `variant` for `reason` as served; answers whether this flag object
+    /// is counted for the first time (so that a registry of counts learns of it once), and
+    /// `None` when the flag has no such variant.
+    pub fn count_answer(&self, variant: &str, reason: Reason) -> Option<bool> {
+        self.answer(variant, reason)?
+            .served
+            .fetch_add(1, Ordering::Relaxed);
+        let first = !self.renderings.counted.load(Ordering::Relaxed)
+            && !self.renderings.counted.swap(true, Ordering::AcqRel);
+        Some(first)
+    }
+
+    /// How many times each answer of this flag object was counted as served (only those
+    /// counted at least once), by variant and reason.
+    pub fn answer_counts(&self) -> Vec<(Arc<str>, Reason, u64)> {
+        let Some(slots) = self.renderings.slots.get() else {
+            return Vec::new();
+        };
+        let mut counts = Vec::new();
+        for (name, answers) in slots.iter() {
+            for (reason, answer) in Reason::ALL.iter().zip(answers) {
+                let served = answer.served.load(Ordering::Relaxed);
+                if served > 0 {
+                    counts.push((Arc::clone(name), *reason, served));
+                }
+            }
+        }
+        counts
+    }
+
+    /// The slot of `variant` for `reason`.
+    fn answer(&self, variant: &str, reason: Reason) -> Option<&Answer> {
+        let slots = self.renderings.slots.get_or_init(|| {
             self.variants
                 .keys()
-                .map(|name| (Arc::clone(name), std::array::from_fn(|_| OnceLock::new())))
+                .map(|name| (Arc::clone(name), std::array::from_fn(|_| Answer::default())))
                 .collect()
         });
         // An evaluation's variant is this flag's own name for it (the same bytes), so a pointer
@@ -231,8 +277,7 @@ impl FeatureFlag {
                 std::ptr::eq(name.as_ptr(), variant.as_ptr()) && name.len() == variant.len()
             })
             .or_else(|| slots.iter().find(|(name, _)| &**name == variant))?;
-        let slot = answers.get(reason.index())?;
-        Some(slot.get_or_init(|| render().into_boxed_slice()))
+        answers.get(reason.index())
     }
 
     /// The flag's key.

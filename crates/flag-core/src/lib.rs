@@ -55,6 +55,7 @@ mod bus;
 mod cache;
 mod context;
 mod evaluation;
+mod evaluation_counts;
 mod explanation;
 mod flag;
 mod flagd;
@@ -86,6 +87,7 @@ pub use evaluation::{
     ConditionOutcome, ErrorCode, Evaluation, EvaluationError, MAX_PREREQUISITE_DEPTH, Reason,
     Resolution, Scope, SegmentPart, condition_outcome, evaluate, evaluate_in, matches, matches_in,
 };
+pub use evaluation_counts::{EvaluationCounts, EvaluationSeries};
 pub use explanation::{
     ConditionStep, Explained, Explanation, PrerequisiteStep, RuleStep, SegmentStep, SlotStep,
     SplitStep, explain,

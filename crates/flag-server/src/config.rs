@@ -89,6 +89,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// A feature that is off unless asked for.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Switch {
+    /// Off.
+    #[default]
+    Off,
+    /// On.
+    On,
+}
+
 /// Every setting; each flag can also be given as the environment variable of the same name.
 #[derive(clap::Args, Clone)]
 pub struct Config {
@@ -308,6 +318,15 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub file_poll_ms: u64,
+    /// Per-flag evaluation counts in `/metrics` (`flag_evaluations_total{environment, flag,
+    /// variant, reason}`): `on` or `off` (their cardinality is flags × variants).
+    #[arg(
+        long = "flag-evaluation-metrics",
+        env = "FLAG_EVALUATION_METRICS",
+        value_enum,
+        default_value_t = Switch::Off
+    )]
+    pub evaluation_metrics: Switch,
     /// Log format: `text` or `json`.
     #[arg(
         long = "log-format",
@@ -488,6 +507,7 @@ impl fmt::Debug for Config {
             .field("max_streams", &self.max_streams)
             .field("stream_poll_ms", &self.stream_poll_ms)
             .field("file_poll_ms", &self.file_poll_ms)
+            .field("evaluation_metrics", &self.evaluation_metrics)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -563,6 +583,7 @@ mod tests {
             "FLAG_REQUEST_TIMEOUT_MS",
         );
         expect("log_format", Some("text"), "FLAG_LOG_FORMAT");
+        expect("evaluation_metrics", Some("off"), "FLAG_EVALUATION_METRICS");
         expect("max_context_bytes", Some("65536"), "FLAG_MAX_CONTEXT_BYTES");
         expect("max_in_flight", Some("4096"), "FLAG_MAX_IN_FLIGHT");
         expect("header_timeout_ms", Some("10000"), "FLAG_HEADER_TIMEOUT_MS");

@@ -103,6 +103,8 @@ pub(crate) struct Exposition<'a> {
     pub(crate) streams_open: usize,
     /// How the flags file's reloads went, when flags are read from one.
     pub(crate) flags_file: Option<flag_file::FileStats>,
+    /// The per-flag evaluation series, when `FLAG_EVALUATION_METRICS=on`.
+    pub(crate) evaluations: Option<&'a [flag_core::EvaluationSeries]>,
 }
 
 impl Exposition<'_> {
@@ -113,7 +115,31 @@ impl Exposition<'_> {
         self.render_service(&mut out);
         self.render_tiered(&mut out);
         self.render_flags_file(&mut out);
+        self.render_evaluations(&mut out);
         out
+    }
+
+    fn render_evaluations(&self, out: &mut String) {
+        let Some(evaluations) = self.evaluations else {
+            return;
+        };
+        header(
+            out,
+            "flag_evaluations_total",
+            "counter",
+            "Evaluations served, per flag, variant and reason (FLAG_EVALUATION_METRICS=on; an evaluation error of an existing flag has variant \"\" and reason ERROR).",
+        );
+        for series in evaluations {
+            let _ = writeln!(
+                out,
+                "flag_evaluations_total{{environment=\"{}\",flag=\"{}\",variant=\"{}\",reason=\"{}\"}} {}",
+                label(series.environment.as_str()),
+                label(series.flag.as_str()),
+                label(&series.variant),
+                series.reason.as_str(),
+                series.count
+            );
+        }
     }
 
     fn render_flags_file(&self, out: &mut String) {
@@ -337,6 +363,23 @@ impl Exposition<'_> {
     }
 }
 
+/// A label value as the text format writes it: backslash, double quote and line feed escaped.
+fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut escaped = String::with_capacity(value.len() + 8);
+    for character in value.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -363,6 +406,7 @@ mod tests {
             circuit_open: false,
             streams_open: 0,
             flags_file: None,
+            evaluations: None,
         }
         .render();
         assert!(

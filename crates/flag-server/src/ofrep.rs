@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{
-    Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, Revision,
+    Environment, ErrorCode, Evaluation, EvaluationContext, FlagKey, Reason, Revision, ServiceError,
     murmur3_x86_32,
 };
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -366,11 +366,21 @@ pub(crate) async fn evaluate_one_of(
         )
         .for_key(key));
     };
-    let evaluation = state
-        .service
-        .evaluate(env, &flag_key, &context)
-        .await
-        .map_err(|error| OfrepError::from(error).for_key(key))?;
+    let evaluation = match state.service.evaluate(env, &flag_key, &context).await {
+        Ok(evaluation) => evaluation,
+        Err(error) => {
+            if let (Some(counts), ServiceError::Evaluation(failed)) =
+                (&state.evaluation_counts, &error)
+                && failed.code() != ErrorCode::FlagNotFound
+            {
+                counts.record_error(env, &flag_key);
+            }
+            return Err(OfrepError::from(error).for_key(key));
+        }
+    };
+    if let Some(counts) = &state.evaluation_counts {
+        counts.record(env, &evaluation);
+    }
     let mut body = Vec::with_capacity(ENTRY_BYTES);
     write_success(&mut body, &evaluation);
     Ok(json_answer(body))
@@ -478,6 +488,15 @@ pub(crate) async fn evaluate_all_of(
         None => parse_context(body)?,
     };
     let bulk = snapshot.evaluate(&context);
+    if let Some(counts) = &state.evaluation_counts {
+        for result in &bulk.results {
+            match result {
+                Ok(evaluation) => counts.record(env, evaluation),
+                // Every flag of a bulk answer exists: its errors are its own.
+                Err(error) => counts.record_error(env, error.key()),
+            }
+        }
+    }
     // The shape of `Bulk`, written straight into the body: each flag's entry is copied from its
     // rendering (made once per flag, variant and reason), not serialized again.
     let mut body = Vec::with_capacity(bulk.results.len() * ENTRY_BYTES + 256);

@@ -83,6 +83,10 @@ impl StoreStatus {
     responses((status = 200, description = "Counters and histograms.", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
+    let evaluations = match &state.evaluation_counts {
+        Some(counts) => Some(evaluation_series(&state, counts).await),
+        None => None,
+    };
     let text = Exposition {
         http: &state.http_metrics,
         service: state.service.metrics(),
@@ -95,6 +99,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .flags_file
             .as_ref()
             .map(flag_file::FileRepository::stats),
+        evaluations: evaluations.as_deref(),
     }
     .render();
     (
@@ -179,4 +184,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
         cache: StoreStatus::of(cache_ok),
     };
     (code, axum::Json(body)).into_response()
+}
+
+/// The per-flag evaluation series, without the flags that no longer exist (their series stop).
+/// An environment whose flags cannot be read now keeps its series.
+async fn evaluation_series(
+    state: &AppState,
+    counts: &flag_core::EvaluationCounts,
+) -> Vec<flag_core::EvaluationSeries> {
+    let mut existing = std::collections::HashMap::new();
+    for env in counts.environments() {
+        if let Ok(snapshot) = state.service.snapshot(&env).await {
+            existing.insert(env, snapshot);
+        }
+    }
+    counts.series(|env, key| {
+        existing
+            .get(env)
+            .is_none_or(|snapshot| snapshot.flag(key.as_str()).is_some())
+    })
 }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub cors: Option<Arc<CorsOrigins>>,
     /// The flags file served (`DATABASE_URL=file://…`), for its reload counts.
     pub flags_file: Option<flag_file::FileRepository>,
+    /// Per-flag evaluation counts, when `FLAG_EVALUATION_METRICS=on`.
+    pub evaluation_counts: Option<Arc<flag_core::EvaluationCounts>>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             streams: Arc::new(Streams::new(StreamSettings::default(), None)),
             cors: None,
             flags_file: None,
+            evaluation_counts: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use flag_redis::{RedisBus, RedisCache};
 use flag_sql::{DeferredSqlRepository, SqlError, SqlRepository};
 
 use crate::auth::{AdminTokens, ClientTokens};
-use crate::config::{CacheBackend, Config};
+use crate::config::{CacheBackend, Config, Switch};
 use crate::cors::CorsOrigins;
 use crate::serve::ConnectionLimits;
 use crate::state::AppState;
@@ -192,6 +192,8 @@ fn state_with(
         max_in_flight: usize::try_from(config.max_in_flight)?,
         shared_cache,
         admin_tokens: Arc::new(admin_tokens),
+        evaluation_counts: (config.evaluation_metrics == Switch::On)
+            .then(|| Arc::new(flag_core::EvaluationCounts::new())),
         ..AppState::new(service, default_environment, "")
     })
 }

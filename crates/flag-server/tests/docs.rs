@@ -108,7 +108,8 @@ fn every_operator_is_documented_and_only_those() {
     assert_eq!(documented, engine);
 }
 
-/// On `tiered` over a flags file (the setup with the most families) every family `/metrics` renders is in the
+/// On `tiered` over a flags file with evaluation counts on (the setup with the most families)
+/// every family `/metrics` renders is in the
 /// table, with its type, and nothing else is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metric_families_are_the_ones_rendered() {
@@ -119,6 +120,7 @@ async fn the_metric_families_are_the_ones_rendered() {
     let server = TestServer::start_with(Backend::RedisPostgres, |config| {
         config.cache_backend = Some(CacheBackend::Tiered);
         config.database_url = format!("file://{}", file.display());
+        config.evaluation_metrics = flag_server::config::Switch::On;
     })
     .await;
     // One request, so that the HTTP families have a series.

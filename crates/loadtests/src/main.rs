@@ -17,6 +17,7 @@
 
 mod backend;
 mod ceiling;
+mod counting;
 mod fanout;
 mod footprint;
 mod instructions;
@@ -80,6 +81,10 @@ struct Cli {
     /// (callgrind) and resident memory.
     #[arg(long)]
     speed: bool,
+    /// Only what per-flag evaluation counts cost: single and bulk with `FLAG_EVALUATION_METRICS`
+    /// off and on, interleaved `wrk` rounds (also part of `--speed`).
+    #[arg(long)]
+    counting: bool,
     /// Interleaved rounds of every `wrk` measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     wrk_rounds: usize,
@@ -133,6 +138,11 @@ impl Cli {
         if self.fanout_only {
             self.outage_seconds = 0;
         }
+        if self.counting {
+            self.outage_seconds = 0;
+            self.fanout_streams = vec![0];
+            self.propagation_writes = 0;
+        }
         if self.speed {
             self.wrk = true;
             self.outage_seconds = 0;
@@ -148,7 +158,7 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().resolved();
     let mut run = Run::prepare(cli)?;
-    if !run.cli.outage_only && !run.cli.fanout_only && !run.cli.speed {
+    if !run.cli.outage_only && !run.cli.fanout_only && !run.cli.speed && !run.cli.counting {
         for backend in or_all(&run.cli.backends, &Backend::ALL) {
             run.backend(backend).await?;
         }
@@ -158,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run.cli.speed {
         run.speed().await?;
+    }
+    if run.cli.speed || run.cli.counting {
+        run.counting().await?;
     }
     if run.cli.outage_seconds > 0 {
         run.outage().await?;
@@ -198,12 +211,14 @@ struct Run {
     outage: Option<Outage>,
     /// The event-stream fan-out run's figures.
     fanout: Option<Fanout>,
+    /// What per-flag evaluation counts cost.
+    counting: Vec<counting::CountingCost>,
 }
 
 impl Run {
     /// Checks the tools, builds the server (unless one is given) and finds the stores.
     fn prepare(cli: Cli) -> anyhow::Result<Self> {
-        if cli.wrk {
+        if cli.wrk || cli.counting {
             ceiling::require_wrk()?;
         }
         let out = match &cli.out {
@@ -242,6 +257,7 @@ impl Run {
             memory: Vec::new(),
             outage: None,
             fanout: None,
+            counting: Vec::new(),
             cli,
         })
     }
@@ -339,6 +355,25 @@ impl Run {
                 self.rows.push(row);
             }
         }
+        Ok(())
+    }
+
+    /// Single and bulk with per-flag evaluation counts off and on, interleaved.
+    async fn counting(&mut self) -> anyhow::Result<()> {
+        println!("== wrk: per-flag evaluation counts off and on");
+        self.counting = counting::measure(
+            &self.stores,
+            &self.binary,
+            &self.out,
+            &self.token,
+            self.cli.wrk_duration,
+            self.cli.wrk_rounds,
+        )
+        .await?;
+        println!(
+            "{}",
+            counting::table(&self.counting, self.cli.wrk_duration, self.cli.wrk_rounds)
+        );
         Ok(())
     }
 
@@ -501,6 +536,13 @@ impl Run {
                 cli.wrk_rounds,
             ));
         }
+        if !self.counting.is_empty() {
+            summary.push_str(&counting::table(
+                &self.counting,
+                cli.wrk_duration,
+                cli.wrk_rounds,
+            ));
+        }
         if !self.scaling.is_empty() {
             summary.push_str(&scaling::table(
                 &self.scaling,
@@ -543,6 +585,7 @@ impl Run {
             "hostileMemory": self.memory,
             "outage": self.outage,
             "fanout": self.fanout,
+            "counting": self.counting,
             "skipped": self.skipped,
         });
         std::fs::write(

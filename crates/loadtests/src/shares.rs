@@ -223,7 +223,7 @@ pub(crate) async fn measure(
 
 /// The path, `wrk` script and answer size of `series` on `server`, after checking that the
 /// server answers it as the series expects (`200`, or `304` for its own tag).
-async fn prepare(
+pub(crate) async fn prepare(
     server: &Server,
     series: Series,
     directory: &Path,

@@ -79,6 +79,7 @@ pub fn default_config() -> Config {
         max_streams: 10_000,
         stream_poll_ms: 1_000,
         file_poll_ms: 5_000,
+        evaluation_metrics: flag_server::config::Switch::Off,
         log_format: LogFormat::Text,
     }
 }
