@@ -603,6 +603,7 @@ impl Run {
             && self.outage.is_none()
             && self.fanout.is_none()
             && self.shares.is_empty()
+            && self.counting.is_empty()
         {
             bail!("no attack ran");
         }
