@@ -23,6 +23,10 @@ use crate::flag::FeatureFlag;
 use crate::fnv::FnvBuildHasher;
 use crate::names::{Environment, FlagKey};
 
+/// How many flag objects of one flag the registry holds before it folds those nothing else
+/// holds (without a cache every evaluation reads new ones, and the scrape may be far away).
+const FOLD_AT: usize = 16;
+
 /// One series of `flag_evaluations_total`: a flag's answers of one variant for one reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvaluationSeries {
@@ -96,11 +100,12 @@ impl EvaluationCounts {
         let flag = evaluation.flag();
         if flag.count_answer(evaluation.variant(), evaluation.reason()) == Some(true) {
             // The first count on this flag object: the registry keeps it until it is folded.
-            self.lock()
-                .entry((env.clone(), flag.key().clone()))
-                .or_default()
-                .live
-                .push(Arc::clone(flag));
+            let mut flags = self.lock();
+            let counted = flags.entry((env.clone(), flag.key().clone())).or_default();
+            if counted.live.len() >= FOLD_AT {
+                counted.retire();
+            }
+            counted.live.push(Arc::clone(flag));
         }
     }
 
@@ -211,5 +216,17 @@ mod tests {
         assert_eq!(counts.lock().values().next().unwrap().live.len(), 1);
         assert!(counts.series(|_, _| false).is_empty());
         assert!(counts.environments().is_empty());
+    }
+
+    #[test]
+    fn flag_objects_read_anew_for_every_evaluation_are_folded_without_a_scrape() {
+        // As with no cache: every evaluation reads a new flag object, dropped after it.
+        let counts = EvaluationCounts::new();
+        let env = Environment::parse("production").unwrap();
+        for _ in 0..1000 {
+            counts.record(&env, &evaluate(&flag(), "pro"));
+        }
+        assert!(counts.lock().values().next().unwrap().live.len() <= FOLD_AT);
+        assert_eq!(counts.series(|_, _| true)[0].count, 1000);
     }
 }
