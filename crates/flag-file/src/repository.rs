@@ -1,7 +1,7 @@
 //! `FileRepository`: the environments of a flags file, served from memory and swapped whole
 //! when a reload reads a valid new file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -243,17 +243,16 @@ impl FileRepository {
         let mut changes = Vec::new();
         for (env, contents) in environments {
             let before = previous.environments.get(&env);
-            let (flags, segments) = versioned(before.map(AsRef::as_ref), contents, now);
-            let unchanged = before.is_some_and(|before| same_contents(before, &flags, &segments));
+            let (flags, segments, changed) = versioned(before.map(AsRef::as_ref), contents, now);
             let revision = match before {
-                Some(before) if unchanged => before.revision(),
+                Some(before) if !changed => before.revision(),
                 before => next(
                     before
                         .map(|snapshot| snapshot.revision())
                         .or_else(|| served.removed.get(&env).copied()),
                 ),
             };
-            let snapshot = if unchanged {
+            let snapshot = if !changed {
                 before.map(Arc::clone)
             } else {
                 EnvironmentSnapshot::new(revision, flags)
@@ -266,7 +265,7 @@ impl FileRepository {
             let Some(snapshot) = snapshot.or_else(|| before.map(Arc::clone)) else {
                 continue;
             };
-            if !unchanged {
+            if changed {
                 changes.push(FileChange {
                     environment: env.clone(),
                     revision: snapshot.revision(),
@@ -311,12 +310,13 @@ impl FileRepository {
 }
 
 /// The flags and segments of `contents` with their versions: kept where `before` holds the
-/// same definition, the next one where it holds another, 1 where it holds none.
+/// same definition, the next one where it holds another, 1 where it holds none; and whether
+/// anything differs from `before` (added, changed or removed).
 fn versioned(
     before: Option<&EnvironmentSnapshot>,
     contents: DocumentContents,
     now: OffsetDateTime,
-) -> (Vec<FeatureFlag>, Vec<Segment>) {
+) -> (Vec<FeatureFlag>, Vec<Segment>, bool) {
     let stored_flags: Vec<FeatureFlag> = before
         .map(|snapshot| snapshot.flags().map(|flag| (**flag).clone()).collect())
         .unwrap_or_default();
@@ -328,9 +328,19 @@ fn versioned(
                 .collect()
         })
         .unwrap_or_default();
-    // The import plan is the one definition of "unchanged".
+    // The import plan is the one definition of "unchanged". It cannot refuse contents that were
+    // read as a whole environment; if it did, everything counts as changed.
     let diff = plan_import(&stored_flags, &stored_segments, &contents.as_replacement())
         .map(|plan| plan.diff)
+        .ok();
+    let changed = before.is_none() || diff.as_ref().is_none_or(|diff| diff.changes_anything());
+    let (unchanged_flags, unchanged_segments): (BTreeSet<String>, BTreeSet<String>) = diff
+        .map(|diff| {
+            (
+                diff.flags.unchanged.into_iter().collect(),
+                diff.segments.unchanged.into_iter().collect(),
+            )
+        })
         .unwrap_or_default();
     let flags = contents
         .flags
@@ -338,9 +348,7 @@ fn versioned(
         .map(|flag| {
             let stored = before.and_then(|snapshot| snapshot.flag(flag.key().as_str()));
             match stored {
-                Some(stored) if diff.flags.unchanged.contains(&flag.key().to_string()) => {
-                    (**stored).clone()
-                }
+                Some(stored) if unchanged_flags.contains(flag.key().as_str()) => (**stored).clone(),
                 Some(stored) => flag.stored_as(stored.version() + 1, now),
                 None => flag.stored_as(1, now),
             }
@@ -352,7 +360,7 @@ fn versioned(
         .map(|segment| {
             let stored = before.and_then(|snapshot| snapshot.segment(segment.key().as_str()));
             match stored {
-                Some(stored) if diff.segments.unchanged.contains(&segment.key().to_string()) => {
+                Some(stored) if unchanged_segments.contains(segment.key().as_str()) => {
                     (**stored).clone()
                 }
                 Some(stored) => segment.stored_as(stored.version() + 1, now),
@@ -360,30 +368,7 @@ fn versioned(
             }
         })
         .collect();
-    (flags, segments)
-}
-
-/// Whether `before` holds exactly these flags and segments, versions included.
-fn same_contents(
-    before: &EnvironmentSnapshot,
-    flags: &[FeatureFlag],
-    segments: &[Segment],
-) -> bool {
-    before.len() == flags.len()
-        && before.segments().len() == segments.len()
-        && flags.iter().all(|flag| {
-            before.flag(flag.key().as_str()).is_some_and(|stored| {
-                stored.version() == flag.version() && stored.updated_at() == flag.updated_at()
-            })
-        })
-        && segments.iter().all(|segment| {
-            before
-                .segment(segment.key().as_str())
-                .is_some_and(|stored| {
-                    stored.version() == segment.version()
-                        && stored.updated_at() == segment.updated_at()
-                })
-        })
+    (flags, segments, changed)
 }
 
 #[async_trait]
