@@ -74,6 +74,7 @@ mod segment;
 mod service;
 mod single_flight;
 mod snapshot;
+mod traced;
 
 pub use audit::{
     AuditAction, AuditCursor, AuditCursorError, AuditEntry, AuditKind, AuditPage, AuditQuery,
@@ -124,7 +125,8 @@ pub use snapshot::{
     DuplicateFlag, DuplicateSegment, EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision,
 };
 
-/// Re-exported so adapters implement the ports with the same macro version.
 pub use async_trait::async_trait;
 /// Re-exported so adapters name `updated_at` timestamps with the same crate version.
 pub use time;
+/// Re-exported so adapters implement the ports with the same macro version.
+pub use traced::Traced;

@@ -327,6 +327,41 @@ pub struct Config {
         default_value_t = Switch::Off
     )]
     pub evaluation_metrics: Switch,
+    /// Comma-separated URLs that every committed write of a flag or segment is POSTed to, as
+    /// JSON, from the database's outbox (at least once, in revision order per environment).
+    #[arg(
+        long = "flag-webhooks",
+        env = "FLAG_WEBHOOKS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub webhooks: Option<Vec<String>>,
+    /// The key of each delivery's `X-Flag-Signature: sha256=<HMAC-SHA256 of the body>`; without
+    /// it deliveries are not signed.
+    #[arg(
+        long = "flag-webhook-secret",
+        env = "FLAG_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+    /// How long a change is retried (with backoff) before it is given up, in milliseconds.
+    #[arg(
+        long = "flag-webhook-retry-ms",
+        env = "FLAG_WEBHOOK_RETRY_MS",
+        default_value_t = 86_400_000
+    )]
+    pub webhook_retry_ms: u64,
+    /// How long one delivery may take before it counts as failed, in milliseconds.
+    #[arg(
+        long = "flag-webhook-timeout-ms",
+        env = "FLAG_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub webhook_timeout_ms: u64,
+    /// Whether the ports are wrapped in spans (set by the binary while OpenTelemetry exports
+    /// traces; not a setting).
+    #[arg(skip)]
+    pub traced: bool,
     /// Log format: `text` or `json`.
     #[arg(
         long = "log-format",
@@ -363,7 +398,7 @@ pub struct OutOfRange {
 impl Config {
     /// Checks every numeric setting against its range; the first one outside it is the error.
     pub fn validate(&self) -> Result<(), OutOfRange> {
-        let checks: [(&'static str, u64, u64, u64); 21] = [
+        let checks: [(&'static str, u64, u64, u64); 23] = [
             (
                 "FLAG_STREAM_CREDENTIAL_TTL_MS",
                 self.stream_credential_ttl_ms,
@@ -377,6 +412,18 @@ impl Config {
                 MAX_TIMEOUT_MS,
             ),
             ("FLAG_MAX_STREAMS", self.max_streams, 1, MAX_COUNT),
+            (
+                "FLAG_WEBHOOK_RETRY_MS",
+                self.webhook_retry_ms,
+                1,
+                MAX_TTL_MS,
+            ),
+            (
+                "FLAG_WEBHOOK_TIMEOUT_MS",
+                self.webhook_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
             ("FLAG_FILE_POLL_MS", self.file_poll_ms, 1, MAX_TIMEOUT_MS),
             (
                 "FLAG_STREAM_POLL_MS",
@@ -508,6 +555,17 @@ impl fmt::Debug for Config {
             .field("stream_poll_ms", &self.stream_poll_ms)
             .field("file_poll_ms", &self.file_poll_ms)
             .field("evaluation_metrics", &self.evaluation_metrics)
+            .field(
+                "webhooks",
+                &self.webhooks.as_ref().map(|urls| {
+                    urls.iter()
+                        .map(|url| crate::webhooks::shown(url))
+                        .collect::<Vec<_>>()
+                }),
+            )
+            .field("webhook_secret", &redacted(self.webhook_secret.is_some()))
+            .field("webhook_retry_ms", &self.webhook_retry_ms)
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -584,6 +642,18 @@ mod tests {
         );
         expect("log_format", Some("text"), "FLAG_LOG_FORMAT");
         expect("evaluation_metrics", Some("off"), "FLAG_EVALUATION_METRICS");
+        expect("webhooks", None, "FLAG_WEBHOOKS");
+        expect("webhook_secret", None, "FLAG_WEBHOOK_SECRET");
+        expect(
+            "webhook_retry_ms",
+            Some("86400000"),
+            "FLAG_WEBHOOK_RETRY_MS",
+        );
+        expect(
+            "webhook_timeout_ms",
+            Some("5000"),
+            "FLAG_WEBHOOK_TIMEOUT_MS",
+        );
         expect("max_context_bytes", Some("65536"), "FLAG_MAX_CONTEXT_BYTES");
         expect("max_in_flight", Some("4096"), "FLAG_MAX_IN_FLIGHT");
         expect("header_timeout_ms", Some("10000"), "FLAG_HEADER_TIMEOUT_MS");

@@ -32,6 +32,7 @@ use crate::auth::Client;
 use crate::errors::OfrepError;
 use crate::ofrep::{evaluate_all_of, evaluate_one_of};
 use crate::state::AppState;
+use crate::telemetry;
 use crate::tracking::Tracking;
 
 /// The bulk evaluation route; single flags are under it, one segment deeper.
@@ -82,6 +83,7 @@ impl FastPath {
             Evaluation::All => BULK,
         };
         let uri = parts.uri.clone();
+        let span = telemetry::request_span("POST", template, &parts.headers);
         // Boxed where it is made: the tracking moves its future several times (into the timeout,
         // into hyper's slot), and a pointer moves where the whole state machine (evaluation and
         // cache lookup included) was copied each time (about 1,500 instructions a request).
@@ -119,7 +121,7 @@ impl FastPath {
         });
         Ok(self
             .tracking
-            .around(template, "POST", &uri, arrival, answer)
+            .around(template, "POST", &uri, arrival, span, answer)
             .await)
     }
 }

@@ -24,6 +24,7 @@
 //! | `arrival` | whether a request's body has arrived (`408` or `503`, shutdown) |
 //! | `serve` | the accept loop: connection cap, header and idle timeouts, prompt shutdown |
 //! | `metrics` | HTTP metrics and the Prometheus exposition |
+//! | `telemetry` | OpenTelemetry: spans and metrics over OTLP/HTTP when a collector is configured |
 //! | `state`, `config`, `wiring` | what handlers reach, the settings, and how one becomes the other |
 //!
 //! Decisions where the design contract is silent:
@@ -97,9 +98,11 @@ mod segments;
 pub mod serve;
 pub mod state;
 pub mod streams;
+pub mod telemetry;
 mod tracking;
 pub mod transfer;
 pub mod ui;
+pub mod webhooks;
 pub mod wiring;
 
 pub use errors::ApiErrorCode;

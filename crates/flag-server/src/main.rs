@@ -15,9 +15,13 @@ use anyhow::Context;
 use clap::Parser;
 use flag_core::{Actor, Environment, FeatureFlagRepository, ImportMode, ImportProblem};
 use flag_server::config::{Cli, Command, Config, ImportModeArg, LogFormat};
+use flag_server::telemetry::Telemetry;
 use flag_server::{app, serve, transfer, wiring};
 use flag_sql::SqlRepository;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// mimalloc rather than glibc's allocator: under callgrind, malloc and free were a fifth of the
 /// instructions of a single-flag request (see `flag_server`'s crate docs, "Where the time goes").
@@ -28,16 +32,27 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    match cli.config.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    let mut cli = Cli::parse();
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    // OpenTelemetry only for the server, and only when a collector is configured.
+    let telemetry = if serving {
+        Telemetry::from_env().context("OpenTelemetry settings")?
+    } else {
+        None
+    };
+    cli.config.traced = telemetry.as_ref().is_some_and(Telemetry::traces);
+    // The log layer takes events only (spans would cost every request a few allocations even
+    // with nobody exporting them); the OpenTelemetry layer, when there is one, takes the spans.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .and(filter_fn(|metadata| metadata.is_event()));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match cli.config.log_format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),
+    };
+    let spans = telemetry.as_ref().and_then(Telemetry::layer);
+    tracing_subscriber::registry().with(logs).with(spans).init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let repository = SqlRepository::connect(&cli.config.database_url)
@@ -46,7 +61,13 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied to {:?}", repository.database());
             Ok(())
         }
-        Command::Serve => serve(cli.config).await,
+        Command::Serve => {
+            let served = serve(cli.config, telemetry.as_ref()).await;
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
+            served
+        }
         Command::Export { env, out, yaml } => export(&cli.config, &env, out, yaml).await,
         Command::Import {
             env,
@@ -142,9 +163,16 @@ async fn import(
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, telemetry: Option<&Telemetry>) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting flag-server {}", env!("CARGO_PKG_VERSION"));
     let state = wiring::state_from(&config).await?;
+    if let Some(telemetry) = telemetry {
+        telemetry.observe(&state);
+        tracing::info!(
+            traces = telemetry.traces(),
+            "exporting OpenTelemetry over OTLP/HTTP"
+        );
+    }
     let mut limits = wiring::connection_limits(&config)?;
     limits.max_connections = fit_descriptors(limits.max_connections);
     let shutdown = Shutdown::listen();

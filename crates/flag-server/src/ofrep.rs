@@ -21,6 +21,7 @@ use flag_core::{
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -32,6 +33,7 @@ use crate::errors::{Failure, FlagFailure, OfrepError};
 use crate::openapi::OFREP;
 use crate::state::AppState;
 use crate::streams::EventStream;
+use crate::telemetry;
 
 /// `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`, reading bodies
 /// of at most `max_context_bytes`.
@@ -366,7 +368,14 @@ pub(crate) async fn evaluate_one_of(
         )
         .for_key(key));
     };
-    let evaluation = match state.service.evaluate(env, &flag_key, &context).await {
+    let span = telemetry::evaluation_span(key);
+    let evaluated = state
+        .service
+        .evaluate(env, &flag_key, &context)
+        .instrument(span.clone())
+        .await;
+    telemetry::evaluated_one(&span, &evaluated);
+    let evaluation = match evaluated {
         Ok(evaluation) => evaluation,
         Err(error) => {
             if let (Some(counts), ServiceError::Evaluation(failed)) =
@@ -488,6 +497,7 @@ pub(crate) async fn evaluate_all_of(
         None => parse_context(body)?,
     };
     let bulk = snapshot.evaluate(&context);
+    telemetry::evaluated_all(&bulk.results);
     if let Some(counts) = &state.evaluation_counts {
         for result in &bulk.results {
             match result {

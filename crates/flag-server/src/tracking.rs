@@ -29,11 +29,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flag_core::ErrorCode;
 use tokio::sync::Semaphore;
+use tracing::{Instrument, Span};
 
 use crate::arrival::Arrival;
 use crate::errors::{ApiError, ApiErrorCode, OfrepError, is_ofrep};
 use crate::metrics::HttpMetrics;
 use crate::routes::ROUTES;
+use crate::telemetry;
 
 /// The status recorded for requests their client abandoned.
 pub(crate) const ABANDONED: u16 = 499;
@@ -76,22 +78,25 @@ pub(crate) async fn track(
         .map_or("unmatched", |matched| route_label(matched.as_str()));
     let method = method_label(request.method());
     let uri = request.uri().clone();
+    let span = telemetry::request_span(method, route, request.headers());
     let (request, arrival) = Arrival::of(request);
     tracking
-        .around(route, method, &uri, &arrival, next.run(request))
+        .around(route, method, &uri, &arrival, span, next.run(request))
         .await
 }
 
 impl Tracking {
     /// `answer`, the answer to a request to `route` (a template of [`ROUTES`]) whose body is
-    /// `arrival`: admitted, timed out and recorded as this module says. The router's layer and
-    /// the OFREP fast path (`fast_path`) both answer through here.
+    /// `arrival`: admitted, timed out and recorded as this module says, within the request's
+    /// `span` (`telemetry::request_span`). The router's layer and the OFREP fast path
+    /// (`fast_path`) both answer through here.
     pub(crate) async fn around(
         &self,
         route: &'static str,
         method: &'static str,
         uri: &Uri,
         arrival: &Arrival,
+        span: Span,
         answer: impl Future<Output = Response>,
     ) -> Response {
         let mut record = Record {
@@ -100,6 +105,7 @@ impl Tracking {
             method,
             started: Instant::now(),
             answered: false,
+            span,
         };
         let _admitted = if is_admitted_route(route) {
             match Arc::clone(&self.in_flight).try_acquire_owned() {
@@ -117,6 +123,7 @@ impl Tracking {
         } else {
             None
         };
+        let answer = answer.instrument(record.span.clone());
         let response = match tokio::time::timeout(self.timeout, answer).await {
             Ok(response) => response,
             Err(_) => timed_out(uri, self.timeout, !arrival.pending()),
@@ -140,6 +147,8 @@ struct Record<'a> {
     method: &'static str,
     started: Instant,
     answered: bool,
+    /// The request's span (disabled unless traces are exported).
+    span: Span,
 }
 
 impl Record<'_> {
@@ -147,6 +156,8 @@ impl Record<'_> {
         self.answered = true;
         let took = self.started.elapsed();
         self.metrics.record(self.route, self.method, status, took);
+        telemetry::record_request(self.route, self.method, status, took);
+        telemetry::answered(&self.span, status);
         tracing::debug!(
             route = self.route,
             method = self.method,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use flag_core::{
     DynFeatureFlagCache, DynFeatureFlagRepository, DynInvalidationBus, Environment,
-    FeatureFlagService, Limits,
+    FeatureFlagService, Limits, Traced,
 };
 use flag_file::FileRepository;
 use flag_memory::{AnnouncedCache, MemoryCache, NoCache, TieredCache};
@@ -83,6 +83,17 @@ pub async fn service_from(
                 (Arc::new(tiered), Some(bus))
             }
         };
+    // While spans are exported, every port call gets one (`flag_core::Traced`); otherwise the
+    // ports are used bare and the hot path carries no span.
+    let (repository, cache, bus) = if config.traced {
+        (
+            Arc::new(Traced::new(repository)) as Arc<DynFeatureFlagRepository>,
+            Arc::new(Traced::new(cache)) as Arc<DynFeatureFlagCache>,
+            bus.map(|bus| Arc::new(Traced::new(bus)) as Arc<DynInvalidationBus>),
+        )
+    } else {
+        (repository, cache, bus)
+    };
     let mut service = FeatureFlagService::builder(repository, cache);
     if let Some(directory) = &config.last_good_dir {
         service = service.last_good_dir(directory);

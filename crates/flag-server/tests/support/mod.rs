@@ -80,6 +80,11 @@ pub fn default_config() -> Config {
         stream_poll_ms: 1_000,
         file_poll_ms: 5_000,
         evaluation_metrics: flag_server::config::Switch::Off,
+        webhooks: None,
+        webhook_secret: None,
+        webhook_retry_ms: 86_400_000,
+        webhook_timeout_ms: 5_000,
+        traced: false,
         log_format: LogFormat::Text,
     }
 }
