@@ -277,6 +277,7 @@ macro_rules! repository_suite {
             $crate::__repository_property!(references_are_kept_by_every_write);
             $crate::__repository_property!(every_write_is_audited_with_its_actor);
             $crate::__repository_property!(imports_are_one_transaction);
+            $crate::__repository_property!(the_outbox_holds_every_committed_write_until_delivered);
             $crate::__source_property!(
                 serves_what_its_source_holds,
                 |repository: &$crate::SharedRepository| {

@@ -1950,6 +1950,7 @@ where
         references_are_kept_by_every_write,
         every_write_is_audited_with_its_actor,
         imports_are_one_transaction,
+        the_outbox_holds_every_committed_write_until_delivered,
     );
     let source_of = |repository: &SharedRepository| -> crate::source::SharedSource {
         Arc::new(crate::source::ImportSource::new(Arc::clone(repository)))
@@ -1970,4 +1971,283 @@ where
         violations.push(violation);
     }
     violations
+}
+
+/// Rule 15: after `outbox_follow`, every committed write (and no refused one, and none from
+/// before) is pending once, in commit order within its environment, until marked delivered;
+/// marks never move back, receivers are independent, following again keeps the place, and the
+/// right to deliver has one holder at a time until it expires.
+pub async fn the_outbox_holds_every_committed_write_until_delivered(
+    repository: &SharedRepository,
+) -> Result<(), Violation> {
+    const P: &str = "the_outbox_holds_every_committed_write_until_delivered";
+    // Names of this run only: a shared, durable store may hold receivers of earlier runs.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let (first, second) = (format!("suite-{run}-1"), format!("suite-{run}-2"));
+    let (a, b, c) = (env("outbox-a"), env("outbox-b"), env("outbox-c"));
+    let ours = [a.clone(), b.clone(), c.clone()];
+    let alice = Actor::parse("alice").unwrap_or_else(|error| panic!("suite actor: {error}"));
+    let write = |environment: &Environment, name: &str, precondition: Precondition| {
+        let (environment, name, alice) = (environment.clone(), name.to_owned(), alice.clone());
+        async move {
+            repository
+                .upsert(
+                    &environment,
+                    definition(&name, json!({})),
+                    precondition,
+                    &alice,
+                )
+                .await
+        }
+    };
+    let pending = |receiver: String| {
+        let ours = ours.clone();
+        async move {
+            let entries = repository
+                .outbox_pending(&receiver, 100_000)
+                .await
+                .map_err(|error| failed(P, "outbox_pending", error))?;
+            Ok::<_, Violation>(
+                entries
+                    .into_iter()
+                    .filter(|entry| ours.contains(&entry.environment))
+                    .map(|entry| {
+                        (
+                            entry.environment.to_string(),
+                            entry.entry.key,
+                            entry.entry.action.as_str().to_owned(),
+                            entry.entry.revision.get(),
+                            entry.entry.position,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+
+    write(&a, "before", Precondition::None)
+        .await
+        .map_err(|error| failed(P, "a write before following", error))?;
+    for receiver in [&first, &second] {
+        repository
+            .outbox_follow(receiver)
+            .await
+            .map_err(|error| failed(P, "outbox_follow", error))?;
+    }
+    expect(
+        P,
+        "pending right after following",
+        pending(first.clone()).await?,
+        vec![],
+    )?;
+
+    let mut revisions = BTreeMap::<String, Vec<u64>>::new();
+    let mut record = |environment: &Environment, revision: Revision| {
+        revisions
+            .entry(environment.to_string())
+            .or_default()
+            .push(revision.get());
+    };
+    let created = write(&a, "one", Precondition::Absent)
+        .await
+        .map_err(|error| failed(P, "create one", error))?;
+    record(&a, created.revision);
+    let created = write(&b, "two", Precondition::None)
+        .await
+        .map_err(|error| failed(P, "create two", error))?;
+    record(&b, created.revision);
+    let refused = write(&a, "one", Precondition::Version(7)).await;
+    expect(P, "a stale write is refused", refused.is_err(), true)?;
+    let updated = write(&a, "one", Precondition::Version(1))
+        .await
+        .map_err(|error| failed(P, "update one", error))?;
+    record(&a, updated.revision);
+    let deleted = repository
+        .delete(&b, &key("two"), Precondition::None, &alice)
+        .await
+        .map_err(|error| failed(P, "delete two", error))?;
+    record(&b, deleted.revision);
+    let segment_written = repository
+        .upsert_segment(&a, segment("seg", json!({})), Precondition::None, &alice)
+        .await
+        .map_err(|error| failed(P, "segment", error))?;
+    record(&a, segment_written.revision);
+    // Concurrent writers of one environment: their entries come in commit (revision) order.
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let repository = Arc::clone(repository);
+            let (c, alice) = (c.clone(), alice.clone());
+            tokio::spawn(async move {
+                let mut revisions = Vec::new();
+                for round in 0..5 {
+                    let name = format!("w{writer}-{round}");
+                    let written = repository
+                        .upsert(&c, definition(&name, json!({})), Precondition::None, &alice)
+                        .await
+                        .map_err(|error| failed(P, "a concurrent write", error))?;
+                    revisions.push(written.revision.get());
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, Violation>(revisions)
+            })
+        })
+        .collect();
+    let mut concurrent = Vec::new();
+    for writer in writers {
+        let revisions = writer
+            .await
+            .map_err(|error| Violation::new(P, format!("a writer panicked: {error}")))??;
+        concurrent.extend(revisions);
+    }
+    concurrent.sort_unstable();
+    revisions.insert(c.to_string(), concurrent);
+
+    let all = pending(first.clone()).await?;
+    for (environment, expected) in &revisions {
+        let seen: Vec<u64> = all
+            .iter()
+            .filter(|entry| &entry.0 == environment)
+            .map(|entry| entry.3)
+            .collect();
+        expect(
+            P,
+            &format!("pending revisions of {environment}, in order, each once"),
+            &seen,
+            expected,
+        )?;
+    }
+    let told: Vec<(String, String, String)> = all
+        .iter()
+        .filter(|entry| entry.0 != c.to_string())
+        .map(|entry| (entry.0.clone(), entry.1.clone(), entry.2.clone()))
+        .collect();
+    let mut told_sorted = told.clone();
+    told_sorted.sort();
+    let told_of = |environment: &str, key: &str, action: &str| {
+        (environment.to_owned(), key.to_owned(), action.to_owned())
+    };
+    let mut wanted = vec![
+        told_of("outbox-a", "one", "create"),
+        told_of("outbox-a", "one", "update"),
+        told_of("outbox-a", "seg", "create"),
+        told_of("outbox-b", "two", "create"),
+        told_of("outbox-b", "two", "delete"),
+    ];
+    wanted.sort();
+    expect(
+        P,
+        "the writes pending (never the refused one, nor the earlier one)",
+        told_sorted,
+        wanted,
+    )?;
+    let ordered = |entries: &[(String, String, String, u64, flag_core::AuditCursor)],
+                   environment: &str| {
+        entries
+            .iter()
+            .filter(|entry| entry.0 == environment)
+            .map(|entry| entry.4)
+            .collect::<Vec<_>>()
+    };
+    let positions_a = ordered(&all, "outbox-a");
+    let mut sorted = positions_a.clone();
+    sorted.sort();
+    expect(P, "positions grow with commit order", &positions_a, &sorted)?;
+
+    // Marking the first of `a` delivered to the first receiver: gone for it, not for the other.
+    let first_of_a = positions_a[0];
+    repository
+        .outbox_delivered(&first, &a, first_of_a)
+        .await
+        .map_err(|error| failed(P, "outbox_delivered", error))?;
+    let after = pending(first.clone()).await?;
+    expect(
+        P,
+        "the delivered entry is no longer pending",
+        after
+            .iter()
+            .any(|entry| entry.4 == first_of_a && entry.0 == "outbox-a"),
+        false,
+    )?;
+    expect(
+        P,
+        "the other entries stay pending",
+        after.len(),
+        all.len() - 1,
+    )?;
+    expect(
+        P,
+        "the other receiver still has everything",
+        pending(second.clone()).await?.len(),
+        all.len(),
+    )?;
+    // Marking the last of `a` covers every earlier one; an older mark never moves it back.
+    let last_of_a = positions_a[positions_a.len() - 1];
+    for position in [last_of_a, first_of_a] {
+        repository
+            .outbox_delivered(&first, &a, position)
+            .await
+            .map_err(|error| failed(P, "outbox_delivered", error))?;
+    }
+    let after = pending(first.clone()).await?;
+    expect(
+        P,
+        "nothing of a is pending after its last is marked",
+        after.iter().filter(|entry| entry.0 == "outbox-a").count(),
+        0,
+    )?;
+    repository
+        .outbox_follow(&first)
+        .await
+        .map_err(|error| failed(P, "following again", error))?;
+    expect(
+        P,
+        "following again keeps the place",
+        pending(first.clone()).await?,
+        after,
+    )?;
+    let limited = repository
+        .outbox_pending(&second, 1)
+        .await
+        .map_err(|error| failed(P, "outbox_pending with a limit", error))?;
+    expect(P, "a limit of one answers one entry", limited.len(), 1)?;
+
+    // The right to deliver: one holder until it expires.
+    let hold = |holder: &'static str, now_ms: u64| {
+        let first = first.clone();
+        async move {
+            repository
+                .outbox_hold(&first, holder, now_ms, 100)
+                .await
+                .map_err(|error| failed(P, "outbox_hold", error))
+        }
+    };
+    expect(P, "a free right is taken", hold("h1", 1_000).await?, true)?;
+    expect(
+        P,
+        "a held right is refused to another",
+        hold("h2", 1_050).await?,
+        false,
+    )?;
+    expect(P, "the holder renews it", hold("h1", 1_060).await?, true)?;
+    expect(
+        P,
+        "still refused to another before the renewed end",
+        hold("h2", 1_150).await?,
+        false,
+    )?;
+    expect(
+        P,
+        "an expired right is taken over",
+        hold("h2", 1_200).await?,
+        true,
+    )?;
+    expect(
+        P,
+        "and refused to the old holder",
+        hold("h1", 1_210).await?,
+        false,
+    )?;
+    Ok(())
 }

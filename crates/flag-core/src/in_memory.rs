@@ -16,7 +16,8 @@ use crate::import::{ImportRequest, Imported, plan_import};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::references::References;
 use crate::repository::{
-    Deleted, FeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
+    Deleted, FeatureFlagRepository, OutboxEntry, Precondition, RepositoryError, Upserted,
+    UpsertedSegment,
 };
 use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
@@ -97,6 +98,18 @@ fn definition<T: serde::Serialize>(stored: &T) -> Option<serde_json::Value> {
 #[derive(Debug, Default)]
 pub struct InMemoryRepository {
     environments: Mutex<BTreeMap<Environment, EnvironmentState>>,
+    /// The outboxes by receiver (rule 15); locked after `environments` when both are.
+    outboxes: Mutex<BTreeMap<String, Outbox>>,
+}
+
+/// One receiver's place in each environment's audit log.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Per environment, the last position delivered (or, before any, the log's length when the
+    /// receiver was followed); 0 for environments first written later.
+    delivered: BTreeMap<Environment, u64>,
+    /// Who may deliver, until when (Unix ms).
+    holder: Option<(String, u64)>,
 }
 
 impl InMemoryRepository {
@@ -472,6 +485,77 @@ impl FeatureFlagRepository for InMemoryRepository {
         state.removed = true;
         state.revision = Revision(state.revision.get() + 1);
         Ok(state.revision)
+    }
+
+    async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
+        let environments = self.lock();
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        outboxes
+            .entry(receiver.to_owned())
+            .or_insert_with(|| Outbox {
+                delivered: environments
+                    .iter()
+                    .map(|(env, state)| (env.clone(), state.log.len() as u64))
+                    .collect(),
+                holder: None,
+            });
+        Ok(())
+    }
+
+    async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, RepositoryError> {
+        let environments = self.lock();
+        let outboxes = self.outboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(outbox) = outboxes.get(receiver) else {
+            return Ok(Vec::new());
+        };
+        let pending = environments.iter().flat_map(|(env, state)| {
+            let delivered = outbox.delivered.get(env).copied().unwrap_or(0);
+            let from = usize::try_from(delivered).unwrap_or(usize::MAX);
+            state.log.iter().skip(from).map(|entry| OutboxEntry {
+                environment: env.clone(),
+                entry: entry.clone(),
+            })
+        });
+        Ok(pending.take(limit).collect())
+    }
+
+    async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(outbox) = outboxes.get_mut(receiver) {
+            let delivered = outbox.delivered.entry(env.clone()).or_insert(0);
+            *delivered = (*delivered).max(position.0);
+        }
+        Ok(())
+    }
+
+    async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(outbox) = outboxes.get_mut(receiver) else {
+            return Ok(false);
+        };
+        let free = match &outbox.holder {
+            None => true,
+            Some((current, until)) => current == holder || *until < now_ms,
+        };
+        if free {
+            outbox.holder = Some((holder.to_owned(), now_ms.saturating_add(for_ms)));
+        }
+        Ok(free)
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {

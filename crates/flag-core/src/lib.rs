@@ -110,8 +110,8 @@ pub use names::{Actor, Environment, FlagKey, NameError, SegmentKey};
 pub use operand::{MAX_COMPILED_PATTERN_BYTES, MAX_PATTERN_BYTES};
 pub use references::{ReferenceError, References};
 pub use repository::{
-    Deleted, DynFeatureFlagRepository, FeatureFlagRepository, Precondition, RepositoryError,
-    Upserted, UpsertedSegment,
+    Deleted, DynFeatureFlagRepository, FeatureFlagRepository, OutboxEntry, Precondition,
+    RepositoryError, Upserted, UpsertedSegment,
 };
 pub use secrets::redact_url;
 pub use segment::{KeySet, Segment, SegmentDocument, SegmentRule, SegmentRuleDocument};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditPage, AuditQuery};
+use crate::audit::{AuditCursor, AuditEntry, AuditPage, AuditQuery};
 use crate::flag::FeatureFlag;
 use crate::import::{ImportProblem, ImportRequest, Imported};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
@@ -78,6 +78,15 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
 ///     dry run or changes nothing, it writes and deletes what the plan says with one revision
 ///     bump, versions as rule 1 says, and one audit entry per changed flag or segment (rule 13).
 ///     (proven by `imports_are_one_transaction`)
+/// 15. **Outbox.** The audit log is the outbox of change notifications (it is written in each
+///     write's own transaction, so a committed write is never missing from it). After
+///     `outbox_follow(receiver)`, `outbox_pending` answers every write committed since, each
+///     once until `outbox_delivered` marks it (and everything before it in its environment), in
+///     commit order within each environment (so in revision order), whatever other environments
+///     do; receivers are independent of each other; a durable repository keeps the marks across
+///     restarts. Writes committed before the receiver was followed are never pending.
+///     `outbox_hold` gives the right to deliver to one holder at a time until it expires.
+///     (proven by `the_outbox_holds_every_committed_write_until_delivered`)
 #[async_trait]
 pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
     /// A short, stable name of the backend (`sqlite`, `postgres`, ...) for metrics and logs.
@@ -173,6 +182,49 @@ pub trait FeatureFlagRepository: Send + Sync + fmt::Debug {
 
     /// Succeeds when the store answers; for readiness checks.
     async fn ping(&self) -> Result<(), RepositoryError>;
+
+    /// Starts keeping an outbox for `receiver` (an opaque name of at most 64 bytes): every write
+    /// committed from now on is pending for it until marked delivered. Idempotent: a receiver
+    /// already followed keeps its place, across restarts in a durable repository (rule 15). A
+    /// repository that takes no writes has nothing ever pending.
+    async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError>;
+
+    /// Up to `limit` writes committed since `receiver` was followed and not yet marked delivered
+    /// to it, in commit order within each environment (rule 15).
+    async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, RepositoryError>;
+
+    /// Marks the write at `position` of `env`, and every earlier one of `env`, delivered to
+    /// `receiver`. A position at or before one already marked changes nothing.
+    async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), RepositoryError>;
+
+    /// Takes or renews the right to deliver `receiver`'s outbox for `holder` until
+    /// `now_ms + for_ms` (Unix milliseconds), so that of several instances sharing the store one
+    /// delivers; answers whether `holder` has it. The right is free when unheld or expired.
+    async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError>;
+}
+
+/// One committed write waiting in a receiver's outbox: the environment and its audit entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The environment written.
+    pub environment: Environment,
+    /// The write, as the audit log holds it (its `position` is the outbox's cursor).
+    pub entry: AuditEntry,
 }
 
 /// The trait object the service and server hold.
@@ -513,6 +565,37 @@ macro_rules! forward_repository {
 
             async fn ping(&self) -> Result<(), RepositoryError> {
                 (**self).ping().await
+            }
+
+            async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
+                (**self).outbox_follow(receiver).await
+            }
+
+            async fn outbox_pending(
+                &self,
+                receiver: &str,
+                limit: usize,
+            ) -> Result<Vec<OutboxEntry>, RepositoryError> {
+                (**self).outbox_pending(receiver, limit).await
+            }
+
+            async fn outbox_delivered(
+                &self,
+                receiver: &str,
+                env: &Environment,
+                position: AuditCursor,
+            ) -> Result<(), RepositoryError> {
+                (**self).outbox_delivered(receiver, env, position).await
+            }
+
+            async fn outbox_hold(
+                &self,
+                receiver: &str,
+                holder: &str,
+                now_ms: u64,
+                for_ms: u64,
+            ) -> Result<bool, RepositoryError> {
+                (**self).outbox_hold(receiver, holder, now_ms, for_ms).await
             }
         }
     };

@@ -18,14 +18,15 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
-use crate::audit::{AuditPage, AuditQuery};
+use crate::audit::{AuditCursor, AuditPage, AuditQuery};
 use crate::bus::{BusError, BusEvent, InvalidationBus};
 use crate::cache::{CacheError, FeatureFlagCache, SetOutcome, TierStatus};
 use crate::flag::FeatureFlag;
 use crate::import::{ImportRequest, Imported};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::repository::{
-    Deleted, FeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
+    Deleted, FeatureFlagRepository, OutboxEntry, Precondition, RepositoryError, Upserted,
+    UpsertedSegment,
 };
 use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revision};
@@ -326,6 +327,61 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
 
     async fn ping(&self) -> Result<(), RepositoryError> {
         traced("repository.ping", self.backend(), None, self.0.ping()).await
+    }
+
+    async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
+        traced(
+            "repository.outbox_follow",
+            self.backend(),
+            None,
+            self.0.outbox_follow(receiver),
+        )
+        .await
+    }
+
+    async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, RepositoryError> {
+        traced(
+            "repository.outbox_pending",
+            self.backend(),
+            None,
+            self.0.outbox_pending(receiver, limit),
+        )
+        .await
+    }
+
+    async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        traced(
+            "repository.outbox_delivered",
+            self.backend(),
+            Some(env),
+            self.0.outbox_delivered(receiver, env, position),
+        )
+        .await
+    }
+
+    async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        traced(
+            "repository.outbox_hold",
+            self.backend(),
+            None,
+            self.0.outbox_hold(receiver, holder, now_ms, for_ms),
+        )
+        .await
     }
 }
 

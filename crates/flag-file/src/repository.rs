@@ -488,4 +488,36 @@ impl FeatureFlagRepository for FileRepository {
         // What is served is in memory: it always answers (a bad file is counted and logged).
         Ok(())
     }
+    // The file takes no writes (changes of the file are not writes: no actor, no audit entry),
+    // so its outbox never holds anything; see `docs/flags-as-files.md`.
+    async fn outbox_follow(&self, _receiver: &str) -> Result<(), RepositoryError> {
+        Ok(())
+    }
+
+    async fn outbox_pending(
+        &self,
+        _receiver: &str,
+        _limit: usize,
+    ) -> Result<Vec<flag_core::OutboxEntry>, RepositoryError> {
+        Ok(Vec::new())
+    }
+
+    async fn outbox_delivered(
+        &self,
+        _receiver: &str,
+        _env: &Environment,
+        _position: flag_core::AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        Ok(())
+    }
+
+    async fn outbox_hold(
+        &self,
+        _receiver: &str,
+        _holder: &str,
+        _now_ms: u64,
+        _for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        Ok(true)
+    }
 }

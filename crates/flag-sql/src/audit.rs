@@ -4,7 +4,7 @@
 
 use flag_core::{
     Actor, AuditAction, AuditCursor, AuditEntry, AuditKind, AuditPage, AuditQuery, Environment,
-    RepositoryError, Revision,
+    OutboxEntry, RepositoryError, Revision,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -125,4 +125,122 @@ fn entry(row: &AnyRow) -> Result<AuditEntry, sqlx::Error> {
         before: definition("before_definition")?,
         after: definition("after_definition")?,
     })
+}
+
+/// Follows a receiver from the last row committed now (rule 15); a known receiver keeps its
+/// place. (`WHERE true`: SQLite reads an `ON` right after `FROM` as a join's.)
+const FOLLOW: &str = "INSERT INTO webhook_receivers (receiver, since, holder, held_until) \
+                      SELECT $1, COALESCE(MAX(id), 0), NULL, 0 FROM audit_log WHERE true \
+                      ON CONFLICT (receiver) DO NOTHING";
+
+/// A receiver's pending rows: after its place in their environment (or, in an environment it
+/// has no place in yet, after the row it was followed at), oldest first. Audit ids grow in commit
+/// order within an environment, whose writers queue on its row lock, so this is commit order
+/// there; across environments ids may commit out of order, which per-environment places allow.
+const PENDING: &str = "SELECT a.id, a.environment, a.key, a.kind, a.action, a.old_version, \
+                       a.new_version, a.revision, a.at, a.actor, a.before_definition, \
+                       a.after_definition \
+                       FROM audit_log a \
+                       JOIN webhook_receivers r ON r.receiver = $1 \
+                       LEFT JOIN webhook_cursors c \
+                       ON c.receiver = r.receiver AND c.environment = a.environment \
+                       WHERE a.id > r.since AND a.id > COALESCE(c.delivered, 0) \
+                       ORDER BY a.id LIMIT $2";
+
+/// Moves a receiver's place in an environment forward, never back.
+const DELIVERED: &str = "INSERT INTO webhook_cursors (receiver, environment, delivered) \
+                         VALUES ($1, $2, $3) \
+                         ON CONFLICT (receiver, environment) DO UPDATE \
+                         SET delivered = excluded.delivered \
+                         WHERE webhook_cursors.delivered < excluded.delivered";
+
+/// Takes or renews the right to deliver: free when unheld, held by the asker, or expired.
+const HOLD: &str = "UPDATE webhook_receivers SET holder = $2, held_until = $3 \
+                    WHERE receiver = $1 AND (holder IS NULL OR holder = $2 OR held_until < $4)";
+
+impl SqlRepository {
+    /// The port's `outbox_follow`.
+    pub(crate) async fn follow_outbox(&self, receiver: &str) -> Result<(), RepositoryError> {
+        let receiver = receiver.to_owned();
+        self.bounded(async {
+            sqlx::query(FOLLOW)
+                .bind(receiver)
+                .execute(self.pool())
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// The port's `outbox_pending`.
+    pub(crate) async fn pending_outbox(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, RepositoryError> {
+        let receiver = receiver.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async {
+            let rows = sqlx::query(PENDING)
+                .bind(receiver)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?;
+            rows.iter()
+                .filter_map(|row| {
+                    // A row whose environment name this release cannot read is not sent (it
+                    // could not be named in the notification).
+                    let environment: String = match row.try_get("environment") {
+                        Ok(name) => name,
+                        Err(error) => return Some(Err(error)),
+                    };
+                    let environment = Environment::parse(&environment).ok()?;
+                    Some(entry(row).map(|entry| OutboxEntry { environment, entry }))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The port's `outbox_delivered`.
+    pub(crate) async fn mark_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        let (receiver, env) = (receiver.to_owned(), env.to_string());
+        self.bounded(async {
+            sqlx::query(DELIVERED)
+                .bind(receiver)
+                .bind(env)
+                .bind(to_i64(position.0))
+                .execute(self.pool())
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// The port's `outbox_hold`.
+    pub(crate) async fn hold_outbox(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        let (receiver, holder) = (receiver.to_owned(), holder.to_owned());
+        self.bounded(async {
+            let done = sqlx::query(HOLD)
+                .bind(receiver)
+                .bind(holder)
+                .bind(to_i64(now_ms.saturating_add(for_ms)))
+                .bind(to_i64(now_ms))
+                .execute(self.pool())
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
 }

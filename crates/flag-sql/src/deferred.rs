@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use flag_core::{
-    Actor, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot, EnvironmentSummary,
-    FeatureFlag, FeatureFlagRepository, FlagKey, ImportRequest, Imported, Precondition,
-    RepositoryError, Revision, Segment, SegmentKey, Upserted, UpsertedSegment, async_trait,
+    Actor, AuditCursor, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot,
+    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, ImportRequest, Imported,
+    OutboxEntry, Precondition, RepositoryError, Revision, Segment, SegmentKey, Upserted,
+    UpsertedSegment, async_trait,
 };
 
 use crate::connection::{Backend, SqlRepositoryBuilder};
@@ -194,5 +195,40 @@ impl FeatureFlagRepository for DeferredSqlRepository {
 
     async fn ping(&self) -> Result<(), RepositoryError> {
         self.repository()?.ping().await
+    }
+
+    async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
+        self.repository()?.outbox_follow(receiver).await
+    }
+
+    async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, RepositoryError> {
+        self.repository()?.outbox_pending(receiver, limit).await
+    }
+
+    async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        self.repository()?
+            .outbox_delivered(receiver, env, position)
+            .await
+    }
+
+    async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        self.repository()?
+            .outbox_hold(receiver, holder, now_ms, for_ms)
+            .await
     }
 }

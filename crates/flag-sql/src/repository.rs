@@ -13,10 +13,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use flag_core::{
-    Actor, AuditKind, AuditPage, AuditQuery, Deleted, Environment, EnvironmentSnapshot,
-    EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey, ImportRequest, Imported,
-    Precondition, References, RepositoryError, Revision, Segment, SegmentKey, Upserted,
-    UpsertedSegment, async_trait, plan_import,
+    Actor, AuditCursor, AuditKind, AuditPage, AuditQuery, Deleted, Environment,
+    EnvironmentSnapshot, EnvironmentSummary, FeatureFlag, FeatureFlagRepository, FlagKey,
+    ImportRequest, Imported, OutboxEntry, Precondition, References, RepositoryError, Revision,
+    Segment, SegmentKey, Upserted, UpsertedSegment, async_trait, plan_import,
 };
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
@@ -932,5 +932,36 @@ impl FeatureFlagRepository for SqlRepository {
             connection.ping().await
         })
         .await
+    }
+
+    async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
+        self.follow_outbox(receiver).await
+    }
+
+    async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, RepositoryError> {
+        self.pending_outbox(receiver, limit).await
+    }
+
+    async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        self.mark_delivered(receiver, env, position).await
+    }
+
+    async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        self.hold_outbox(receiver, holder, now_ms, for_ms).await
     }
 }

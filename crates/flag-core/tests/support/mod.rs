@@ -377,4 +377,40 @@ impl FeatureFlagRepository for FakeRepository {
     async fn ping(&self) -> Result<(), RepositoryError> {
         self.check()
     }
+    async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
+        self.check()?;
+        self.inner.outbox_follow(receiver).await
+    }
+
+    async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<flag_core::OutboxEntry>, RepositoryError> {
+        self.check()?;
+        self.inner.outbox_pending(receiver, limit).await
+    }
+
+    async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: flag_core::AuditCursor,
+    ) -> Result<(), RepositoryError> {
+        self.check()?;
+        self.inner.outbox_delivered(receiver, env, position).await
+    }
+
+    async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, RepositoryError> {
+        self.check()?;
+        self.inner
+            .outbox_hold(receiver, holder, now_ms, for_ms)
+            .await
+    }
 }
