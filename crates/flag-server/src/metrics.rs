@@ -105,6 +105,8 @@ pub(crate) struct Exposition<'a> {
     pub(crate) flags_file: Option<flag_file::FileStats>,
     /// The per-flag evaluation series, when `FLAG_EVALUATION_METRICS=on`.
     pub(crate) evaluations: Option<&'a [flag_core::EvaluationSeries]>,
+    /// The change webhooks' counts, when `FLAG_WEBHOOKS` names receivers.
+    pub(crate) webhooks: Option<Vec<crate::webhooks::ReceiverCounts>>,
 }
 
 impl Exposition<'_> {
@@ -116,7 +118,61 @@ impl Exposition<'_> {
         self.render_tiered(&mut out);
         self.render_flags_file(&mut out);
         self.render_evaluations(&mut out);
+        self.render_webhooks(&mut out);
         out
+    }
+
+    fn render_webhooks(&self, out: &mut String) {
+        let Some(receivers) = &self.webhooks else {
+            return;
+        };
+        header(
+            out,
+            "flag_webhook_attempts_total",
+            "counter",
+            "Webhook delivery attempts, by receiver (scheme, host and port) and outcome: delivered (2xx), failed (another answer), unreachable (no answer in FLAG_WEBHOOK_TIMEOUT_MS).",
+        );
+        for counts in receivers {
+            for (outcome, value) in [
+                ("delivered", counts.delivered),
+                ("failed", counts.failed),
+                ("unreachable", counts.unreachable),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "flag_webhook_attempts_total{{receiver=\"{}\",outcome=\"{outcome}\"}} {value}",
+                    label(&counts.receiver)
+                );
+            }
+        }
+        header(
+            out,
+            "flag_webhook_abandoned_total",
+            "counter",
+            "Changes given up after FLAG_WEBHOOK_RETRY_MS of failed attempts, by receiver.",
+        );
+        for counts in receivers {
+            let _ = writeln!(
+                out,
+                "flag_webhook_abandoned_total{{receiver=\"{}\"}} {}",
+                label(&counts.receiver),
+                counts.abandoned
+            );
+        }
+        header(
+            out,
+            "flag_webhook_backlog",
+            "gauge",
+            "Changes read from the outbox and not yet delivered, by receiver (at most 100 are read at once).",
+        );
+        for counts in receivers {
+            let _ = writeln!(
+                out,
+                "flag_webhook_backlog{{receiver=\"{}\"}} {}",
+                label(&counts.receiver),
+                counts.backlog
+            );
+        }
     }
 
     fn render_evaluations(&self, out: &mut String) {
@@ -407,6 +463,7 @@ mod tests {
             streams_open: 0,
             flags_file: None,
             evaluations: None,
+            webhooks: None,
         }
         .render();
         assert!(

@@ -100,6 +100,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .as_ref()
             .map(flag_file::FileRepository::stats),
         evaluations: evaluations.as_deref(),
+        webhooks: state.webhooks.as_ref().map(|webhooks| webhooks.counts()),
     }
     .render();
     (

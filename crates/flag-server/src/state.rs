@@ -59,6 +59,8 @@ pub struct AppState {
     pub flags_file: Option<flag_file::FileRepository>,
     /// Per-flag evaluation counts, when `FLAG_EVALUATION_METRICS=on`.
     pub evaluation_counts: Option<Arc<flag_core::EvaluationCounts>>,
+    /// The change webhooks' counts, when `FLAG_WEBHOOKS` names receivers.
+    pub webhooks: Option<Arc<crate::webhooks::WebhookMetrics>>,
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
             cors: None,
             flags_file: None,
             evaluation_counts: None,
+            webhooks: None,
         }
     }
 }

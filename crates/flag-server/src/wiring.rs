@@ -30,8 +30,10 @@ pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
         config.effective_cache_backend(),
         CacheBackend::Redis | CacheBackend::Tiered
     );
+    let webhooks = crate::webhooks::start(&service, config).await?;
     let mut state = state_with(config, service, default_environment, shared_cache)?;
     state.flags_file = flags_file;
+    state.webhooks = webhooks;
     Ok(state)
 }
 

@@ -64,7 +64,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::audit::{AuditPage, AuditQuery};
+use crate::audit::{AuditCursor, AuditPage, AuditQuery};
 use crate::cache::{CacheError, DynFeatureFlagCache, TierStatus};
 use crate::context::EvaluationContext;
 use crate::evaluation::{Evaluation, EvaluationError, Scope};
@@ -75,7 +75,8 @@ use crate::import::{ImportRequest, Imported};
 use crate::metrics::{Counters, ServiceMetrics};
 use crate::names::{Actor, Environment, FlagKey, SegmentKey};
 use crate::repository::{
-    Deleted, DynFeatureFlagRepository, Precondition, RepositoryError, Upserted, UpsertedSegment,
+    Deleted, DynFeatureFlagRepository, OutboxEntry, Precondition, RepositoryError, Upserted,
+    UpsertedSegment,
 };
 use crate::segment::Segment;
 use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, Revision};
@@ -345,6 +346,7 @@ impl ServiceBuilder {
                 outage_copies: Copies::new(self.outage_refresh),
                 breaker: Breaker::default(),
                 changes: ChangeFeed::default(),
+                writes: tokio::sync::watch::Sender::new(0),
                 quiet: Quiet::default(),
                 unreadable_seen: Mutex::default(),
                 limits: self.limits,
@@ -378,6 +380,8 @@ struct Inner {
     breaker: Breaker,
     /// The newest revision of each followed environment, for event streams.
     changes: ChangeFeed,
+    /// How many writes this instance has made or been told of: what wakes outbox deliveries.
+    writes: tokio::sync::watch::Sender<u64>,
     /// The rate limit of warnings about stores that fail.
     quiet: Quiet,
     /// The unreadable stored flags (environment, key, version) already counted and logged.
@@ -835,6 +839,61 @@ impl FeatureFlagService {
         self.inner.after_write(env, revision).await;
     }
 
+    /// A receiver that changes after each write this instance makes or is told of
+    /// ([`Self::repository_changed`]): what wakes deliveries from the outbox at once (writes of
+    /// other instances are found by polling the outbox).
+    pub fn watch_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.writes.subscribe()
+    }
+
+    /// Starts keeping the outbox of `receiver` (the repository's rule 15).
+    pub async fn outbox_follow(&self, receiver: &str) -> Result<(), ServiceError> {
+        Ok(self.inner.repository.outbox_follow(receiver).await?)
+    }
+
+    /// Up to `limit` writes not yet delivered to `receiver`, in commit order per environment.
+    pub async fn outbox_pending(
+        &self,
+        receiver: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, ServiceError> {
+        Ok(self
+            .inner
+            .repository
+            .outbox_pending(receiver, limit)
+            .await?)
+    }
+
+    /// Marks `receiver`'s outbox delivered up to `position` in `env`.
+    pub async fn outbox_delivered(
+        &self,
+        receiver: &str,
+        env: &Environment,
+        position: AuditCursor,
+    ) -> Result<(), ServiceError> {
+        Ok(self
+            .inner
+            .repository
+            .outbox_delivered(receiver, env, position)
+            .await?)
+    }
+
+    /// Takes or renews the right to deliver `receiver`'s outbox (see the repository's
+    /// `outbox_hold`).
+    pub async fn outbox_hold(
+        &self,
+        receiver: &str,
+        holder: &str,
+        now_ms: u64,
+        for_ms: u64,
+    ) -> Result<bool, ServiceError> {
+        Ok(self
+            .inner
+            .repository
+            .outbox_hold(receiver, holder, now_ms, for_ms)
+            .await?)
+    }
+
     /// Tries every invalidation still being retried once now, for a process about to exit;
     /// answers how many environments are still pending (their entries expire with the TTL).
     pub async fn flush_invalidations(&self) -> usize {
@@ -876,6 +935,8 @@ impl Inner {
         self.raise_floor(env, revision);
         self.flights.detach(env);
         self.changes.announce(env, revision);
+        self.writes
+            .send_modify(|writes| *writes = writes.wrapping_add(1));
         self.invalidate_after_write(env, revision).await;
     }
 }
