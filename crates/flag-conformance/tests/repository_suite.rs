@@ -66,6 +66,12 @@ struct Careless {
     audit_ignoring_the_cursor: bool,
     /// Imports whatever the environment's revision, as a store that ignores `If-Match` would.
     imports_ignoring_the_revision: bool,
+    /// Keeps no mark of what was delivered, as an outbox that forgets its cursor would.
+    outbox_without_marks: bool,
+    /// Answers the pending writes newest first, as an outbox ordered by the wrong column would.
+    outbox_newest_first: bool,
+    /// Gives the right to deliver to whoever asks, as an outbox without a hold would.
+    outbox_hold_for_all: bool,
 }
 
 impl Careless {
@@ -236,7 +242,11 @@ impl FeatureFlagRepository for Careless {
         receiver: &str,
         limit: usize,
     ) -> Result<Vec<flag_core::OutboxEntry>, RepositoryError> {
-        self.inner.outbox_pending(receiver, limit).await
+        let mut pending = self.inner.outbox_pending(receiver, limit).await?;
+        if self.outbox_newest_first {
+            pending.reverse();
+        }
+        Ok(pending)
     }
 
     async fn outbox_delivered(
@@ -245,6 +255,9 @@ impl FeatureFlagRepository for Careless {
         env: &Environment,
         position: flag_core::AuditCursor,
     ) -> Result<(), RepositoryError> {
+        if self.outbox_without_marks {
+            return Ok(());
+        }
         self.inner.outbox_delivered(receiver, env, position).await
     }
 
@@ -255,9 +268,11 @@ impl FeatureFlagRepository for Careless {
         now_ms: u64,
         for_ms: u64,
     ) -> Result<bool, RepositoryError> {
-        self.inner
+        let held = self
+            .inner
             .outbox_hold(receiver, holder, now_ms, for_ms)
-            .await
+            .await?;
+        Ok(held || self.outbox_hold_for_all)
     }
 }
 
@@ -411,4 +426,29 @@ async fn an_import_that_ignores_if_match_is_caught() {
     })
     .await;
     assert_eq!(caught, ["imports_are_one_transaction"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_careless_outbox_is_caught() {
+    let outboxes: [fn() -> Careless; 3] = [
+        || Careless {
+            outbox_without_marks: true,
+            ..Careless::default()
+        },
+        || Careless {
+            outbox_newest_first: true,
+            ..Careless::default()
+        },
+        || Careless {
+            outbox_hold_for_all: true,
+            ..Careless::default()
+        },
+    ];
+    for make in outboxes {
+        let caught = caught_by(make).await;
+        assert_eq!(
+            caught,
+            ["the_outbox_holds_every_committed_write_until_delivered"]
+        );
+    }
 }

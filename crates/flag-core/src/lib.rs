@@ -19,6 +19,10 @@
 //!   its path, and the one decision every repository takes to import it.
 //! - Who and what changed ([`Actor`], [`AuditQuery`], [`AuditPage`]): every write through the
 //!   repository port names its actor, and the repository answers its audit log a page at a time.
+//!   The audit log is also the outbox of change notifications ([`OutboxEntry`], the repository's
+//!   rule 15): each receiver's place in it, so webhooks lose nothing a write committed.
+//! - [`Traced`]: any port with a `tracing` span around each call, for OpenTelemetry; wrapped in by
+//!   the binary only while spans are exported.
 //! - Ports, each object-safe and documented with a `# Contract` whose every rule names the
 //!   `flag-conformance` property that proves it for every adapter:
 //!   [`FeatureFlagCache`] (adapters: `flag-memory`'s `MemoryCache`, `TieredCache`, `NoCache`;

@@ -25,6 +25,7 @@
 //! | `serve` | the accept loop: connection cap, header and idle timeouts, prompt shutdown |
 //! | `metrics` | HTTP metrics and the Prometheus exposition |
 //! | `telemetry` | OpenTelemetry: spans and metrics over OTLP/HTTP when a collector is configured |
+//! | `webhooks` | change webhooks: a worker per receiver delivering the repository's outbox |
 //! | `state`, `config`, `wiring` | what handlers reach, the settings, and how one becomes the other |
 //!
 //! Decisions where the design contract is silent:

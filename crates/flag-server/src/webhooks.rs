@@ -34,8 +34,8 @@
 //!  "text": "alice updated flag new-checkout in production (version 3 → 4, revision 17)"}
 //! ```
 //!
-//! `text` makes the body a message that Slack, Mattermost, Rocket.Chat and Google Chat incoming
-//! webhooks post as it is.
+//! `text` makes the body a message that Slack's and Mattermost's incoming webhooks (and Discord's
+//! Slack-compatible one) post as it is. Decisions and guarantees for users: `docs/webhooks.md`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -108,7 +108,8 @@ fn every_operator_is_documented_and_only_those() {
     assert_eq!(documented, engine);
 }
 
-/// On `tiered` over a flags file with evaluation counts on (the setup with the most families)
+/// On `tiered` over a flags file with evaluation counts and a webhook on (the setup with the
+/// most families)
 /// every family `/metrics` renders is in the
 /// table, with its type, and nothing else is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +122,8 @@ async fn the_metric_families_are_the_ones_rendered() {
         config.cache_backend = Some(CacheBackend::Tiered);
         config.database_url = format!("file://{}", file.display());
         config.evaluation_metrics = flag_server::config::Switch::On;
+        // A receiver nothing listens on: its families are rendered all the same.
+        config.webhooks = Some(vec!["http://127.0.0.1:9/hooks".to_owned()]);
     })
     .await;
     // One request, so that the HTTP families have a series.
