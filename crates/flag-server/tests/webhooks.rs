@@ -182,6 +182,15 @@ async fn put_flag(server: &TestServer, env: &str, key: &str, enabled: bool) {
     assert!(matches!(reply.status, 200 | 201), "{}", reply.body);
 }
 
+/// Waits (up to 15 s) until the `/metrics` sample `series` is at least 1.
+async fn until_metric(server: &TestServer, series: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.metric(series).await < 1.0 {
+        assert!(Instant::now() < deadline, "{series} never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Each environment's revisions in delivery order.
 fn revisions_by_environment(bodies: &[Value]) -> HashMap<String, Vec<u64>> {
     let mut revisions: HashMap<String, Vec<u64>> = HashMap::new();
@@ -411,16 +420,11 @@ async fn a_stalled_receiver_never_delays_writes_and_gets_everything_when_it_come
         );
     }
     let label = receiver.url.split("/hooks").next().unwrap().to_owned();
-    let unreachable =
-        format!("flag_webhook_attempts_total{{receiver=\"{label}\",outcome=\"unreachable\"}}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric(&unreachable).await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled attempt was never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_metric(
+        &server,
+        &format!("flag_webhook_attempts_total{{receiver=\"{label}\",outcome=\"unreachable\"}}"),
+    )
+    .await;
     receiver.answer(Answer::Status(200));
     receiver.until_delivered(20, Duration::from_secs(20)).await;
     let delivered: Vec<String> = receiver
@@ -441,12 +445,11 @@ async fn a_change_is_given_up_after_its_retry_window() {
     .await;
     put_flag(&server, "production", "doomed", true).await;
     let label = receiver.url.split("/hooks").next().unwrap().to_owned();
-    let abandoned = format!("flag_webhook_abandoned_total{{receiver=\"{label}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while server.metric(&abandoned).await < 1.0 {
-        assert!(Instant::now() < deadline, "the change was never given up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_metric(
+        &server,
+        &format!("flag_webhook_abandoned_total{{receiver=\"{label}\"}}"),
+    )
+    .await;
     receiver.answer(Answer::Status(200));
     put_flag(&server, "production", "later", true).await;
     receiver.until_delivered(1, Duration::from_secs(10)).await;
