@@ -1,6 +1,7 @@
 //! [`Traced`]: any port (cache, repository or bus) with a `tracing` span around each of its
-//! calls, so a request's trace shows the store calls it made, how long each took and which
-//! failed.
+//! calls made within another span (a request's), so a request's trace shows the store calls it
+//! made, how long each took and which failed. Calls made outside any span (background polls,
+//! probes and refreshes) are not traced: each would be a trace of its own.
 //!
 //! A decorator rather than spans inside the service: the service's paths stay as they are, and
 //! the binary wraps the ports only while spans are exported (OpenTelemetry), so the hot path
@@ -50,6 +51,11 @@ async fn traced<R, E: fmt::Debug>(
     env: Option<&Environment>,
     call: impl Future<Output = Result<R, E>>,
 ) -> Result<R, E> {
+    // Only calls made for something traced (a request) are spans: background work (polls,
+    // probes, refreshes) would otherwise start a trace of its own every second.
+    if tracing::Span::current().is_none() {
+        return call.await;
+    }
     let span = tracing::info_span!(
         "port call",
         otel.name = operation,

@@ -140,6 +140,9 @@ impl Telemetry {
         if !traces && !metrics {
             return Ok(None);
         }
+        // The exporters' client speaks https:// with rustls on the ring provider (as rediss://
+        // and the webhooks do); it must be installed before a client is built.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let resource = resource(&variable);
         let tracer = traces
             .then(|| {

@@ -21,6 +21,25 @@ use crate::serve::ConnectionLimits;
 use crate::state::AppState;
 use crate::streams::{StreamSettings, Streams};
 
+/// `cache` with a span around each call while spans are exported (`flag_core::Traced`);
+/// otherwise bare, so the hot path carries no span.
+fn traced_cache(config: &Config, cache: Arc<DynFeatureFlagCache>) -> Arc<DynFeatureFlagCache> {
+    if config.traced {
+        Arc::new(Traced::new(cache))
+    } else {
+        cache
+    }
+}
+
+/// `bus` with a span around each publish while spans are exported; otherwise bare.
+fn traced_bus(config: &Config, bus: Arc<DynInvalidationBus>) -> Arc<DynInvalidationBus> {
+    if config.traced {
+        Arc::new(Traced::new(bus))
+    } else {
+        bus
+    }
+}
+
 /// Connects the stores the configuration names (migrating the database) and builds the state.
 pub async fn state_from(config: &Config) -> anyhow::Result<AppState> {
     let default_environment = Environment::parse(&config.default_environment)
@@ -69,32 +88,29 @@ pub async fn service_from(
             CacheBackend::None => (Arc::new(NoCache), None),
             CacheBackend::Redis => {
                 let cache = redis_cache(config, "redis")?;
-                let bus: Arc<DynInvalidationBus> = Arc::new(redis_bus(config, &cache));
+                let bus = traced_bus(config, Arc::new(redis_bus(config, &cache)));
                 let announced = AnnouncedCache::new(Arc::new(cache), Arc::clone(&bus));
                 (Arc::new(announced), Some(bus))
             }
             CacheBackend::Tiered => {
                 let cache = redis_cache(config, "tiered")?;
-                let bus: Arc<DynInvalidationBus> = Arc::new(redis_bus(config, &cache));
+                let bus = traced_bus(config, Arc::new(redis_bus(config, &cache)));
                 let tiered = TieredCache::start(
                     Arc::new(MemoryCache::new()),
-                    Arc::new(cache),
+                    traced_cache(config, Arc::new(cache)),
                     Arc::clone(&bus),
                     Duration::from_millis(config.cache_l1_ttl_ms),
                 );
                 (Arc::new(tiered), Some(bus))
             }
         };
-    // While spans are exported, every port call gets one (`flag_core::Traced`); otherwise the
-    // ports are used bare and the hot path carries no span.
-    let (repository, cache, bus) = if config.traced {
+    let (repository, cache) = if config.traced {
         (
             Arc::new(Traced::new(repository)) as Arc<DynFeatureFlagRepository>,
-            Arc::new(Traced::new(cache)) as Arc<DynFeatureFlagCache>,
-            bus.map(|bus| Arc::new(Traced::new(bus)) as Arc<DynInvalidationBus>),
+            traced_cache(config, cache),
         )
     } else {
-        (repository, cache, bus)
+        (repository, cache)
     };
     let mut service = FeatureFlagService::builder(repository, cache);
     if let Some(directory) = &config.last_good_dir {

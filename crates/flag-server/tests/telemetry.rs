@@ -387,6 +387,90 @@ async fn evaluation_spans_carry_the_feature_flag_conventions_inside_the_callers_
     assert!(evaluations >= 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_postgres_and_bus_calls_are_spans_of_their_request() {
+    let collector = Receiver::start(Collector::Answers).await;
+    let redis = flag_fixtures::RedisServer::shared()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let database = flag_fixtures::PostgresDatabase::create()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let server = exporting_to(
+        &collector.endpoint,
+        &[
+            ("DATABASE_URL", database.url()),
+            ("REDIS_URL", &redis.url),
+            ("REDIS_KEY_PREFIX", &redis.key_prefix),
+        ],
+    );
+    create_flag(&server, "banner").await;
+    let reply = request(
+        server.socket(),
+        "POST",
+        "/ofrep/v1/evaluate/flags/banner",
+        &[],
+        &json!({"context": {"targetingKey": "u-1"}}).to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // The write: its request span holds the database write and the invalidation, which is
+    // published on the bus.
+    let (write, children) = collector
+        .until("the write's store calls", |received| {
+            let write = received
+                .spans
+                .iter()
+                .find(|span| span.name == "PUT /v1/environments/{env}/flags/{key}")?;
+            let children: Vec<(String, Option<String>)> = received
+                .spans
+                .iter()
+                .filter(|span| span.trace_id == write.trace_id && span.span_id != write.span_id)
+                .map(|span| {
+                    (
+                        span.name.clone(),
+                        attribute(&span.attributes, "flag.backend"),
+                    )
+                })
+                .collect();
+            let has = |name: &str| children.iter().any(|(child, _)| child == name);
+            (has("repository.upsert") && has("bus.publish")).then(|| (write.clone(), children))
+        })
+        .await;
+    assert_eq!(write.kind, 2);
+    assert!(
+        children.contains(&("repository.upsert".to_owned(), Some("postgres".to_owned()))),
+        "{children:?}"
+    );
+    assert!(
+        children
+            .iter()
+            .any(|(name, backend)| name == "bus.publish" && backend.as_deref() == Some("redis")),
+        "{children:?}"
+    );
+    // The evaluation read Redis.
+    collector
+        .until("the evaluation's Redis read", |received| {
+            let evaluation = received
+                .spans
+                .iter()
+                .find(|span| span.name == "POST /ofrep/v1/evaluate/flags/{key}")?;
+            received
+                .spans
+                .iter()
+                .any(|span| {
+                    span.trace_id == evaluation.trace_id
+                        && span.name.starts_with("cache.")
+                        && attribute(&span.attributes, "flag.backend").as_deref() == Some("redis")
+                        && attribute(&span.attributes, "flag.environment").as_deref()
+                            == Some("production")
+                })
+                .then_some(())
+        })
+        .await;
+}
+
 /// Requests answered while the collector is `collector`: every one succeeds, none waits for the
 /// export (each well under the export's 10 s timeout).
 async fn requests_go_on(server: &Running) {

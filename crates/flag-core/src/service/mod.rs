@@ -761,8 +761,13 @@ impl FeatureFlagService {
             // No Tokio runtime to detach onto (another executor): run in place.
             return finish.await;
         };
+        // The task carries the caller's span, so a trace shows the write's store calls inside
+        // the request that asked for it.
         runtime
-            .spawn(finish)
+            .spawn(tracing::Instrument::instrument(
+                finish,
+                tracing::Span::current(),
+            ))
             .await
             .unwrap_or_else(|error| Err(ServiceError::WriteInterrupted(error.to_string())))
     }
