@@ -1,6 +1,8 @@
-//! What per-flag evaluation counts cost (`--counting`): the same `wrk` series (single and bulk)
-//! on two `memory` instances seeded alike, one with `FLAG_EVALUATION_METRICS=on`, measured
-//! interleaved round after round; the medians and their ratio are reported.
+//! What a switch costs: the same `wrk` series (single and bulk) on two `memory` instances seeded
+//! alike, one with the switch on, measured interleaved round after round; the medians and their
+//! ratio are reported. The switches: per-flag evaluation counts (`--counting`,
+//! `FLAG_EVALUATION_METRICS=on`) and OpenTelemetry (`--telemetry`: traces of every request and
+//! metrics exported to an OTLP/HTTP sink of the runner's own that answers `200` at once).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,9 +16,44 @@ use crate::report::median;
 use crate::seed::{Admin, LOAD_ENVIRONMENT};
 use crate::shares::{Series, prepare};
 
-/// One series, counting off and on.
+/// A setting measured off and on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Switch {
+    /// `FLAG_EVALUATION_METRICS=on`.
+    Counting,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set (every request traced, metrics every second).
+    Telemetry,
+}
+
+impl Switch {
+    /// What the table's title calls it.
+    fn title(self) -> &'static str {
+        match self {
+            Switch::Counting => "Per-flag evaluation counts (FLAG_EVALUATION_METRICS)",
+            Switch::Telemetry => {
+                "OpenTelemetry (every request traced, spans and metrics exported over OTLP/HTTP to a local sink)"
+            }
+        }
+    }
+
+    /// The variables that turn it on, given the sink's endpoint.
+    fn on(self, sink: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Switch::Counting => vec![("FLAG_EVALUATION_METRICS", "on".to_owned())],
+            Switch::Telemetry => vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.to_owned()),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_owned()),
+            ],
+        }
+    }
+}
+
+/// One series, a switch off and on.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct CountingCost {
+    /// What was switched.
+    pub(crate) switch: Switch,
     pub(crate) series: Series,
     /// Requests/s with counting off (median over the rounds).
     pub(crate) off_rps: f64,
@@ -38,7 +75,7 @@ impl CountingCost {
 /// Per series: the URL path and the `wrk` script.
 type Requests = BTreeMap<Series, (String, PathBuf)>;
 
-/// Measures single and bulk with counting off and on.
+/// Measures single and bulk with `switch` off and on.
 pub(crate) async fn measure(
     stores: &Stores,
     binary: &Path,
@@ -46,17 +83,21 @@ pub(crate) async fn measure(
     token: &str,
     seconds: usize,
     rounds: usize,
+    switch: Switch,
 ) -> anyhow::Result<Vec<CountingCost>> {
     if let Some(missing) = stores.missing(Backend::Memory) {
-        bail!("the counting run needs the memory backend: {missing}");
+        bail!("the switch runs need the memory backend: {missing}");
     }
     let series = [Series::Single, Series::Bulk];
+    let sink = sink().await?;
+    let on = switch.on(&sink);
+    let on: Vec<(&str, &str)> = on
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
     let mut subjects: Vec<(Server, Requests)> = Vec::new();
-    for (name, extra) in [
-        ("off", &[][..]),
-        ("on", &[("FLAG_EVALUATION_METRICS", "on")][..]),
-    ] {
-        let directory = out.join("counting").join(name);
+    for (name, extra) in [("off", &[][..]), ("on", &on[..])] {
+        let directory = out.join(format!("{switch:?}").to_lowercase()).join(name);
         let server = stores
             .start_server_with(
                 binary,
@@ -79,7 +120,7 @@ pub(crate) async fn measure(
     }
     let mut rates: BTreeMap<(usize, Series), Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
-        println!("   counting round {round} of {rounds}");
+        println!("   {switch:?} round {round} of {rounds}");
         for &one in &series {
             for (index, (server, requests)) in subjects.iter().enumerate() {
                 let Some((path, script)) = requests.get(&one) else {
@@ -96,6 +137,7 @@ pub(crate) async fn measure(
     Ok(series
         .iter()
         .map(|&one| CountingCost {
+            switch,
             series: one,
             off_rps: rate(0, one),
             on_rps: rate(1, one),
@@ -103,12 +145,69 @@ pub(crate) async fn measure(
         .collect())
 }
 
-/// The costs as a Markdown table.
+/// An OTLP/HTTP sink on 127.0.0.1: reads each request whole and answers `200` with an empty
+/// body at once (what a healthy collector costs the exporter). Answers its endpoint.
+async fn sink() -> anyhow::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if stream.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(endpoint)
+}
+
+/// The costs as Markdown tables, one per switch.
 pub(crate) fn table(costs: &[CountingCost], seconds: usize, rounds: usize) -> String {
+    let mut out = String::new();
+    for switch in [Switch::Counting, Switch::Telemetry] {
+        let measured: Vec<&CountingCost> =
+            costs.iter().filter(|cost| cost.switch == switch).collect();
+        if !measured.is_empty() {
+            out.push_str(&switch_table(switch, &measured, seconds, rounds));
+        }
+    }
+    out
+}
+
+/// One switch's costs as a Markdown table.
+fn switch_table(switch: Switch, costs: &[&CountingCost], seconds: usize, rounds: usize) -> String {
     let mut out = format!(
-        "\nPer-flag evaluation counts (FLAG_EVALUATION_METRICS), memory backend, 100 flags; \
+        "\n{}, memory backend, 100 flags; \
          wrk -t2 -c50 -d{seconds}s, medians of {rounds} interleaved rounds:\n\n\
-         | series | off requests/s | on requests/s | on / off |\n|---|---:|---:|---:|\n"
+         | series | off requests/s | on requests/s | on / off |\n|---|---:|---:|---:|\n",
+        switch.title()
     );
     for cost in costs {
         out.push_str(&format!(

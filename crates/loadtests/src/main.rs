@@ -85,6 +85,11 @@ struct Cli {
     /// off and on, interleaved `wrk` rounds (also part of `--speed`).
     #[arg(long)]
     counting: bool,
+    /// Only what OpenTelemetry costs: single and bulk with no collector and with every request
+    /// traced and exported to a local OTLP/HTTP sink, interleaved `wrk` rounds (also part of
+    /// `--speed`).
+    #[arg(long)]
+    telemetry: bool,
     /// Interleaved rounds of every `wrk` measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     wrk_rounds: usize,
@@ -138,7 +143,7 @@ impl Cli {
         if self.fanout_only {
             self.outage_seconds = 0;
         }
-        if self.counting {
+        if self.counting || self.telemetry {
             self.outage_seconds = 0;
             self.fanout_streams = vec![0];
             self.propagation_writes = 0;
@@ -158,7 +163,12 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().resolved();
     let mut run = Run::prepare(cli)?;
-    if !run.cli.outage_only && !run.cli.fanout_only && !run.cli.speed && !run.cli.counting {
+    if !run.cli.outage_only
+        && !run.cli.fanout_only
+        && !run.cli.speed
+        && !run.cli.counting
+        && !run.cli.telemetry
+    {
         for backend in or_all(&run.cli.backends, &Backend::ALL) {
             run.backend(backend).await?;
         }
@@ -170,7 +180,10 @@ async fn main() -> anyhow::Result<()> {
         run.speed().await?;
     }
     if run.cli.speed || run.cli.counting {
-        run.counting().await?;
+        run.switch(counting::Switch::Counting).await?;
+    }
+    if run.cli.speed || run.cli.telemetry {
+        run.switch(counting::Switch::Telemetry).await?;
     }
     if run.cli.outage_seconds > 0 {
         run.outage().await?;
@@ -211,14 +224,14 @@ struct Run {
     outage: Option<Outage>,
     /// The event-stream fan-out run's figures.
     fanout: Option<Fanout>,
-    /// What per-flag evaluation counts cost.
+    /// What per-flag evaluation counts and OpenTelemetry cost.
     counting: Vec<counting::CountingCost>,
 }
 
 impl Run {
     /// Checks the tools, builds the server (unless one is given) and finds the stores.
     fn prepare(cli: Cli) -> anyhow::Result<Self> {
-        if cli.wrk || cli.counting {
+        if cli.wrk || cli.counting || cli.telemetry {
             ceiling::require_wrk()?;
         }
         let out = match &cli.out {
@@ -358,22 +371,24 @@ impl Run {
         Ok(())
     }
 
-    /// Single and bulk with per-flag evaluation counts off and on, interleaved.
-    async fn counting(&mut self) -> anyhow::Result<()> {
-        println!("== wrk: per-flag evaluation counts off and on");
-        self.counting = counting::measure(
+    /// Single and bulk with `switch` off and on, interleaved.
+    async fn switch(&mut self, switch: counting::Switch) -> anyhow::Result<()> {
+        println!("== wrk: {switch:?} off and on");
+        let costs = counting::measure(
             &self.stores,
             &self.binary,
             &self.out,
             &self.token,
             self.cli.wrk_duration,
             self.cli.wrk_rounds,
+            switch,
         )
         .await?;
         println!(
             "{}",
-            counting::table(&self.counting, self.cli.wrk_duration, self.cli.wrk_rounds)
+            counting::table(&costs, self.cli.wrk_duration, self.cli.wrk_rounds)
         );
+        self.counting.extend(costs);
         Ok(())
     }
 
