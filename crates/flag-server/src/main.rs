@@ -43,16 +43,25 @@ async fn main() -> anyhow::Result<()> {
     cli.config.traced = telemetry.as_ref().is_some_and(Telemetry::traces);
     // The log layer takes events only (spans would cost every request a few allocations even
     // with nobody exporting them); the OpenTelemetry layer, when there is one, takes the spans.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
-        .and(filter_fn(|metadata| metadata.is_event()));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = match cli.config.log_format {
-        LogFormat::Text => logs.with_filter(filter).boxed(),
-        LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),
-    };
-    let spans = telemetry.as_ref().and_then(Telemetry::layer);
-    tracing_subscriber::registry().with(logs).with(spans).init();
+    // Without one the filters are global, so every span's call site is marked never enabled once
+    // and making a span costs a load and a branch (per-layer filters are asked per span).
+    let env_filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = cli.config.log_format;
+    match telemetry.as_ref().and_then(Telemetry::layer) {
+        Some(spans) => tracing_subscriber::registry()
+            .with(
+                log_layer(format)
+                    .with_filter(env_filter().and(filter_fn(|metadata| metadata.is_event()))),
+            )
+            .with(spans)
+            .init(),
+        None => tracing_subscriber::registry()
+            .with(env_filter())
+            .with(filter_fn(|metadata| metadata.is_event()))
+            .with(log_layer(format))
+            .init(),
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let repository = SqlRepository::connect(&cli.config.database_url)
@@ -76,6 +85,18 @@ async fn main() -> anyhow::Result<()> {
             dry_run,
             actor,
         } => import(&cli.config, &env, &file, mode, dry_run, &actor).await,
+    }
+}
+
+/// The log output on standard error, as text or one JSON object per line.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
     }
 }
 

@@ -18,12 +18,14 @@ use crate::shares::{Series, prepare};
 
 /// A setting measured off and on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "camelCase")]
 pub(crate) enum Switch {
     /// `FLAG_EVALUATION_METRICS=on`.
     Counting,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` set (every request traced, metrics every second).
     Telemetry,
+    /// The same, with 1 % of the traces sampled (`OTEL_TRACES_SAMPLER=traceidratio`).
+    TelemetrySampled,
 }
 
 impl Switch {
@@ -33,6 +35,9 @@ impl Switch {
             Switch::Counting => "Per-flag evaluation counts (FLAG_EVALUATION_METRICS)",
             Switch::Telemetry => {
                 "OpenTelemetry (every request traced, spans and metrics exported over OTLP/HTTP to a local sink)"
+            }
+            Switch::TelemetrySampled => {
+                "OpenTelemetry with 1 % of traces sampled (OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.01)"
             }
         }
     }
@@ -45,6 +50,12 @@ impl Switch {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.to_owned()),
                 ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_owned()),
             ],
+            Switch::TelemetrySampled => {
+                let mut on = Switch::Telemetry.on(sink);
+                on.push(("OTEL_TRACES_SAMPLER", "traceidratio".to_owned()));
+                on.push(("OTEL_TRACES_SAMPLER_ARG", "0.01".to_owned()));
+                on
+            }
         }
     }
 }
@@ -191,7 +202,11 @@ async fn sink() -> anyhow::Result<String> {
 /// The costs as Markdown tables, one per switch.
 pub(crate) fn table(costs: &[CountingCost], seconds: usize, rounds: usize) -> String {
     let mut out = String::new();
-    for switch in [Switch::Counting, Switch::Telemetry] {
+    for switch in [
+        Switch::Counting,
+        Switch::Telemetry,
+        Switch::TelemetrySampled,
+    ] {
         let measured: Vec<&CountingCost> =
             costs.iter().filter(|cost| cost.switch == switch).collect();
         if !measured.is_empty() {

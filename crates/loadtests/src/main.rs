@@ -86,8 +86,8 @@ struct Cli {
     #[arg(long)]
     counting: bool,
     /// Only what OpenTelemetry costs: single and bulk with no collector and with every request
-    /// traced and exported to a local OTLP/HTTP sink, interleaved `wrk` rounds (also part of
-    /// `--speed`).
+    /// (then 1 % of them) traced and exported to a local OTLP/HTTP sink, interleaved `wrk`
+    /// rounds (also part of `--speed`).
     #[arg(long)]
     telemetry: bool,
     /// Interleaved rounds of every `wrk` measurement; medians are reported.
@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if run.cli.speed || run.cli.telemetry {
         run.switch(counting::Switch::Telemetry).await?;
+        run.switch(counting::Switch::TelemetrySampled).await?;
     }
     if run.cli.outage_seconds > 0 {
         run.outage().await?;
