@@ -191,6 +191,18 @@ async fn evaluation_spans_carry_the_feature_flag_conventions_inside_the_callers_
     .await;
     assert_eq!(single.status, 200, "{}", single.body);
     assert_eq!(single.json()["variant"], "blue");
+    // A caller that does not sample its trace: nothing of this request is exported.
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let unsampled = format!("00-{unsampled_trace}-b7ad6b7169203331-00");
+    let quiet = request(
+        server.socket(),
+        "POST",
+        "/ofrep/v1/evaluate/flags",
+        &[("traceparent", unsampled.as_str())],
+        &json!({"context": {"targetingKey": "u-3"}}).to_string(),
+    )
+    .await;
+    assert_eq!(quiet.status, 200, "{}", quiet.body);
     let missing = request(
         server.socket(),
         "POST",
@@ -380,6 +392,16 @@ async fn evaluation_spans_carry_the_feature_flag_conventions_inside_the_callers_
                 .then_some((routes, evaluations))
         })
         .await;
+    assert!(
+        !collector
+            .received
+            .lock()
+            .unwrap()
+            .spans
+            .iter()
+            .any(|span| hex(&span.trace_id) == unsampled_trace),
+        "an unsampled request was exported"
+    );
     assert!(
         routes.contains_key(&("/ofrep/v1/evaluate/flags".to_owned(), "200".to_owned())),
         "{routes:?}"
