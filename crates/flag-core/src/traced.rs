@@ -34,18 +34,30 @@ use crate::snapshot::{EnvironmentSnapshot, EnvironmentSummary, FlagLookup, Revis
 
 /// A port whose every call runs in a span of its own.
 #[derive(Debug)]
-pub struct Traced<T: ?Sized>(pub Arc<T>);
+pub struct Traced<T: ?Sized> {
+    inner: Arc<T>,
+    /// Whether the current call is worth a span (for example: its trace is sampled).
+    wanted: fn() -> bool,
+}
 
 impl<T: ?Sized> Traced<T> {
-    /// Wraps `inner`.
+    /// Wraps `inner`: a span for every call made within another span.
     pub fn new(inner: Arc<T>) -> Self {
-        Self(inner)
+        Self::when(inner, || true)
+    }
+
+    /// Wraps `inner`: a span for the calls made within another span while `wanted` says so (the
+    /// binary passes "the request's trace is sampled": a span nobody will export still costs
+    /// its making).
+    pub fn when(inner: Arc<T>, wanted: fn() -> bool) -> Self {
+        Self { inner, wanted }
     }
 }
 
 /// Runs `call` in a client span named `operation`, about `env` when there is one, marking the
 /// span as failed when the call fails.
 async fn traced<R, E: fmt::Debug>(
+    wanted: fn() -> bool,
     operation: &'static str,
     backend: &'static str,
     env: Option<&Environment>,
@@ -53,7 +65,7 @@ async fn traced<R, E: fmt::Debug>(
 ) -> Result<R, E> {
     // Only calls made for something traced (a request) are spans: background work (polls,
     // probes, refreshes) would otherwise start a trace of its own every second.
-    if tracing::Span::current().is_none() {
+    if tracing::Span::current().is_none() || !wanted() {
         return call.await;
     }
     let span = tracing::info_span!(
@@ -80,19 +92,27 @@ async fn traced<R, E: fmt::Debug>(
 #[async_trait]
 impl<T: FeatureFlagCache + ?Sized> FeatureFlagCache for Traced<T> {
     fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.inner.backend()
     }
 
     async fn get(&self, env: &Environment) -> Result<Option<Arc<EnvironmentSnapshot>>, CacheError> {
-        traced("cache.get", self.backend(), Some(env), self.0.get(env)).await
+        traced(
+            self.wanted,
+            "cache.get",
+            self.backend(),
+            Some(env),
+            self.inner.get(env),
+        )
+        .await
     }
 
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<FlagLookup, CacheError> {
         traced(
+            self.wanted,
             "cache.get_flag",
             self.backend(),
             Some(env),
-            self.0.get_flag(env, key),
+            self.inner.get_flag(env, key),
         )
         .await
     }
@@ -104,20 +124,22 @@ impl<T: FeatureFlagCache + ?Sized> FeatureFlagCache for Traced<T> {
         ttl: Duration,
     ) -> Result<SetOutcome, CacheError> {
         traced(
+            self.wanted,
             "cache.set",
             self.backend(),
             Some(env),
-            self.0.set(env, snapshot, ttl),
+            self.inner.set(env, snapshot, ttl),
         )
         .await
     }
 
     async fn invalidate(&self, env: &Environment, revision: Revision) -> Result<(), CacheError> {
         traced(
+            self.wanted,
             "cache.invalidate",
             self.backend(),
             Some(env),
-            self.0.invalidate(env, revision),
+            self.inner.invalidate(env, revision),
         )
         .await
     }
@@ -127,65 +149,77 @@ impl<T: FeatureFlagCache + ?Sized> FeatureFlagCache for Traced<T> {
         env: &Environment,
     ) -> Result<Option<(Arc<EnvironmentSnapshot>, Option<Duration>)>, CacheError> {
         traced(
+            self.wanted,
             "cache.get_with_ttl",
             self.backend(),
             Some(env),
-            self.0.get_with_ttl(env),
+            self.inner.get_with_ttl(env),
         )
         .await
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
-        traced("cache.ping", self.backend(), None, self.0.ping()).await
+        traced(
+            self.wanted,
+            "cache.ping",
+            self.backend(),
+            None,
+            self.inner.ping(),
+        )
+        .await
     }
 
     async fn holds_environment(&self, env: &Environment) -> Result<bool, CacheError> {
         traced(
+            self.wanted,
             "cache.holds_environment",
             self.backend(),
             Some(env),
-            self.0.holds_environment(env),
+            self.inner.holds_environment(env),
         )
         .await
     }
 
     fn tier_status(&self) -> Option<TierStatus> {
-        self.0.tier_status()
+        self.inner.tier_status()
     }
 }
 
 #[async_trait]
 impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
     fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.inner.backend()
     }
 
     async fn snapshot(&self, env: &Environment) -> Result<EnvironmentSnapshot, RepositoryError> {
         traced(
+            self.wanted,
             "repository.snapshot",
             self.backend(),
             Some(env),
-            self.0.snapshot(env),
+            self.inner.snapshot(env),
         )
         .await
     }
 
     async fn revision(&self, env: &Environment) -> Result<Revision, RepositoryError> {
         traced(
+            self.wanted,
             "repository.revision",
             self.backend(),
             Some(env),
-            self.0.revision(env),
+            self.inner.revision(env),
         )
         .await
     }
 
     async fn flag_count(&self, env: &Environment) -> Result<u64, RepositoryError> {
         traced(
+            self.wanted,
             "repository.flag_count",
             self.backend(),
             Some(env),
-            self.0.flag_count(env),
+            self.inner.flag_count(env),
         )
         .await
     }
@@ -196,10 +230,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         key: &FlagKey,
     ) -> Result<Option<FeatureFlag>, RepositoryError> {
         traced(
+            self.wanted,
             "repository.flag",
             self.backend(),
             Some(env),
-            self.0.flag(env, key),
+            self.inner.flag(env, key),
         )
         .await
     }
@@ -212,10 +247,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         actor: &Actor,
     ) -> Result<Upserted, RepositoryError> {
         traced(
+            self.wanted,
             "repository.upsert",
             self.backend(),
             Some(env),
-            self.0.upsert(env, flag, precondition, actor),
+            self.inner.upsert(env, flag, precondition, actor),
         )
         .await
     }
@@ -228,10 +264,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         traced(
+            self.wanted,
             "repository.delete",
             self.backend(),
             Some(env),
-            self.0.delete(env, key, precondition, actor),
+            self.inner.delete(env, key, precondition, actor),
         )
         .await
     }
@@ -242,10 +279,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         key: &SegmentKey,
     ) -> Result<Option<Segment>, RepositoryError> {
         traced(
+            self.wanted,
             "repository.segment",
             self.backend(),
             Some(env),
-            self.0.segment(env, key),
+            self.inner.segment(env, key),
         )
         .await
     }
@@ -258,10 +296,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         actor: &Actor,
     ) -> Result<UpsertedSegment, RepositoryError> {
         traced(
+            self.wanted,
             "repository.upsert_segment",
             self.backend(),
             Some(env),
-            self.0.upsert_segment(env, segment, precondition, actor),
+            self.inner.upsert_segment(env, segment, precondition, actor),
         )
         .await
     }
@@ -274,10 +313,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         actor: &Actor,
     ) -> Result<Deleted, RepositoryError> {
         traced(
+            self.wanted,
             "repository.delete_segment",
             self.backend(),
             Some(env),
-            self.0.delete_segment(env, key, precondition, actor),
+            self.inner.delete_segment(env, key, precondition, actor),
         )
         .await
     }
@@ -288,10 +328,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         query: &AuditQuery,
     ) -> Result<AuditPage, RepositoryError> {
         traced(
+            self.wanted,
             "repository.audit",
             self.backend(),
             Some(env),
-            self.0.audit(env, query),
+            self.inner.audit(env, query),
         )
         .await
     }
@@ -303,44 +344,55 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         actor: &Actor,
     ) -> Result<Imported, RepositoryError> {
         traced(
+            self.wanted,
             "repository.import",
             self.backend(),
             Some(env),
-            self.0.import(env, request, actor),
+            self.inner.import(env, request, actor),
         )
         .await
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentSummary>, RepositoryError> {
         traced(
+            self.wanted,
             "repository.environments",
             self.backend(),
             None,
-            self.0.environments(),
+            self.inner.environments(),
         )
         .await
     }
 
     async fn delete_environment(&self, env: &Environment) -> Result<Revision, RepositoryError> {
         traced(
+            self.wanted,
             "repository.delete_environment",
             self.backend(),
             Some(env),
-            self.0.delete_environment(env),
+            self.inner.delete_environment(env),
         )
         .await
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {
-        traced("repository.ping", self.backend(), None, self.0.ping()).await
+        traced(
+            self.wanted,
+            "repository.ping",
+            self.backend(),
+            None,
+            self.inner.ping(),
+        )
+        .await
     }
 
     async fn outbox_follow(&self, receiver: &str) -> Result<(), RepositoryError> {
         traced(
+            self.wanted,
             "repository.outbox_follow",
             self.backend(),
             None,
-            self.0.outbox_follow(receiver),
+            self.inner.outbox_follow(receiver),
         )
         .await
     }
@@ -351,10 +403,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, RepositoryError> {
         traced(
+            self.wanted,
             "repository.outbox_pending",
             self.backend(),
             None,
-            self.0.outbox_pending(receiver, limit),
+            self.inner.outbox_pending(receiver, limit),
         )
         .await
     }
@@ -366,10 +419,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         position: AuditCursor,
     ) -> Result<(), RepositoryError> {
         traced(
+            self.wanted,
             "repository.outbox_delivered",
             self.backend(),
             Some(env),
-            self.0.outbox_delivered(receiver, env, position),
+            self.inner.outbox_delivered(receiver, env, position),
         )
         .await
     }
@@ -382,10 +436,11 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
         for_ms: u64,
     ) -> Result<bool, RepositoryError> {
         traced(
+            self.wanted,
             "repository.outbox_hold",
             self.backend(),
             None,
-            self.0.outbox_hold(receiver, holder, now_ms, for_ms),
+            self.inner.outbox_hold(receiver, holder, now_ms, for_ms),
         )
         .await
     }
@@ -394,32 +449,33 @@ impl<T: FeatureFlagRepository + ?Sized> FeatureFlagRepository for Traced<T> {
 #[async_trait]
 impl<T: InvalidationBus + ?Sized> InvalidationBus for Traced<T> {
     fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.inner.backend()
     }
 
     async fn publish(&self, env: &Environment, revision: Revision) -> Result<(), BusError> {
         traced(
+            self.wanted,
             "bus.publish",
             self.backend(),
             Some(env),
-            self.0.publish(env, revision),
+            self.inner.publish(env, revision),
         )
         .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
-        self.0.subscribe()
+        self.inner.subscribe()
     }
 
     fn is_live(&self) -> bool {
-        self.0.is_live()
+        self.inner.is_live()
     }
 
     fn is_watching(&self, env: &Environment) -> bool {
-        self.0.is_watching(env)
+        self.inner.is_watching(env)
     }
 
     fn watch(&self, env: &Environment) {
-        self.0.watch(env)
+        self.inner.watch(env)
     }
 }

@@ -404,9 +404,9 @@ pub(crate) fn answered(span: &Span, status: u16) {
 }
 
 /// Whether the current request's trace is sampled (and traces are exported at all): a request
-/// that will not be exported gets no evaluation spans, which with 100 flags in a bulk request
-/// are most of what tracing it would cost.
-fn sampled() -> bool {
+/// that will not be exported gets no evaluation spans (with 100 flags in a bulk request, most of
+/// what tracing it would cost) and no store-call spans (`flag_core::Traced::when`).
+pub fn sampled() -> bool {
     TRACING.load(Ordering::Relaxed) && Span::current().context().span().span_context().is_sampled()
 }
 

@@ -25,7 +25,7 @@ use crate::streams::{StreamSettings, Streams};
 /// otherwise bare, so the hot path carries no span.
 fn traced_cache(config: &Config, cache: Arc<DynFeatureFlagCache>) -> Arc<DynFeatureFlagCache> {
     if config.traced {
-        Arc::new(Traced::new(cache))
+        Arc::new(Traced::when(cache, crate::telemetry::sampled))
     } else {
         cache
     }
@@ -34,7 +34,7 @@ fn traced_cache(config: &Config, cache: Arc<DynFeatureFlagCache>) -> Arc<DynFeat
 /// `bus` with a span around each publish while spans are exported; otherwise bare.
 fn traced_bus(config: &Config, bus: Arc<DynInvalidationBus>) -> Arc<DynInvalidationBus> {
     if config.traced {
-        Arc::new(Traced::new(bus))
+        Arc::new(Traced::when(bus, crate::telemetry::sampled))
     } else {
         bus
     }
@@ -106,7 +106,8 @@ pub async fn service_from(
         };
     let (repository, cache) = if config.traced {
         (
-            Arc::new(Traced::new(repository)) as Arc<DynFeatureFlagRepository>,
+            Arc::new(Traced::when(repository, crate::telemetry::sampled))
+                as Arc<DynFeatureFlagRepository>,
             traced_cache(config, cache),
         )
     } else {
