@@ -26,6 +26,7 @@
 //! | `metrics` | HTTP metrics and the Prometheus exposition |
 //! | `telemetry` | OpenTelemetry: spans and metrics over OTLP/HTTP when a collector is configured |
 //! | `webhooks` | change webhooks: a worker per receiver delivering the repository's outbox |
+//! | `signing` | HMAC-SHA256 and hex, for stream credentials and webhook signatures |
 //! | `state`, `config`, `wiring` | what handlers reach, the settings, and how one becomes the other |
 //!
 //! Decisions where the design contract is silent:
@@ -97,6 +98,7 @@ mod ops;
 pub mod routes;
 mod segments;
 pub mod serve;
+mod signing;
 pub mod state;
 pub mod streams;
 pub mod telemetry;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use flag_core::{FnvBuildHasher, ServiceMetrics, TierStatus};
 
 /// Upper bounds of the latency histogram's buckets, in seconds: 50 µs to 10 s.
-const BUCKETS: [f64; 16] = [
+pub(crate) const BUCKETS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 10.0,
 ];

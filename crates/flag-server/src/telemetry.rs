@@ -126,7 +126,7 @@ impl Telemetry {
                 && value.trim() != "http/protobuf"
             {
                 return Err(TelemetryError::Setting {
-                    variable: static_name(name),
+                    variable: name,
                     value,
                     why: "only http/protobuf (OTLP over HTTP, port 4318) is built in",
                 });
@@ -193,10 +193,7 @@ impl Telemetry {
                     .f64_histogram("http.server.request.duration")
                     .with_unit("s")
                     .with_description("Duration of HTTP server requests.")
-                    .with_boundaries(vec![
-                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                        0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-                    ])
+                    .with_boundaries(crate::metrics::BUCKETS.to_vec())
                     .build(),
             );
         }
@@ -277,15 +274,6 @@ fn resource(variable: &impl Fn(&str) -> Option<String>) -> Resource {
         builder.build()
     } else {
         builder.with_service_name(SERVICE_NAME).build()
-    }
-}
-
-/// The variables' names as `'static` text for the error.
-fn static_name(name: &str) -> &'static str {
-    match name {
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL" => "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        _ => "OTEL_EXPORTER_OTLP_PROTOCOL",
     }
 }
 
